@@ -1,0 +1,1 @@
+"""Evaluation: analytic oracles, likelihood, sample quality, timing, benchmarks."""

@@ -1,0 +1,48 @@
+"""Trajectory score denoising (ntm-math §7) and the do-nothing denoiser."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ntm.denoisers.base import DENOISERS, ComponentConfig, Denoiser
+from ntm.forward import interpolant as I
+
+
+class NoDenoiserConfig(ComponentConfig):
+    def build(self) -> "NoDenoiser":
+        return NoDenoiser()
+
+
+@DENOISERS.register("none", NoDenoiserConfig)
+class NoDenoiser(Denoiser):
+    """Returns ``x_{t_0}`` unchanged (it still carries the noise floor)."""
+
+    def __call__(self, model, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
+        return trajectory[0]
+
+
+class ScoreDenoiserConfig(ComponentConfig):
+    def build(self) -> "ScoreDenoiser":
+        return ScoreDenoiser()
+
+
+@DENOISERS.register("score", ScoreDenoiserConfig)
+class ScoreDenoiser(Denoiser):
+    """``x_hat = (x_{t_0} + sum_j Sigma_{0j} S_j) / alpha_{t_0}`` with ``S = -grad_X sum_k l_k`` (one backward pass).
+
+    ``X = (x_{t_0} .. x_{t_{K-1}})``; ``Sigma`` is the K x K trajectory
+    covariance of §3 acting on the step axis, per coordinate.
+    """
+
+    def __call__(self, model, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
+        num_steps = times.numel() - 1
+        with torch.enable_grad():
+            x_levels = trajectory[:num_steps].detach().requires_grad_(True)
+            full = torch.cat([x_levels, trajectory[num_steps:].detach()])
+            total = model.step_nlls(full, times, cond).sum()
+            (grad,) = torch.autograd.grad(total, x_levels)
+        score = -grad
+        sigma = I.trajectory_covariance(times[:num_steps].to(score.dtype))
+        correction = torch.einsum("j,j...->...", sigma[0], score)
+        return (x_levels.detach()[0] + correction) / I.alpha(times[0]).to(score.dtype)

@@ -1,0 +1,17 @@
+"""Training losses and reported likelihood numbers. Each loss registers in ``LOSSES``."""
+
+from ntm.losses.base import LOSSES, Loss, LossOutput
+from ntm.losses.nll import (
+    EndToEndConfig,
+    EndToEndLoss,
+    PairWiseConfig,
+    PairWiseLoss,
+    forward_log_prob,
+    nll_traj_bpd,
+    x0_bound_nats,
+)
+
+__all__ = [
+    "LOSSES", "EndToEndConfig", "EndToEndLoss", "Loss", "LossOutput", "PairWiseConfig", "PairWiseLoss",
+    "forward_log_prob", "nll_traj_bpd", "x0_bound_nats",
+]

@@ -1,0 +1,99 @@
+"""Trajectory NLL losses (end-to-end and pair-wise) and the reported numbers (ntm-math §5, §11)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ntm.distributions import Gaussian, sum_except_batch
+from ntm.forward import interpolant as I
+from ntm.losses.base import LOSSES, ComponentConfig, Loss, LossOutput
+from ntm.model import NTM
+
+LN2 = math.log(2.0)
+
+
+def nll_traj_bpd(step_nlls: Tensor, dim: int) -> Tensor:
+    """``L / (K D ln 2)`` per example from ``(B, K)`` per-step NLLs in nats (§11)."""
+    return step_nlls.sum(-1) / (step_nlls.shape[-1] * dim * LN2)
+
+
+def forward_log_prob(trajectory: Tensor, times: Tensor) -> Tensor:
+    """``sum_{k=1}^{K-1} log q(x_{t_k} | x_{t_{k-1}})`` per example, ``(B,)`` nats."""
+    total = torch.zeros(trajectory.shape[1], dtype=torch.promote_types(trajectory.dtype, torch.float32), device=trajectory.device)
+    for k in range(1, times.numel() - 1):
+        a, b2 = I.transition(times[k - 1], times[k])
+        q = Gaussian(a * trajectory[k - 1], (0.5 * torch.log(b2)).expand_as(trajectory[k]))
+        total = total - sum_except_batch(q.nll(trajectory[k]))
+    return total
+
+
+def x0_bound_nats(step_nlls: Tensor, trajectory: Tensor, times: Tensor) -> Tensor:
+    """Upper bound on ``-log p(x_{t_0})``: ``L + sum_{k<K} log q(x_{t_k} | x_{t_{k-1}})`` (§11), ``(B,)``.
+
+    Its expectation over forward trajectories is the bound; one trajectory gives an unbiased estimate.
+    """
+    return step_nlls.sum(-1) + forward_log_prob(trajectory, times)
+
+
+def _group_by_steps(num_steps: Tensor) -> list[tuple[int, Tensor]]:
+    return [(int(k), (num_steps == k).nonzero().squeeze(-1)) for k in torch.unique(num_steps)]
+
+
+def _take(cond: Tensor | None, idx: Tensor) -> Tensor | None:
+    return None if cond is None else cond[idx]
+
+
+class EndToEndConfig(ComponentConfig):
+    def build(self) -> "EndToEndLoss":
+        return EndToEndLoss()
+
+
+@LOSSES.register("end-to-end", EndToEndConfig)
+class EndToEndLoss(Loss):
+    """All K factors of each example's trajectory; loss = mean of ``L / (K D)``.
+
+    Each example draws its K from the forward process's set; examples are
+    grouped by K so every group is one batched pass.
+    """
+
+    def __call__(self, model: NTM, x: Tensor, cond: Tensor | None = None, generator=None) -> LossOutput:
+        b, dim = x.shape[0], model.dims.dim
+        num_steps = model.process.sample_num_steps(b, generator, device=x.device)
+        per_dim = torch.zeros(b, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        bound = torch.zeros_like(per_dim)
+        metrics: dict[str, float] = {}
+        for k, idx in _group_by_steps(num_steps):
+            step_nlls, trajectory, times = model.trajectory_nll(x[idx], k, _take(cond, idx), generator)
+            per_dim[idx] = step_nlls.sum(-1) / (k * dim)
+            bound[idx] = x0_bound_nats(step_nlls.detach(), trajectory, times) / dim
+            metrics[f"nll_bpd/K{k}"] = (per_dim[idx].detach().mean() / LN2).item()
+        loss = per_dim.mean()
+        metrics.update(nll_traj_bpd=loss.item() / LN2, bound_bpd=bound.mean().item() / LN2)
+        return LossOutput(loss, metrics)
+
+
+class PairWiseConfig(ComponentConfig):
+    def build(self) -> "PairWiseLoss":
+        return PairWiseLoss()
+
+
+@LOSSES.register("pair-wise", PairWiseConfig)
+class PairWiseLoss(Loss):
+    """One random step ``k ~ U{1..K}`` per example; ``K l_k / (K D) = l_k / D`` is unbiased for ``L / (K D)``."""
+
+    def __call__(self, model: NTM, x: Tensor, cond: Tensor | None = None, generator=None) -> LossOutput:
+        b, dim = x.shape[0], model.dims.dim
+        num_steps = model.process.sample_num_steps(b, generator, device=x.device)
+        s = torch.empty(b, dtype=x.dtype, device=x.device)
+        t = torch.empty_like(s)
+        for k, idx in _group_by_steps(num_steps):
+            times = model.process.times(k, device=x.device, dtype=x.dtype)
+            step = torch.randint(1, k + 1, (idx.numel(),), generator=generator).to(x.device)
+            s[idx], t[idx] = times[step - 1], times[step]
+        x_s, x_t = model.process.sample_pair(x, s, t, generator)
+        per_dim = model.pair_nll(x_s, x_t, s, t, cond) / dim
+        loss = per_dim.mean()
+        return LossOutput(loss, {"nll_traj_bpd": loss.item() / LN2})

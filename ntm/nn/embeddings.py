@@ -1,0 +1,71 @@
+"""Time and condition embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal(t: Tensor, dim: int, max_period: float = 10_000.0, scale: float = 1000.0) -> Tensor:
+    """``(B,)`` times in [0, 1] -> ``(B, dim)`` sinusoidal features of ``scale * t``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (scale * t.float())[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """``(B,)`` -> ``(B, dim)``: sinusoidal features through a small MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 128) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(sinusoidal(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedding(nn.Module):
+    """Class labels ``0..num_classes-1`` plus the null label ``num_classes``.
+
+    The null label is what condition dropout and classifier-free guidance
+    feed; ``labels=None`` means the null label for the whole batch.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def null(self, batch: int, device: torch.device) -> Tensor:
+        return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+
+    def forward(self, labels: Tensor | None, batch: int) -> Tensor:
+        if labels is None:
+            labels = self.null(batch, self.table.weight.device)
+        if labels.dtype != torch.long:
+            raise TypeError(f"class labels must be int64, got {labels.dtype}")
+        if (labels < 0).any() or (labels > self.num_classes).any():
+            raise ValueError(f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} = null)")
+        return self.table(labels)
+
+
+class ConditionEmbedding(nn.Module):
+    """``cond`` -> ``(B, dim)`` or zeros when the model is unconditional."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.labels = LabelEmbedding(num_classes, dim) if num_classes > 0 else None
+
+    def forward(self, cond: Tensor | None, batch: int, like: Tensor) -> Tensor:
+        if self.labels is None:
+            return torch.zeros(batch, self.dim, dtype=like.dtype, device=like.device)
+        return self.labels(cond, batch).to(like.dtype)

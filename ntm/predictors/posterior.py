@@ -1,0 +1,108 @@
+"""The analytic posterior predictor of ntm-math §4 driven by any x-hat model.
+
+``mu = c_x x_hat(u_t, t) + c_t u_t`` and ``log_sigma = log sigma_tilde``, i.e. a
+K-step Gaussian reverse model read on ``u_t`` as if it were ``x_t``. With
+``learned_scale`` a zero-initialised projection of the x-hat model's hidden
+states corrects the log-scale (§9: at step 0 it *is* the posterior sampler).
+x-hat models register in ``XHAT_MODELS``; ``velocity-transformer`` predicts a
+flow-matching velocity ``v = eps - x`` (the backbone of the flow-matching
+baseline and of finetuning).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import pydantic
+import torch
+from torch import Tensor, nn
+
+from ntm.distributions import Gaussian
+from ntm.forward import interpolant as I
+from ntm.nn.backbone import TokenTransformer
+from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig
+from ntm.spec import ModelDims
+from registry import ComponentConfig, Registry
+
+
+class XHatModel(nn.Module, ABC):
+    """``(x_t, t, cond) -> (x_hat, hidden)``; ``hidden`` is ``(B, N, width)`` or ``None``."""
+
+    hidden_dim: int = 0
+
+    @abstractmethod
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]: ...
+
+
+XHAT_MODELS: Registry[XHatModel] = Registry("x-hat model", base=XHatModel)
+
+
+class VelocityTransformerConfig(ComponentConfig):
+    depth: int = pydantic.Field(6, ge=1)
+    """Number of transformer layers."""
+    width: int = pydantic.Field(128, ge=8)
+    """Hidden width."""
+    num_heads: int = pydantic.Field(4, ge=1)
+    """Attention heads (must divide width)."""
+    mlp_ratio: float = pydantic.Field(4.0, gt=0)
+    """MLP hidden size as a multiple of width."""
+
+    def build(self, dims: ModelDims) -> "VelocityTransformer":
+        return VelocityTransformer(self, dims)
+
+
+@XHAT_MODELS.register("velocity-transformer", VelocityTransformerConfig)
+class VelocityTransformer(XHatModel):
+    """A flow-matching velocity network; ``x_hat = x_t - t v`` (§1)."""
+
+    def __init__(self, config: VelocityTransformerConfig, dims: ModelDims) -> None:
+        super().__init__()
+        self.hidden_dim = config.width
+        self.net = TokenTransformer(
+            dims.token_dim, dims.num_tokens, dims.token_dim, width=config.width, depth=config.depth,
+            num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=dims.num_classes, num_times=1,
+        )
+
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        v, h = self.net(x_t, self.net.context((t,), cond)[:, None], return_hidden=True)
+        return v.to(x_t.dtype), h
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        v, h = self.velocity(x_t, t, cond)
+        return I.velocity_to_xhat(x_t, t.reshape(-1, 1, 1).to(x_t.dtype), v), h
+
+
+class PosteriorPredictorConfig(PredictorConfig):
+    xhat: XHAT_MODELS.field() = VelocityTransformerConfig()
+    """The x-hat model read on u_t."""
+    learned_scale: bool = False
+    """Add a zero-initialised projection of the x-hat model's hidden states to log sigma (§9)."""
+
+    def build(self, dims: ModelDims) -> "PosteriorPredictor":
+        return PosteriorPredictor(self.xhat.build(dims), dims, learned_scale=self.learned_scale)
+
+
+@PREDICTORS.register("posterior", PosteriorPredictorConfig)
+class PosteriorPredictor(Predictor):
+    def __init__(self, xhat: nn.Module, dims: ModelDims, learned_scale: bool = False) -> None:
+        """``xhat`` is any module ``(x_t, t, cond) -> (x_hat, hidden | None)``."""
+        super().__init__()
+        self.xhat = xhat
+        self.scale = None
+        if learned_scale:
+            hidden = getattr(xhat, "hidden_dim", 0)
+            if not hidden:
+                raise ValueError("learned_scale needs an x-hat model that returns hidden states")
+            self.scale = nn.Linear(hidden, dims.token_dim)
+            nn.init.zeros_(self.scale.weight)
+            nn.init.zeros_(self.scale.bias)
+
+    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
+        x_hat, hidden = self.xhat(u_t, t, cond)
+        dtype = torch.promote_types(u_t.dtype, torch.float32)
+        c_x, c_t, var = I.posterior(s.to(dtype).reshape(-1, 1, 1), t.to(dtype).reshape(-1, 1, 1))
+        mu = c_x * x_hat.to(dtype) + c_t * u_t.to(dtype)
+        log_sigma = (0.5 * torch.log(var)).expand_as(mu)
+        if self.scale is not None:
+            log_sigma = log_sigma + self.scale(hidden).to(dtype)
+        return Gaussian(mu, log_sigma)

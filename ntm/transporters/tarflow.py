@@ -1,0 +1,188 @@
+"""TarFlow-style transporter: causal affine autoregressive transformer blocks.
+
+Each block scans the tokens in one order (alternating between blocks) and
+maps token ``i`` by ``u_i = (x_i - mu_i) * exp(-a_i)`` where ``(mu_i, a_i)``
+come from a causal transformer over the tokens *before* ``i`` (a learned
+start token stands in front, carrying the level's time and, optionally, the
+condition). The Jacobian is triangular: ``log|det| = -sum a``.
+
+Output projections are zero-initialised, so a new transporter is the
+identity. The affine math runs in float32 (or wider) even under autocast,
+and log-scales pass through ``c * tanh(a / c)`` when ``soft_clip = c``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+import torch
+from torch import Tensor, nn
+
+from ntm.nn import AdaLNBlock, ConditionEmbedding, FinalLayer, KVCache, TimeEmbedding
+from ntm.spec import ModelDims
+from ntm.transporters.base import TRANSPORTERS, Transporter, TransporterConfig
+
+
+class TarFlowConfig(TransporterConfig):
+    num_blocks: int = pydantic.Field(2, ge=1)
+    """Affine AR blocks; block j scans left-to-right when j is even, right-to-left when odd."""
+    layers_per_block: int = pydantic.Field(2, ge=1)
+    """Transformer layers inside each block."""
+    width: int = pydantic.Field(64, ge=8)
+    """Hidden width of every block."""
+    num_heads: int = pydantic.Field(4, ge=1)
+    """Attention heads (must divide width)."""
+    mlp_ratio: float = pydantic.Field(4.0, gt=0)
+    """MLP hidden size as a multiple of width."""
+    use_condition: bool = False
+    """Condition the blocks on the class label as well as on the time."""
+    soft_clip: float | None = pydantic.Field(3.0, gt=0)
+    """Bound log-scales smoothly to (-c, c) with c*tanh(a/c); None disables (unsafe: can diverge)."""
+    inverse_method: Literal["sequential", "jacobi"] = "sequential"
+    """Inverse: token-by-token with a KV cache, or parallel Jacobi fixed-point iterations."""
+    jacobi_max_iters: int | None = pydantic.Field(None, ge=1)
+    """Jacobi iteration cap per block (None: the number of tokens, which is exact)."""
+    jacobi_tol: float = pydantic.Field(1e-6, ge=0)
+    """Jacobi stops once no coordinate moves more than this."""
+
+    @pydantic.model_validator(mode="after")
+    def _heads_divide_width(self) -> "TarFlowConfig":
+        if self.width % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
+        return self
+
+    def build(self, dims: ModelDims) -> "TarFlow":
+        return TarFlow(self, dims)
+
+
+def _affine_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+class CausalAffineBlock(nn.Module):
+    """One causal affine AR block over ``(B, N, d)`` tokens in a fixed scan order."""
+
+    def __init__(self, config: TarFlowConfig, dims: ModelDims, reverse: bool) -> None:
+        super().__init__()
+        self.reverse = reverse
+        self.soft_clip = config.soft_clip
+        w = config.width
+        self.in_proj = nn.Linear(dims.token_dim, w)
+        self.start = nn.Parameter(torch.zeros(1, 1, w))
+        self.pos = nn.Parameter(torch.randn(1, dims.num_tokens, w) * 0.02)
+        self.layers = nn.ModuleList(
+            AdaLNBlock(w, config.num_heads, w, config.mlp_ratio, layer_index=i) for i in range(config.layers_per_block)
+        )
+        self.out = FinalLayer(w, w, 2 * dims.token_dim)
+
+    def _order(self, x: Tensor) -> Tensor:
+        return x.flip(1) if self.reverse else x
+
+    def _params(self, h: Tensor, c: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+        for layer in self.layers:
+            h = layer(h, c, mask="causal", cache=cache)
+        mu, a = self.out(h, c).chunk(2, dim=-1)
+        return mu, a
+
+    def _clip(self, a: Tensor) -> Tensor:
+        if self.soft_clip is None:
+            return a
+        return self.soft_clip * torch.tanh(a / self.soft_clip)
+
+    def _inputs(self, xs: Tensor) -> Tensor:
+        """Shifted inputs: the start token, then tokens ``0..N-2`` (scan order)."""
+        b = xs.shape[0]
+        prefix = self.in_proj(xs[:, :-1])
+        return torch.cat([self.start.expand(b, -1, -1).to(prefix.dtype), prefix], dim=1) + self.pos
+
+    def affine_params(self, xs: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu, a)`` for every token of ``xs`` (scan order), in float32 or wider."""
+        mu, a = self._params(self._inputs(xs), c)
+        dtype = _affine_dtype(xs)
+        return mu.to(dtype), self._clip(a.to(dtype))
+
+    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        xs = self._order(x)
+        mu, a = self.affine_params(xs, c)
+        u = (xs.to(mu.dtype) - mu) * torch.exp(-a)
+        return self._order(u.to(x.dtype)), -a.flatten(1).sum(-1)
+
+    def inverse_sequential(self, u: Tensor, c: Tensor) -> Tensor:
+        """Decode token by token; the KV cache makes each step one token's work."""
+        us = self._order(u)
+        b, n, _ = us.shape
+        cache = KVCache()
+        h = self.start.expand(b, -1, -1).to(self.pos.dtype) + self.pos[:, :1]
+        out = []
+        for i in range(n):
+            mu, a = self._params(h, c, cache=cache)
+            dtype = _affine_dtype(us)
+            x_i = us[:, i : i + 1].to(dtype) * torch.exp(self._clip(a.to(dtype))) + mu.to(dtype)
+            out.append(x_i.to(u.dtype))
+            if i + 1 < n:
+                h = self.in_proj(out[-1]) + self.pos[:, i + 1 : i + 2]
+        return self._order(torch.cat(out, dim=1))
+
+    def inverse_naive(self, u: Tensor, c: Tensor) -> Tensor:
+        """Reference inverse that recomputes the whole prefix at every token (quadratic work)."""
+        us = self._order(u)
+        xs = torch.zeros_like(us)
+        for i in range(us.shape[1]):
+            mu, a = self.affine_params(xs, c)
+            xs = xs.clone()
+            xs[:, i] = (us[:, i].to(mu.dtype) * torch.exp(a[:, i]) + mu[:, i]).to(u.dtype)
+        return self._order(xs)
+
+    def inverse_jacobi(self, u: Tensor, c: Tensor, max_iters: int | None, tol: float) -> Tensor:
+        """Parallel fixed-point iteration ``x <- u * exp(a(x)) + mu(x)``; exact after N sweeps."""
+        us = self._order(u)
+        xs = us.clone()
+        for _ in range(max_iters or us.shape[1]):
+            mu, a = self.affine_params(xs, c)
+            new = (us.to(mu.dtype) * torch.exp(a) + mu).to(u.dtype)
+            delta = (new - xs).abs().max()
+            xs = new
+            if delta <= tol:
+                break
+        return self._order(xs)
+
+
+@TRANSPORTERS.register("tarflow", TarFlowConfig)
+class TarFlow(Transporter):
+    """A stack of :class:`CausalAffineBlock` with alternating scan order."""
+
+    def __init__(self, config: TarFlowConfig, dims: ModelDims) -> None:
+        super().__init__()
+        self.config = config
+        self.time_embed = TimeEmbedding(config.width)
+        self.cond_embed = ConditionEmbedding(dims.num_classes if config.use_condition else 0, config.width)
+        self.blocks = nn.ModuleList(CausalAffineBlock(config, dims, reverse=bool(j % 2)) for j in range(config.num_blocks))
+
+    def _context(self, t: Tensor, cond: Tensor | None, like: Tensor) -> Tensor:
+        c = self.time_embed(t)
+        c = c + self.cond_embed(cond if self.config.use_condition else None, t.shape[0], like=c)
+        return c[:, None, :]
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        c = self._context(t, cond, x)
+        logdet = torch.zeros(x.shape[0], dtype=_affine_dtype(x), device=x.device)
+        for block in self.blocks:
+            x, ld = block(x, c)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None, method: str | None = None) -> Tensor:
+        """``method`` overrides the configured ``inverse_method`` ("sequential", "jacobi", "naive")."""
+        c = self._context(t, cond, u)
+        method = method or self.config.inverse_method
+        for block in reversed(self.blocks):
+            if method == "sequential":
+                u = block.inverse_sequential(u, c)
+            elif method == "jacobi":
+                u = block.inverse_jacobi(u, c, self.config.jacobi_max_iters, self.config.jacobi_tol)
+            elif method == "naive":
+                u = block.inverse_naive(u, c)
+            else:
+                raise ValueError(f"unknown inverse method {method!r}; use sequential, jacobi or naive")
+        return u
