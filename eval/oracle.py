@@ -43,14 +43,15 @@ class GaussianMixture:
     @classmethod
     def gaussian(cls, mean: Tensor, variance: float) -> "GaussianMixture":
         mean = torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1)
-        return cls(torch.ones(1), mean, torch.tensor([float(variance)]))
+        return cls(torch.ones(1, dtype=torch.float64), mean, torch.tensor([float(variance)], dtype=torch.float64))
 
     @classmethod
     def ring(cls, num_components: int = 8, radius: float = 2.0, std: float = 0.2) -> "GaussianMixture":
         """``num_components`` equal-weight 2-D Gaussians on a circle (the 8-gaussians toy)."""
         angles = torch.arange(num_components, dtype=torch.float64) * (2 * math.pi / num_components)
         means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
-        return cls(torch.full((num_components,), 1.0 / num_components), means, torch.full((num_components,), std**2))
+        f64 = torch.float64
+        return cls(torch.full((num_components,), 1.0 / num_components, dtype=f64), means, torch.full((num_components,), std**2, dtype=f64))
 
     def to_dict(self) -> dict:
         return {"weights": self.weights.tolist(), "means": self.means.tolist(), "variances": self.variances.tolist()}

@@ -28,10 +28,10 @@ B = TypeVar("B")
 C = TypeVar("C", bound="ComponentConfig")
 
 
-class RegistryError(KeyError):
+class RegistryError(LookupError, ValueError):
     """Unknown or duplicate registry name; the message lists the known names."""
 
-    def __str__(self) -> str:  # KeyError would repr() the message
+    def __str__(self) -> str:
         return str(self.args[0])
 
 

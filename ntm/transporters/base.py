@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -15,18 +16,28 @@ class Transporter(nn.Module, ABC):
 
     ``t`` is ``(B,)``; ``cond`` is ``None`` or ``(B,)`` int64 labels (null label
     allowed). ``inverse(forward(x)[0]) == x`` up to float error.
+    ``inverse_methods`` names alternative inverse algorithms a variant offers
+    (selected with ``inverse(..., method=name)``); the conformance suite
+    checks each against the default.
     """
+
+    inverse_methods: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
 
     @abstractmethod
-    def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor: ...
+    def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None, method: str | None = None) -> Tensor: ...
 
 
 class TransporterConfig(ComponentConfig):
     def build(self, dims: ModelDims) -> Transporter:  # pragma: no cover - interface
         raise NotImplementedError
+
+    @classmethod
+    def conformance_configs(cls) -> list["TransporterConfig"]:
+        """Configs the conformance suite exercises (default: the default config)."""
+        return [cls()]
 
 
 TRANSPORTERS: Registry[Transporter] = Registry("transporter", base=Transporter)

@@ -19,5 +19,5 @@ class IdentityTransporter(Transporter):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x, torch.zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
 
-    def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None, method: str | None = None) -> Tensor:
         return u

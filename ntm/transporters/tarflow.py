@@ -55,6 +55,14 @@ class TarFlowConfig(TransporterConfig):
     def build(self, dims: ModelDims) -> "TarFlow":
         return TarFlow(self, dims)
 
+    @classmethod
+    def conformance_configs(cls) -> list["TarFlowConfig"]:
+        return [
+            cls(width=32, num_heads=2),
+            cls(width=32, num_heads=2, num_blocks=3, use_condition=True),
+            cls(width=32, num_heads=2, soft_clip=None, layers_per_block=1),
+        ]
+
 
 def _affine_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
@@ -151,6 +159,8 @@ class CausalAffineBlock(nn.Module):
 @TRANSPORTERS.register("tarflow", TarFlowConfig)
 class TarFlow(Transporter):
     """A stack of :class:`CausalAffineBlock` with alternating scan order."""
+
+    inverse_methods = ("sequential", "jacobi", "naive")
 
     def __init__(self, config: TarFlowConfig, dims: ModelDims) -> None:
         super().__init__()
