@@ -41,6 +41,17 @@ class NTM(nn.Module):
         self.process = process
         self.dims = dims
 
+    def forward(
+        self, x: Tensor, cond: Tensor | None, objective, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Training entry point: ``objective(self, x, cond, generator)`` -> ``(loss, metrics)``.
+
+        Routing the loss through ``forward`` lets DDP and FSDP wrappers see
+        every use of the weights during training.
+        """
+        out = objective(self, x, cond, generator)
+        return out.loss, out.metrics
+
     # -- transport --------------------------------------------------------
     def transport_levels(self, x_levels: Tensor, times: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         """``f`` on ``L`` levels at once: ``(L, B, N, d)``, ``(L,)`` -> ``u (L, B, N, d)``, ``logdet (L, B)``."""

@@ -62,8 +62,9 @@ class MarkovProcess(ForwardProcess):
 
     def sample_num_steps(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """``(B,)`` step counts drawn uniformly from the configured set."""
-        choices = torch.tensor(self.steps, dtype=torch.long)
-        idx = torch.randint(len(self.steps), (batch,), generator=generator)
+        gen_device = generator.device if generator is not None else device
+        choices = torch.tensor(self.steps, dtype=torch.long, device=gen_device)
+        idx = torch.randint(len(self.steps), (batch,), generator=generator, device=gen_device)
         return choices[idx].to(device)
 
     # -- sampling ---------------------------------------------------------

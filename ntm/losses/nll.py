@@ -91,7 +91,8 @@ class PairWiseLoss(Loss):
         t = torch.empty_like(s)
         for k, idx in _group_by_steps(num_steps):
             times = model.process.times(k, device=x.device, dtype=x.dtype)
-            step = torch.randint(1, k + 1, (idx.numel(),), generator=generator).to(x.device)
+            gen_device = generator.device if generator is not None else x.device
+            step = torch.randint(1, k + 1, (idx.numel(),), generator=generator, device=gen_device).to(x.device)
             s[idx], t[idx] = times[step - 1], times[step]
         x_s, x_t = model.process.sample_pair(x, s, t, generator)
         per_dim = model.pair_nll(x_s, x_t, s, t, cond) / dim

@@ -1,0 +1,108 @@
+"""From an :class:`Experiment` to built components: layout, model, previews and sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from experiments.config import Experiment
+from ntm.conditioning import CONDITIONERS
+from ntm.data.base import DataSource
+from ntm.model import NTM
+from ntm.nn.tokens import TokenLayout
+from ntm.spec import ModelDims
+from ntm.train.loop import TrainJob
+from ntm.viz import image_grid, scatter_density
+
+
+def layout_for(exp: Experiment, data: DataSource) -> TokenLayout:
+    spec = data.spec
+    return TokenLayout(spec.shape, exp.patch_size if len(spec.shape) == 3 else 1)
+
+
+def dims_for(exp: Experiment, data: DataSource) -> ModelDims:
+    layout = layout_for(exp, data)
+    conditional = CONDITIONERS.name_of(exp.conditioner) != "none"
+    return ModelDims(layout.num_tokens, layout.token_dim, data.spec.num_classes if conditional else 0)
+
+
+def build_model(exp: Experiment, data: DataSource) -> NTM:
+    return exp.model.build(dims_for(exp, data))
+
+
+def sample(
+    exp: Experiment,
+    model: NTM,
+    data: DataSource,
+    n: int,
+    *,
+    labels: Tensor | None = None,
+    num_steps: int | None = None,
+    guidance: float | None = None,
+    temperature: float | None = None,
+    denoise: bool = True,
+    seed: int | None = None,
+) -> Tensor:
+    """Draw ``n`` samples in data space ``(n, *shape)`` (normalised), denoised by the configured denoiser."""
+    layout = layout_for(exp, data)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(exp.eval.seed if seed is None else seed)
+    sampler = exp.sampler.build()
+    cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
+    out = sampler(model, n, cond=cond, num_steps=num_steps, guidance=guidance, temperature=temperature,
+                  return_trajectory=denoise, generator=gen)
+    x = out.x
+    if denoise:
+        x = exp.denoiser.build()(model, out.x_trajectory, out.times, cond)
+    return layout.from_tokens(x.detach()).float().cpu()
+
+
+def grid_labels(exp: Experiment, data: DataSource, model: NTM) -> Tensor | None:
+    """One row per class (at most 10 rows) for conditional image models; ``None`` otherwise."""
+    if model.dims.num_classes == 0 or data.spec.kind != "images":
+        return None
+    rows = min(model.dims.num_classes, 10)
+    return torch.arange(rows).repeat_interleave(exp.eval.grid_columns)
+
+
+def picture(exp: Experiment, data: DataSource, samples: Tensor) -> Tensor:
+    """Samples -> ``(C, H, W)`` in [0, 1]: an image grid, or a 2-D scatter density."""
+    shown = data.to_display(samples)
+    if data.spec.kind == "images":
+        upscale = max(1, 64 // data.spec.shape[-1])
+        return image_grid(shown.clamp(0, 1), nrow=exp.eval.grid_columns, upscale=upscale)
+    return scatter_density(shown[:, :2])
+
+
+def sample_picture(exp: Experiment, model: NTM, data: DataSource, **kwargs) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(picture, samples, labels)`` for the run's standard sample figure."""
+    labels = grid_labels(exp, data, model)
+    if labels is not None:
+        n = labels.numel()
+    elif data.spec.kind == "images":
+        n = exp.eval.grid_columns * 8
+    else:
+        n = exp.eval.num_points
+    samples = sample(exp, model, data, n, labels=labels, **kwargs)
+    return picture(exp, data, samples), samples, labels
+
+
+def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJob:
+    def preview(model: nn.Module, step: int) -> Tensor:
+        # previews skip the score denoiser (a backward pass) to stay cheap
+        return sample_picture(exp, model, data, denoise=False)[0]
+
+    return TrainJob(
+        build_model=lambda: build_model(exp, data),
+        objective=exp.loss.build(),
+        data=data,
+        layout=layout_for(exp, data),
+        conditioner=exp.conditioner.build(),
+        train=exp.train,
+        run_dir=Path(exp.resolved_run_dir),
+        config=exp.model_dump(mode="json"),
+        resume=resume,
+        preview=preview,
+    )

@@ -1,0 +1,59 @@
+"""Named experiment presets (one dict). Each is a complete :class:`Experiment`; the CLI overrides any field."""
+
+from __future__ import annotations
+
+from experiments.config import EvalConfig, Experiment
+from ntm.conditioning import ClassLabelConfig, NoConditionConfig
+from ntm.data import DigitsConfig, EightGaussiansConfig, WebDatasetConfig
+from ntm.denoisers import NoDenoiserConfig, ScoreDenoiserConfig
+from ntm.forward import MarkovConfig, UniformConfig
+from ntm.predictors import TrajectoryPredictorConfig, TransformerPredictorConfig
+from ntm.train.config import TrainConfig
+from ntm.transporters import IdentityConfig, TarFlowConfig
+
+_TOY = Experiment(
+    name="toy-ntm",
+    data=EightGaussiansConfig(),
+    transporter=TarFlowConfig(width=64, num_blocks=2, layers_per_block=2, num_heads=4),
+    predictor=TransformerPredictorConfig(depth=4, width=64, num_heads=4),
+    process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+    conditioner=NoConditionConfig(),
+    denoiser=NoDenoiserConfig(),
+    train=TrainConfig(steps=1500, batch_size=256, lr=2e-3, warmup_steps=100, sample_every=500, checkpoint_every=500),
+)
+
+_DIGITS = Experiment(
+    name="digits-ntm",
+    data=DigitsConfig(),
+    patch_size=2,
+    transporter=TarFlowConfig(width=64, num_blocks=2, layers_per_block=2, num_heads=4, use_condition=True),
+    predictor=TrajectoryPredictorConfig(depth=4, width=128, num_heads=4),
+    process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+    conditioner=ClassLabelConfig(dropout=0.1),
+    denoiser=ScoreDenoiserConfig(),
+    train=TrainConfig(steps=1500, batch_size=128, lr=1e-3, warmup_steps=100, sample_every=500, checkpoint_every=250),
+)
+
+PRESETS: dict[str, Experiment] = {
+    "toy-ntm": _TOY,
+    "toy-gaussian": _TOY.model_copy(update={"name": "toy-gaussian", "transporter": IdentityConfig()}),
+    "digits-ntm": _DIGITS,
+    "digits-gaussian": _DIGITS.model_copy(update={"name": "digits-gaussian", "transporter": IdentityConfig()}),
+    # GPU-sized, mirroring the paper's from-scratch setting: transporter 2 blocks x 4 layers, a 24-layer
+    # predictor over the whole trajectory, K = 4, 10% condition dropout. Point data.urls at ImageNet shards.
+    "imagenet-paper": Experiment(
+        name="imagenet-paper",
+        data=WebDatasetConfig(urls="data/imagenet/train-{000000..001281}.tar", image_size=64, channels=3, num_classes=1000),
+        patch_size=4,
+        transporter=TarFlowConfig(width=768, num_blocks=2, layers_per_block=4, num_heads=12, use_condition=True),
+        predictor=TrajectoryPredictorConfig(depth=24, width=1024, num_heads=16),
+        process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+        conditioner=ClassLabelConfig(dropout=0.1),
+        denoiser=ScoreDenoiserConfig(),
+        train=TrainConfig(
+            steps=400_000, batch_size=1024, lr=3e-4, betas=(0.9, 0.95), weight_decay=1e-4, warmup_steps=5000,
+            ema_decay=0.9999, sample_every=5000, checkpoint_every=2000, precision="bf16",
+        ),
+        eval=EvalConfig(num_examples=10_000, batch_size=256),
+    ),
+}

@@ -1,0 +1,162 @@
+"""Process-group setup and model wrapping for ``torchrun`` (FSDP2 or DDP), gloo on CPU, NCCL on GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ntm.nn.layers import AdaLNBlock
+
+
+@dataclasses.dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but CUDA is not available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init(device_choice: str) -> DistContext:
+    """Initialise the process group when launched by torchrun (``WORLD_SIZE > 1``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_choice, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world, local_rank, device)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, ctx: DistContext, strategy: str) -> nn.Module:
+    """FSDP2: ``fully_shard`` every transformer block, then the root. DDP: replicate.
+
+    Training goes through ``model.forward`` only (the loss is computed
+    there), so no other method needs registering; sampling and evaluation
+    use a gathered, unsharded copy of the EMA weights.
+    """
+    if not ctx.distributed:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for module in model.modules():
+            if isinstance(module, AdaLNBlock):
+                fully_shard(module)
+        fully_shard(model)
+        return model
+    if strategy == "ddp":
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    raise ValueError(f"unknown parallel strategy {strategy!r}; use fsdp or ddp")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module whose parameters are the model's (strips DDP and torch.compile wrappers)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on all but the last micro-batch."""
+    inner = model._orig_mod if hasattr(model, "_orig_mod") else model
+    if isinstance(inner, nn.parallel.DistributedDataParallel):
+        with contextlib.nullcontext() if enabled else inner.no_sync():
+            yield
+        return
+    if hasattr(inner, "set_requires_gradient_sync"):  # FSDP2 module
+        inner.set_requires_gradient_sync(enabled)
+    yield
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded CPU state dict (a collective under FSDP: every rank must call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    inner = unwrap(model)
+    if dist.is_initialized():
+        return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Gather a DTensor (FSDP shard) into a full tensor; plain tensors pass through."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Distribute a full tensor the way ``like`` (a DTensor shard) is; plain tensors pass through."""
+    if hasattr(like, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements)
+    return full
+
+
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load an unsharded state dict into a (possibly sharded) model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    inner = unwrap(model)
+    if dist.is_initialized():
+        set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        inner.load_state_dict(state)
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Optimizer state keyed by parameter name, unsharded (collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(unwrap(model), optimizer, options=options)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -1,0 +1,262 @@
+"""The training loop: one function, readable top to bottom.
+
+Every noise draw of step ``i`` comes from generators keyed by
+``(seed, i, chunk)`` where ``chunk`` indexes the global micro-batch
+(``rank * grad_accum + micro``). So the loss curve does not depend on how the
+global batch is split over ranks and micro-batches, and a resumed run
+continues the identical curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ntm.data.base import DataSource
+from ntm.losses.base import Loss
+from ntm.nn.tokens import TokenLayout
+from ntm.train import distributed as D
+from ntm.train.checkpoint import CheckpointManager, check_config_matches, rng_state, set_rng_state
+from ntm.train.config import RESUMABLE_FIELDS, TrainConfig
+from ntm.train.ema import EMA
+from ntm.train.errors import NonFiniteLossError, TrainingError
+from ntm.train.logging import Progress, RunLogger
+from ntm.viz import save_png
+
+CHECKPOINT_KEYS = ("format", "step", "model", "ema", "optimizer", "scheduler", "config")
+FORMAT = "ntm-checkpoint-1"
+
+
+@dataclasses.dataclass
+class TrainJob:
+    """Everything the loop needs, already built from an experiment config."""
+
+    build_model: Callable[[], nn.Module]
+    """Builds the model; called with the same seed on every rank so weights agree."""
+    objective: Loss
+    data: DataSource
+    layout: TokenLayout
+    conditioner: Callable[[Tensor | None, int, torch.Generator], Tensor | None]
+    train: TrainConfig
+    run_dir: Path
+    config: dict[str, Any]
+    """The experiment as JSON: saved in checkpoints and compared on resume."""
+    resume: bool = False
+    preview: Callable[[nn.Module, int], Tensor] | None = None
+    """``(ema_model, step) -> image (C, H, W) in [0, 1]`` for the periodic sample grid."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    steps: int
+    wall_seconds: float
+    examples_per_second: float
+    last_loss: float
+    ema_model: nn.Module | None
+    """An unsharded model holding the EMA weights (rank 0; ``None`` elsewhere)."""
+
+
+def noise_generator(device: torch.device, seed: int, step: int, chunk: int) -> torch.Generator:
+    key = (seed * 1_000_003 + step) * 10_007 + chunk
+    return torch.Generator(device=device).manual_seed(key % (2**63 - 1))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(cfg.steps - cfg.warmup_steps, 1), eta_min=cfg.lr * cfg.min_lr_ratio
+    )
+    if cfg.warmup_steps == 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=cfg.warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[cfg.warmup_steps])
+
+
+def train(job: TrainJob) -> TrainResult:
+    cfg = job.train
+    ctx = D.init(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.batch_size % (ctx.world_size * cfg.grad_accum):
+        raise TrainingError(
+            f"train.batch_size ({cfg.batch_size}) must be divisible by world size x grad_accum "
+            f"({ctx.world_size} x {cfg.grad_accum})"
+        )
+    per_rank = cfg.batch_size // ctx.world_size
+    micro = per_rank // cfg.grad_accum
+    run_dir = Path(job.run_dir)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+    logger = RunLogger(run_dir, enabled=ctx.is_main)
+
+    # -- build, wrap, optimise ------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model = job.build_model().to(ctx.device)
+    model = D.wrap(model, ctx, cfg.parallel)
+    inner = D.unwrap(model)
+    optimizer = torch.optim.AdamW(inner.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg)
+    ema = EMA(inner, decay=cfg.ema_decay, warmup=True)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    # -- resume -----------------------------------------------------------------
+    start_step = 0
+    existing = checkpoints.latest_path()
+    if existing is not None and not job.resume:
+        raise TrainingError(f"{run_dir} already holds checkpoints ({existing.name}); pass --resume or another run_dir")
+    if job.resume and existing is not None:
+        path, state = checkpoints.load_latest(required=CHECKPOINT_KEYS)
+        check_config_matches(state["config"], job.config, ignore=RESUMABLE_FIELDS, path=path)
+        D.load_full_state_dict(model, state["model"])
+        D.load_optimizer_state(model, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _load_ema(ema, state["ema"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        if ctx.is_main:
+            print(f"resumed from {path} at step {start_step}", flush=True)
+
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(job.config, indent=2) + "\n")
+        (run_dir / "data_stats.json").write_text(json.dumps(job.data.stats(), indent=2) + "\n")
+
+    def save(step: int) -> Path | None:
+        state = {
+            "format": FORMAT,
+            "step": step,
+            "model": D.full_state_dict(model),
+            "ema": _full_ema_state(ema),
+            "optimizer": D.optimizer_state(model, optimizer),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "config": job.config,
+        }
+        path = checkpoints.save(step, state) if ctx.is_main else None
+        ctx.barrier()
+        return path
+
+    # -- loop -------------------------------------------------------------------
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda" and cfg.precision == "bf16")
+    batches = job.data.train_batches(per_rank, seed=cfg.seed, start_step=start_step, rank=ctx.rank, world_size=ctx.world_size)
+    num_classes = job.data.spec.num_classes
+    progress = Progress(cfg.steps, initial=start_step, enabled=ctx.is_main, print_every=cfg.log_every)
+    started = time.monotonic()
+    window_start, window_examples = time.monotonic(), 0
+    window_loss, window_count, last_loss = 0.0, 0, math.nan
+    metrics: dict[str, float] = {}
+    step = start_step
+    try:
+        while step < cfg.steps:
+            batch = next(batches)
+            x_all = job.layout.to_tokens(batch.x.to(ctx.device, non_blocking=True))
+            labels_all = None if batch.label is None else batch.label.to(ctx.device)
+            model.train()
+            step_loss = torch.zeros((), device=ctx.device)
+            for m in range(cfg.grad_accum):
+                chunk = ctx.rank * cfg.grad_accum + m
+                sl = slice(m * micro, (m + 1) * micro)
+                cpu_gen = noise_generator(torch.device("cpu"), cfg.seed, step, chunk)
+                labels = job.conditioner(None if labels_all is None else labels_all[sl].cpu(), num_classes, cpu_gen)
+                labels = None if labels is None else labels.to(ctx.device)
+                gen = noise_generator(ctx.device, cfg.seed, step, chunk)
+                with D.gradient_sync(model, enabled=m == cfg.grad_accum - 1), autocast:
+                    loss, metrics = model(x_all[sl], labels, job.objective, gen)
+                    if cfg.fail_at_step is not None and step == cfg.fail_at_step:
+                        loss = loss * math.nan
+                    (loss / cfg.grad_accum).backward()
+                step_loss += loss.detach() / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(inner.parameters(), cfg.grad_clip or math.inf)
+            grad_norm = D.full_tensor(grad_norm)
+            # Non-finite check before the optimizer step: the weights are still the last good ones.
+            loss_value = ctx.all_mean(step_loss.item())
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
+                optimizer.zero_grad(set_to_none=True)
+                path = save(step)
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} (loss {loss_value}, grad norm {grad_norm.item()}); "
+                    f"stopped, last good state saved to {path or checkpoints.path_for(step)}"
+                )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(inner, decay=ema.decay_at(ema.num_updates))
+            step += 1
+            last_loss = loss_value
+            window_loss += loss_value
+            window_count += 1
+            window_examples += cfg.batch_size
+            progress.update(1, loss=f"{loss_value:.4f}")
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.monotonic() - window_start
+                scalars = {
+                    "loss": window_loss / window_count,
+                    "grad_norm": grad_norm.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "examples_per_s": window_examples / max(elapsed, 1e-9),
+                    **{k: v for k, v in metrics.items() if k != "nll_traj_bpd"},
+                    "nll_traj_bpd": metrics.get("nll_traj_bpd", math.nan),
+                    "step_loss": loss_value,
+                }
+                logger.log_scalars(step, scalars)
+                window_start, window_examples, window_loss, window_count = time.monotonic(), 0, 0.0, 0
+            if cfg.sample_every and job.preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+                _preview(job, ema, ctx, logger, step, run_dir)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(step)
+    finally:
+        progress.close()
+        logger.close()
+
+    wall = time.monotonic() - started
+    done = step - start_step
+    ema_model = _ema_model(job, ema, ctx)
+    D.shutdown(ctx)
+    return TrainResult(
+        steps=step,
+        wall_seconds=wall,
+        examples_per_second=done * cfg.batch_size / max(wall, 1e-9),
+        last_loss=last_loss,
+        ema_model=ema_model,
+    )
+
+
+def _full_ema_state(ema: EMA) -> dict[str, Any]:
+    state = ema.state_dict()
+    state["shadow"] = {k: D.full_tensor(v).detach().cpu() for k, v in state["shadow"].items()}
+    state["buffers"] = {k: D.full_tensor(v).detach().cpu() for k, v in state["buffers"].items()}
+    return state
+
+
+def _load_ema(ema: EMA, state: dict[str, Any]) -> None:
+    state = dict(state)
+    state["shadow"] = {k: D.shard_like(v, ema.shadow[k]) for k, v in state["shadow"].items()}
+    ema.load_state_dict(state)
+
+
+def _ema_model(job: TrainJob, ema: EMA, ctx: D.DistContext) -> nn.Module | None:
+    """An unsharded model holding the EMA weights, on rank 0 (gathering is collective)."""
+    full = _full_ema_state(ema)
+    if not ctx.is_main:
+        return None
+    model = job.build_model().to(ctx.device)
+    model.load_state_dict({**full["shadow"], **full["buffers"]})
+    return model.eval()
+
+
+def _preview(job: TrainJob, ema: EMA, ctx: D.DistContext, logger: RunLogger, step: int, run_dir: Path) -> None:
+    model = _ema_model(job, ema, ctx)
+    if model is not None:
+        image = job.preview(model, step).clamp(0, 1)
+        logger.log_image("samples", step, image)
+        save_png(image, run_dir / "samples" / f"step_{step:08d}.png")
+    ctx.barrier()

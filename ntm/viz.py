@@ -1,0 +1,50 @@
+"""Pictures of samples: image grids and 2-D scatter densities, as tensors and PNG files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def image_grid(images: Tensor, nrow: int, pad: int = 1, upscale: int = 1) -> Tensor:
+    """``(B, C, H, W)`` in [0, 1] -> one ``(C, H', W')`` grid with ``nrow`` images per row."""
+    b, c, h, w = images.shape
+    if upscale > 1:
+        images = images.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+        h, w = h * upscale, w * upscale
+    rows = (b + nrow - 1) // nrow
+    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=images.dtype)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
+    return grid
+
+
+def scatter_density(points: Tensor, size: int = 192, extent: float = 4.0) -> Tensor:
+    """``(B, 2)`` points -> ``(1, size, size)`` log-density picture in [0, 1] over ``[-extent, extent]^2``."""
+    p = points.detach().float().cpu()
+    idx = ((p + extent) / (2 * extent) * size).long()
+    keep = ((idx >= 0) & (idx < size)).all(-1)
+    idx = idx[keep]
+    hist = torch.zeros(size * size)
+    hist.index_add_(0, (size - 1 - idx[:, 1]) * size + idx[:, 0], torch.ones(len(idx)))
+    img = torch.log1p(hist.reshape(size, size))
+    img = img / img.max().clamp_min(1e-9)
+    return (1 - img)[None]  # dark = dense
+
+
+def save_png(image: Tensor, path: str | os.PathLike[str]) -> Path:
+    """Write ``(C, H, W)`` in [0, 1] (C = 1 or 3) as a PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
