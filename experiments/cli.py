@@ -37,7 +37,7 @@ from ntm.train.config import RESUMABLE_FIELDS
 from ntm.train.errors import NonFiniteLossError, TrainingError
 from ntm.train.loop import CHECKPOINT_KEYS, train
 from ntm.viz import save_png
-from registry import RegistryError
+from registry import RegistryError, deferred_validation
 
 USER_ERRORS = (pydantic.ValidationError, DataError, RegistryError, ScheduleError, TrainingError, FileNotFoundError)
 
@@ -97,14 +97,16 @@ def parse_experiment(args: list[str]) -> tuple[Experiment, bool]:
     resume = _pop_flag(args, "--resume")
     config_path = _pop_value(args, "--config")
     description = "Train an NTM. Extra flags: --config FILE (start from a saved config.json), --resume."
-    if config_path is not None:
-        base = load_experiment(config_path)
-        exp = tyro.cli(Experiment, default=base, args=args, config=(tyro.conf.CascadeSubcommandArgs,),
-                       prog="ntm train --config FILE", description=description)
-    else:
-        cli_type = tyro.conf.CascadeSubcommandArgs[tyro.extras.subcommand_type_from_defaults(PRESETS)]
-        exp = tyro.cli(cli_type, args=args, prog="ntm train", description=description)
-    return exp, resume
+    # tyro builds the config tree unvalidated; one validation afterwards reports every bad field by its path
+    with deferred_validation():
+        if config_path is not None:
+            base = load_experiment(config_path)
+            exp = tyro.cli(Experiment, default=base, args=args, config=(tyro.conf.CascadeSubcommandArgs,),
+                           prog="ntm train --config FILE", description=description)
+        else:
+            cli_type = tyro.conf.CascadeSubcommandArgs[tyro.extras.subcommand_type_from_defaults(PRESETS)]
+            exp = tyro.cli(cli_type, args=args, prog="ntm train", description=description)
+    return Experiment.model_validate(exp.model_dump(mode="json")), resume
 
 
 def train_command(args: list[str]) -> int:

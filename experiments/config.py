@@ -32,10 +32,8 @@ class EvalConfig(ComponentConfig):
     """Seed of evaluation trajectories and samples."""
 
 
-class Experiment(pydantic.BaseModel):
+class Experiment(ComponentConfig):
     """A whole run: data, model components, objective, sampling and training."""
-
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     name: str = "custom"
     """Name of the run (the default run directory is runs/<name>)."""

@@ -27,11 +27,11 @@ _DIGITS = Experiment(
     data=DigitsConfig(),
     patch_size=2,
     transporter=TarFlowConfig(width=64, num_blocks=2, layers_per_block=2, num_heads=4, use_condition=True),
-    predictor=TrajectoryPredictorConfig(depth=4, width=128, num_heads=4),
+    predictor=TrajectoryPredictorConfig(depth=4, width=96, num_heads=4),
     process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
     conditioner=ClassLabelConfig(dropout=0.1),
     denoiser=ScoreDenoiserConfig(),
-    train=TrainConfig(steps=1500, batch_size=128, lr=1e-3, warmup_steps=100, sample_every=500, checkpoint_every=250),
+    train=TrainConfig(steps=1200, batch_size=64, lr=1e-3, warmup_steps=100, sample_every=400, checkpoint_every=200),
 )
 
 PRESETS: dict[str, Experiment] = {

@@ -17,6 +17,8 @@ This package depends on pydantic and tyro only; it never imports ``ntm``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Annotated, Any, Callable, ClassVar, Generic, TypeVar, Union
 
@@ -35,6 +37,24 @@ class RegistryError(LookupError, ValueError):
         return str(self.args[0])
 
 
+_DEFERRED = contextvars.ContextVar("ntm_registry_deferred_validation", default=False)
+
+
+@contextlib.contextmanager
+def deferred_validation():
+    """Inside this block, configs are built without validation (``model_construct``).
+
+    A command-line parser builds a whole config tree here, then validates it
+    once with ``model_validate`` so every bad field is reported together,
+    one line each, with its full dotted path.
+    """
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
 class ComponentConfig(BaseModel):
     """Base of every component config: frozen, unknown fields rejected.
 
@@ -46,6 +66,14 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     registry_name: ClassVar[str] = ""
+
+    def __init__(self, /, **data: Any) -> None:
+        if not _DEFERRED.get():
+            super().__init__(**data)
+            return
+        built = type(self).model_construct(**data)
+        for attr in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"):
+            object.__setattr__(self, attr, getattr(built, attr))
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
         """Instantiate the component this config describes."""

@@ -12,8 +12,8 @@ from ntm.forward import (
     validate_times,
 )
 
-torch.set_default_dtype(torch.float64)
-TIMES = torch.tensor([0.05, 0.2, 0.45, 0.8, 1.0])
+F64 = torch.float64
+TIMES = torch.tensor([0.05, 0.2, 0.45, 0.8, 1.0], dtype=F64)
 
 
 @pytest.mark.parametrize("name", SCHEDULES.names())
@@ -73,7 +73,7 @@ def test_transition_keeps_marginals():
 def test_monte_carlo_marginals_and_covariance():
     process = MarkovConfig().build()
     gen = torch.Generator().manual_seed(1)
-    x = torch.tensor([0.7, -1.3])
+    x = torch.tensor([0.7, -1.3], dtype=F64)
     n = 200_000
     traj = process.sample_trajectory(x.expand(n, 2), TIMES, gen)  # (K+1, n, 2)
     mean = traj.mean(1)
@@ -92,12 +92,12 @@ def test_sample_pair_has_trajectory_joint_law():
     process = MarkovConfig().build()
     gen = torch.Generator().manual_seed(2)
     n = 200_000
-    x = torch.full((n, 1), 0.4)
-    s = torch.full((n,), 0.2)
-    t = torch.full((n,), 0.45)
+    x = torch.full((n, 1), 0.4, dtype=F64)
+    s = torch.full((n,), 0.2, dtype=F64)
+    t = torch.full((n,), 0.45, dtype=F64)
     x_s, x_t = process.sample_pair(x, s, t, gen)
     cov = torch.cov(torch.stack([x_s[:, 0], x_t[:, 0]]))
-    expected = process.covariance(torch.tensor([0.2, 0.45]))
+    expected = process.covariance(torch.tensor([0.2, 0.45], dtype=F64))
     assert torch.allclose(cov, expected, atol=0.01)
 
 
@@ -105,10 +105,10 @@ def test_posterior_matches_monte_carlo_given_fixed_x_and_xt():
     """Importance-weight draws of x_s ~ q(x_s | x) by q(x_t* | x_s): their moments are q(x_s | x_t*, x)."""
     process = MarkovConfig().build()
     gen = torch.Generator().manual_seed(3)
-    s, t = torch.tensor(0.3), torch.tensor(0.7)
-    x, x_t = torch.tensor([1.2]), torch.tensor([0.1])
+    s, t = torch.tensor(0.3, dtype=F64), torch.tensor(0.7, dtype=F64)
+    x, x_t = torch.tensor([1.2], dtype=F64), torch.tensor([0.1], dtype=F64)
     n = 400_000
-    x_s = interpolant.alpha(s) * x + interpolant.sigma(s) * torch.randn(n, 1, generator=gen)
+    x_s = interpolant.alpha(s) * x + interpolant.sigma(s) * torch.randn(n, 1, generator=gen, dtype=F64)
     a, b2 = interpolant.transition(s, t)
     logw = -0.5 * (x_t - a * x_s).square().sum(-1) / b2
     w = torch.softmax(logw, 0)
@@ -118,5 +118,5 @@ def test_posterior_matches_monte_carlo_given_fixed_x_and_xt():
     assert torch.allclose(mc_mean, mean, atol=0.01)
     assert torch.allclose(mc_var, var.expand(1), rtol=0.03)
     # at t = 1 the posterior is alpha_s x with variance sigma_s^2
-    mean1, var1 = process.posterior(x, x_t, s, torch.tensor(1.0))
+    mean1, var1 = process.posterior(x, x_t, s, torch.tensor(1.0, dtype=F64))
     assert torch.allclose(mean1, interpolant.alpha(s) * x) and torch.allclose(var1, interpolant.sigma(s) ** 2)

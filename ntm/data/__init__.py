@@ -1,0 +1,34 @@
+"""Data sources. Each variant registers in ``DATA_SOURCES``; every variant module is imported here explicitly.
+
+Shard writing (``write_shards``, ``python -m ntm.data.shards write ...``) lives
+in :mod:`ntm.data.shards`, which is deliberately not imported here so that
+running it with ``python -m`` does not load it twice.
+"""
+
+from ntm.data.base import DATA_SOURCES, Batch, DataError, DataSource, DataSpec
+from ntm.data.digits import Digits, DigitsConfig
+from ntm.data.folder import ImageFolder, ImageFolderConfig
+from ntm.data.streaming import CorruptSampleWarning, WebDatasetConfig, WebDatasetSource
+from ntm.data.streams import InMemorySource, derive_seed
+from ntm.data.toys import (
+    Checkerboard,
+    CheckerboardConfig,
+    EightGaussians,
+    EightGaussiansConfig,
+    Mixture,
+    MixtureConfig,
+    MixtureSource,
+    Moons,
+    MoonsConfig,
+    Spirals,
+    SpiralsConfig,
+    ToyConfig,
+    ToySource,
+)
+
+__all__ = [
+    "DATA_SOURCES", "Batch", "Checkerboard", "CheckerboardConfig", "CorruptSampleWarning", "DataError",
+    "DataSource", "DataSpec", "Digits", "DigitsConfig", "EightGaussians", "EightGaussiansConfig", "ImageFolder",
+    "ImageFolderConfig", "InMemorySource", "Mixture", "MixtureConfig", "MixtureSource", "Moons", "MoonsConfig",
+    "Spirals", "SpiralsConfig", "ToyConfig", "ToySource", "WebDatasetConfig", "WebDatasetSource", "derive_seed",
+]
