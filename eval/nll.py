@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ntm.data.base import DataSource
+from ntm.data.base import DataError, DataSource
 from ntm.losses.nll import x0_bound_nats
 from ntm.nn.tokens import TokenLayout
 
@@ -40,7 +40,7 @@ def heldout_nll(
             total_bound += x0_bound_nats(step_nlls, traj, times).sum().item()
             count += x.shape[0]
         if count == 0:
-            raise ValueError("the held-out split is empty")
+            raise DataError("the data source has no held-out examples to score")
         dim = layout.dim
         results[k] = {
             "nll_traj_bpd": total_nll / (count * k * dim * math.log(2)),

@@ -188,3 +188,29 @@ class Registry(Generic[B]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def registry_slots(model_cls: type[BaseModel], prefix: str = "") -> dict[str, Registry]:
+    """Dotted paths of every registry-typed field under ``model_cls`` (recursing into all variants).
+
+    E.g. ``{"transporter": TRANSPORTERS, "process.schedule": SCHEDULES, ...}``;
+    a command line uses it to name an unknown ``slot:variant`` precisely.
+    """
+    found: dict[str, Registry] = {}
+    for name, field in model_cls.model_fields.items():
+        path = f"{prefix}{name}"
+        registry = next(
+            (
+                m.func.__self__
+                for m in field.metadata
+                if isinstance(m, pydantic.BeforeValidator) and isinstance(getattr(m.func, "__self__", None), Registry)
+            ),
+            None,
+        )
+        if registry is not None:
+            found[path] = registry
+            for entry in registry._entries.values():
+                found.update(registry_slots(entry.config_cls, prefix=f"{path}."))
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found.update(registry_slots(field.annotation, prefix=f"{path}."))
+    return found

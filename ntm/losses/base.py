@@ -16,7 +16,8 @@ class LossOutput:
     loss: Tensor
     """Scalar to minimise (nats per dimension)."""
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Detached scalars for logging."""
+    """Detached scalars for logging. Plain keys must be emitted by every call (the loop averages
+    them across ranks); keys with a '/' (e.g. ``nll_bpd/K4``) are optional breakdowns, kept per rank."""
 
 
 class Loss(ABC):

@@ -152,7 +152,7 @@ def train(job: TrainJob) -> TrainResult:
     started = time.monotonic()
     window_start, window_examples = time.monotonic(), 0
     window_loss, window_count, last_loss = 0.0, 0, math.nan
-    metrics: dict[str, float] = {}
+    metrics: dict[str, tuple[float, int]] = {}
     step = start_step
     try:
         while step < cfg.steps:
@@ -161,6 +161,7 @@ def train(job: TrainJob) -> TrainResult:
             labels_all = None if batch.label is None else batch.label.to(ctx.device)
             model.train()
             step_loss = torch.zeros((), device=ctx.device)
+            metrics = {}
             for m in range(cfg.grad_accum):
                 chunk = ctx.rank * cfg.grad_accum + m
                 sl = slice(m * micro, (m + 1) * micro)
@@ -169,11 +170,14 @@ def train(job: TrainJob) -> TrainResult:
                 labels = None if labels is None else labels.to(ctx.device)
                 gen = noise_generator(ctx.device, cfg.seed, step, chunk)
                 with D.gradient_sync(model, enabled=m == cfg.grad_accum - 1), autocast:
-                    loss, metrics = model(x_all[sl], labels, job.objective, gen)
+                    loss, micro_metrics = model(x_all[sl], labels, job.objective, gen)
                     if cfg.fail_at_step is not None and step == cfg.fail_at_step:
                         loss = loss * math.nan
                     (loss / cfg.grad_accum).backward()
                 step_loss += loss.detach() / cfg.grad_accum
+                for key, value in micro_metrics.items():
+                    total, count = metrics.get(key, (0.0, 0))
+                    metrics[key] = (total + value, count + 1)
             grad_norm = torch.nn.utils.clip_grad_norm_(inner.parameters(), cfg.grad_clip or math.inf)
             grad_norm = D.full_tensor(grad_norm)
             # Non-finite check before the optimizer step: the weights are still the last good ones.
@@ -203,8 +207,8 @@ def train(job: TrainJob) -> TrainResult:
                     "grad_norm": grad_norm.item(),
                     "lr": scheduler.get_last_lr()[0],
                     "examples_per_s": window_examples / max(elapsed, 1e-9),
-                    **{k: v for k, v in metrics.items() if k != "nll_traj_bpd"},
-                    "nll_traj_bpd": metrics.get("nll_traj_bpd", math.nan),
+                    # means over micro-batches; plain keys (every loss call emits them) also over ranks
+                    **{k: (t / n if "/" in k else ctx.all_mean(t / n)) for k, (t, n) in sorted(metrics.items())},
                     "step_loss": loss_value,
                 }
                 logger.log_scalars(step, scalars)
@@ -213,6 +217,9 @@ def train(job: TrainJob) -> TrainResult:
                 _preview(job, ema, ctx, logger, step, run_dir)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
+    except BaseException:
+        D.shutdown(ctx)
+        raise
     finally:
         progress.close()
         logger.close()

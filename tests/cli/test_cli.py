@@ -1,0 +1,167 @@
+"""The ``ntm`` command end to end: presets, reproduction, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import main
+from experiments.config import Experiment
+from experiments.presets import PRESETS
+from ntm.train.checkpoint import CheckpointManager, load_checkpoint
+
+QUICK = ["--train.warmup-steps", "0", "--train.log-every", "1", "--eval.num-examples", "128"]
+
+
+def small(preset: str) -> list[str]:
+    """Flags shrinking a preset's networks for fast tests."""
+    flags = ["--predictor.width", "32", "--predictor.depth", "2"]
+    if PRESETS[preset].transporter.registry_name == "tarflow":
+        flags += ["--transporter.width", "16", "--transporter.num-heads", "2"]
+    return flags
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> step_loss, the last record of each step winning (a resumed run repeats some)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["step_loss"]
+    return out
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "imagenet-paper"])
+def test_every_preset_trains_through_the_cli(preset, tmp_path, capsys):
+    run_dir = tmp_path / preset
+    args = ["train", preset, "--run-dir", str(run_dir), "--train.steps", "3", "--train.sample-every", "2", *QUICK, *small(preset)]
+    rc, out, err = run(args, capsys)
+    assert rc == 0, err
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["steps"] == 3 and torch.isfinite(torch.tensor(final["nll_traj_bpd"]))
+    assert "held-out K=4: nll_traj_bpd" in out
+    for name in ("config.json", "data_stats.json", "metrics.jsonl", "samples/final.png", "samples/final.npy",
+                 "samples/step_00000002.png"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(losses(run_dir)) == [1, 2, 3]
+    assert CheckpointManager(run_dir / "checkpoints").steps() == [3]
+    assert (run_dir / "tb").is_dir()
+    # config.json holds the complete experiment
+    saved = Experiment.model_validate(json.loads((run_dir / "config.json").read_text()))
+    assert saved.name == preset and saved.train.steps == 3
+
+
+def test_digits_grid_has_one_row_per_digit(tmp_path, capsys):
+    run_dir = tmp_path / "d"
+    rc, _, err = run(["train", "digits-ntm", "--run-dir", str(run_dir), "--train.steps", "2", "--train.sample-every", "0",
+                      *QUICK, *small("digits-ntm")], capsys)
+    assert rc == 0, err
+    import numpy as np
+
+    labels = np.load(run_dir / "samples" / "final_labels.npy")
+    samples = np.load(run_dir / "samples" / "final.npy")
+    assert samples.shape == (100, 1, 8, 8)
+    assert (labels.reshape(10, 10) == np.arange(10)[:, None]).all()
+
+
+def test_config_file_reproduces_the_run(tmp_path, capsys):
+    first = tmp_path / "first"
+    rc, _, err = run(["train", "toy-ntm", "--run-dir", str(first), "--train.steps", "4", "--train.sample-every", "0",
+                      *QUICK, *small("toy-ntm")], capsys)
+    assert rc == 0, err
+    second = tmp_path / "second"
+    rc, _, err = run(["train", "--config", str(first / "config.json"), "--run-dir", str(second)], capsys)
+    assert rc == 0, err
+    assert losses(first) == losses(second)
+
+
+def test_sample_and_eval_commands(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    rc, _, err = run(["train", "digits-ntm", "--run-dir", str(run_dir), "--train.steps", "2", "--train.sample-every", "0",
+                      *QUICK, *small("digits-ntm")], capsys)
+    assert rc == 0, err
+    rc, out, err = run(["sample", "--run", str(run_dir), "--guidance", "2.0", "--temperature", "0.8", "--steps", "4",
+                        "--out", str(tmp_path / "g.png")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "g.png").is_file() and (tmp_path / "g.npy").is_file()
+    rc, out, err = run(["eval", "--run", str(run_dir), "--num-examples", "64"], capsys)
+    assert rc == 0, err
+    scores = json.loads((run_dir / "eval.json").read_text())
+    assert scores["4"]["examples"] == 64
+
+
+def test_imagenet_paper_builds_and_runs_one_step_at_reduced_width(tmp_path, capsys):
+    from PIL import Image
+
+    from ntm.data.shards import write_shards
+
+    folder = tmp_path / "images"
+    gen = torch.Generator().manual_seed(0)
+    for cls in ("n01", "n02"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(4):
+            arr = torch.randint(0, 256, (64, 64, 3), generator=gen, dtype=torch.uint8).numpy()
+            Image.fromarray(arr).save(folder / cls / f"{i}.png")
+    write_shards(folder, str(tmp_path / "shards" / "train-%06d.tar"), maxcount=4)
+    urls = str(tmp_path / "shards" / "train-{000000..000001}.tar")
+    run_dir = tmp_path / "paper"
+    args = [
+        "train", "imagenet-paper", "--run-dir", str(run_dir), "--data.urls", urls, "--data.eval-urls", urls,
+        "--transporter.width", "32", "--transporter.num-heads", "2", "--predictor.width", "32", "--predictor.depth", "2",
+        "--predictor.num-heads", "2", "--train.steps", "1", "--train.batch-size", "4", "--train.warmup-steps", "0",
+        "--train.sample-every", "0", "--eval.num-examples", "4", "--eval.batch-size", "4", "--eval.grid-columns", "1",
+        "denoiser:none",
+    ]
+    rc, out, err = run(args, capsys)
+    assert rc == 0, err
+    saved = json.loads((run_dir / "config.json").read_text())
+    # the paper's shape is kept: 2 blocks x 4 layers, a 24-layer... here reduced to depth 2, K = 4, 10% dropout
+    assert saved["transporter"]["num_blocks"] == 2 and saved["transporter"]["layers_per_block"] == 4
+    assert saved["process"]["steps"] == [4] and saved["conditioner"]["dropout"] == 0.1
+    assert PRESETS["imagenet-paper"].predictor.depth == 24
+    assert json.loads((run_dir / "final.json").read_text())["steps"] == 1
+
+
+def _train_cmd(run_dir: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir),
+            "--train.steps", str(steps), "--train.checkpoint-every", "5", "--train.sample-every", "0",
+            "--train.threads", "1", *QUICK, *small("toy-ntm"), *extra]
+
+
+def test_resume_after_sigkill_continues_the_identical_loss_curve(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference, 30), check=True, env=env, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, 30), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manager = CheckpointManager(killed / "checkpoints")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(s >= 10 for s in manager.steps()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_before = manager.steps()
+    assert steps_before and max(steps_before) < 30, "the run must be killed mid-training"
+
+    done = subprocess.run(_train_cmd(killed, 30, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stdout
+    assert losses(killed) == losses(reference)  # exact, every step
+    final_a = load_checkpoint(CheckpointManager(reference / "checkpoints").latest_path())
+    final_b = load_checkpoint(manager.latest_path())
+    for key, value in final_a["model"].items():
+        assert torch.equal(value, final_b["model"][key]), key

@@ -1,0 +1,214 @@
+"""Two-process (gloo, CPU) training through the real CLI matches one process with the same global batch.
+
+``torchrun --nproc_per_node 2 ... train toy-ntm --train.parallel {fsdp,ddp}`` with
+global batch B must reproduce ``ntm train toy-ntm --train.grad-accum 2`` with the
+same B: the noise of micro-batch ``chunk = rank * grad_accum + micro`` is keyed by
+``(seed, step, chunk)`` and the data source hands rank r the r-th slice of the
+global batch, so per-step losses, gradient norms and weights agree up to float
+summation order. The runs also check that only rank 0 logs and checkpoints, that
+the EMA gathers for previews (``--train.sample-every``, a collective under FSDP)
+do not deadlock, and that both ranks exit with status 0.
+
+Each torchrun worker gets a ``sitecustomize`` (via ``PYTHONPATH``) that records
+every ``CheckpointManager.save`` call with the caller's rank, so "written once,
+by rank 0" is observed directly rather than inferred from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ntm.train.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
+)
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 4
+TIMEOUT_S = 180
+TINY = [
+    "--train.steps", str(STEPS),
+    "--train.batch-size", "64",
+    "--train.warmup-steps", "0",
+    "--train.log-every", "1",
+    "--train.checkpoint-every", "2",
+    "--train.device", "cpu",
+    "--eval.num-examples", "64",
+    "--eval.num-points", "64",
+    "--transporter.width", "16",
+    "--transporter.num-heads", "2",
+    "--transporter.num-blocks", "1",
+    "--transporter.layers-per-block", "1",
+    "--predictor.width", "16",
+    "--predictor.depth", "2",
+    "--predictor.num-heads", "2",
+]
+
+SITECUSTOMIZE = '''
+import os
+if "LOCAL_RANK" in os.environ and os.environ.get("NTM_TEST_SAVE_LOG"):  # torchrun workers of this test only
+    with open(os.environ["NTM_TEST_PIDS"], "a") as f:  # workers run in sessions of their own: kill them by pid
+        f.write(f"{os.getpid()}\\n")
+
+    from ntm.train.checkpoint import CheckpointManager
+
+    _save = CheckpointManager.save
+
+    def save(self, step, state):
+        with open(os.environ["NTM_TEST_SAVE_LOG"], "a") as f:
+            f.write(f"{os.environ.get('RANK', '0')} {step}\\n")
+        return _save(self, step, state)
+
+    CheckpointManager.save = save
+'''
+
+# Variables a surrounding torchrun / launcher could leak into the children.
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], env: dict[str, str], log: Path, pid_file: Path | None = None) -> tuple[int, str]:
+    """Run with output to ``log`` (not a pipe, which stray workers would hold open); on a timeout kill everything."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _kill(proc, pid_file)
+            pytest.fail(f"{' '.join(cmd[:6])} ... hung for {TIMEOUT_S}s (deadlock?); output:\n"
+                        f"{log.read_text()[-4000:]}")
+    return proc.returncode, log.read_text()
+
+
+def _kill(proc: subprocess.Popen, pid_file: Path | None) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)  # torchrun stops its workers on SIGTERM
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # torchrun starts each worker in a session of its own; kill any it left behind
+    for pid in (pid_file.read_text().split() if pid_file is not None and pid_file.exists() else []):
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _train_single(run_dir: Path, *flags: str) -> str:
+    rc, out = _run([sys.executable, "-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir),
+                    *TINY, *flags], _env(), log=run_dir.parent / "single.log")
+    assert rc == 0, out[-4000:]
+    return out
+
+
+def _train_torchrun(run_dir: Path, tmp: Path, *flags: str) -> tuple[str, list[tuple[int, int]]]:
+    """Two gloo workers; returns the output and the recorded ``(rank, step)`` checkpoint saves."""
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    save_log, pid_file = tmp / "saves.txt", tmp / "worker_pids.txt"
+    pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    env = _env(PYTHONPATH=pythonpath, NTM_TEST_SAVE_LOG=str(save_log), NTM_TEST_PIDS=str(pid_file))
+    for _ in range(3):  # the free port can be taken between probing and binding: retry on that only
+        shutil.rmtree(run_dir, ignore_errors=True)
+        save_log.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags]
+        rc, out = _run(cmd, env, log=tmp / "torchrun.log", pid_file=pid_file)
+        if rc != 0 and "address already in use" in out.lower():
+            continue
+        break
+    # torchrun exits 0 only when every worker exited 0
+    assert rc == 0, out[-4000:]
+    saves = [tuple(map(int, line.split())) for line in save_log.read_text().splitlines()] if save_log.exists() else []
+    return out, saves
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _last_checkpoint(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / f"step_{STEPS:08d}.pt")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, the same global batch of 64 split into 2 micro-batches of 32."""
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    _train_single(run_dir, "--train.grad-accum", "2", "--train.sample-every", "0")
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sample_every"),
+    [("fsdp", 0), ("fsdp", 2), ("ddp", 0)],
+    ids=["fsdp", "fsdp-sample-every-2", "ddp"],
+)
+def test_two_ranks_match_one_process(reference: Path, tmp_path: Path, strategy: str, sample_every: int) -> None:
+    run_dir = tmp_path / "run"
+    out, saves = _train_torchrun(run_dir, tmp_path, "--train.parallel", strategy,
+                                 "--train.sample-every", str(sample_every))
+
+    # -- same curve: every step's loss (mean over ranks), gradient norm and learning rate
+    ref, got = _metrics(reference), _metrics(run_dir)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1)), "duplicate or missing metrics lines"
+    for a, b in zip(ref, got):
+        assert b["step_loss"] == pytest.approx(a["step_loss"], rel=1e-5, abs=1e-5), (a["step"], a, b)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5, abs=1e-5), (a["step"], a, b)
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-12)
+
+    # -- same weights: raw and EMA, from the last checkpoint (unsharded, unprefixed names)
+    want, have = _last_checkpoint(reference), _last_checkpoint(run_dir)
+    assert have["step"] == STEPS
+    assert set(have["model"]) == set(want["model"])
+    for name, w in want["model"].items():
+        assert type(have["model"][name]) is torch.Tensor, f"{name} saved as {type(have['model'][name]).__name__}"
+        torch.testing.assert_close(have["model"][name], w, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    for name, w in want["ema"]["shadow"].items():
+        torch.testing.assert_close(have["ema"]["shadow"][name], w, rtol=1e-5, atol=1e-5,
+                                   msg=lambda m, n=name: f"ema {n}: {m}")
+    assert set(have["optimizer"]["state"]) == set(want["optimizer"]["state"])
+
+    # -- rank 0 alone logs and checkpoints, each checkpoint once
+    assert sorted(saves) == [(0, 2), (0, STEPS)], f"checkpoint saves (rank, step): {saves}"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002.pt", f"step_{STEPS:08d}.pt"]
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1, "more than one TensorBoard writer"
+    assert out.count(f"trained toy-ntm: {STEPS} steps") == 1
+    assert out.count(f"step {STEPS}/{STEPS} ") == 1
+
+    # -- the run finished: rank 0 evaluated and wrote final.json (and the previews, when asked)
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["steps"] == STEPS
+    previews = sorted(p.name for p in (run_dir / "samples").glob("step_*.png"))
+    assert previews == ([f"step_{s:08d}.png" for s in range(sample_every, STEPS + 1, sample_every)]
+                        if sample_every else [])
