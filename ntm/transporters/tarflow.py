@@ -57,10 +57,11 @@ class TarFlowConfig(TransporterConfig):
 
     @classmethod
     def conformance_configs(cls) -> list["TarFlowConfig"]:
+        # jacobi_tol=0: the Jacobi inverse runs its N exact sweeps, so all inverses must agree to round-off
         return [
-            cls(width=32, num_heads=2),
-            cls(width=32, num_heads=2, num_blocks=3, use_condition=True),
-            cls(width=32, num_heads=2, soft_clip=None, layers_per_block=1),
+            cls(width=32, num_heads=2, jacobi_tol=0.0),
+            cls(width=32, num_heads=2, num_blocks=3, use_condition=True, jacobi_tol=0.0),
+            cls(width=32, num_heads=2, soft_clip=None, layers_per_block=1, inverse_method="jacobi", jacobi_tol=0.0),
         ]
 
 
