@@ -1,6 +1,7 @@
 """Training losses and reported likelihood numbers. Each loss registers in ``LOSSES``."""
 
 from ntm.losses.base import LOSSES, Loss, LossOutput
+from ntm.losses.flow_matching import FlowMatchingConfig, FlowMatchingLoss
 from ntm.losses.nll import (
     EndToEndConfig,
     EndToEndLoss,
@@ -12,6 +13,6 @@ from ntm.losses.nll import (
 )
 
 __all__ = [
-    "LOSSES", "EndToEndConfig", "EndToEndLoss", "Loss", "LossOutput", "PairWiseConfig", "PairWiseLoss",
+    "LOSSES", "EndToEndConfig", "EndToEndLoss", "FlowMatchingConfig", "FlowMatchingLoss", "Loss", "LossOutput", "PairWiseConfig", "PairWiseLoss",
     "forward_log_prob", "nll_traj_bpd", "x0_bound_nats",
 ]

@@ -40,6 +40,13 @@ class Predictor(nn.Module, ABC):
         g = self(u_levels.flatten(0, 1), t, s, c)
         return g.map(lambda z: z.unflatten(0, (k, b)))
 
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Flow-matching velocity ``v = eps - x`` at ``x_t`` (predictors built on a velocity model only)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no velocity model; flow matching needs predictor:posterior "
+            "with a velocity x-hat model"
+        )
+
     def new_cache(self) -> Any:
         """Sampling state carried from noisier to cleaner levels (``None`` if Markov)."""
         return None

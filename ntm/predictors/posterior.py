@@ -33,6 +33,10 @@ class XHatModel(nn.Module, ABC):
     @abstractmethod
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]: ...
 
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(v, hidden)`` for models that predict a velocity."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict a velocity")
+
 
 XHAT_MODELS: Registry[XHatModel] = Registry("x-hat model", base=XHatModel)
 
@@ -96,6 +100,9 @@ class PosteriorPredictor(Predictor):
             self.scale = nn.Linear(hidden, dims.token_dim)
             nn.init.zeros_(self.scale.weight)
             nn.init.zeros_(self.scale.bias)
+
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.xhat.velocity(x_t, t, cond)[0]
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
         x_hat, hidden = self.xhat(u_t, t, cond)

@@ -10,6 +10,8 @@ null label.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pydantic
 import torch
 from torch import Tensor
@@ -33,11 +35,15 @@ class TransformerPredictorConfig(PredictorConfig):
     """MLP hidden size as a multiple of width."""
     parameterization: Parameterization = "posterior"
     """'posterior': outputs x_hat and a log-scale correction read through the §4 posterior; 'direct': mu, log_sigma."""
+    sigma: Literal["learned", "posterior"] = "learned"
+    """'posterior' fixes sigma to the §4 posterior's (needs parameterization 'posterior'): the DDPM-style ablation."""
 
     @pydantic.model_validator(mode="after")
     def _heads_divide_width(self) -> "TransformerPredictorConfig":
         if self.width % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
+        if self.sigma == "posterior" and self.parameterization != "posterior":
+            raise ValueError("sigma 'posterior' needs parameterization 'posterior'")
         return self
 
     def build(self, dims: ModelDims) -> "TransformerPredictor":
@@ -61,7 +67,7 @@ class TransformerPredictor(Predictor):
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
         raw = self.net(u_t, self._context(t, s, cond)[:, None])
-        return gaussian_head(raw, u_t, t, s, self.config.parameterization)
+        return gaussian_head(raw, u_t, t, s, self.config.parameterization, self.config.sigma)
 
 
 class TrajectoryPredictorConfig(TransformerPredictorConfig):
@@ -87,7 +93,7 @@ class TrajectoryPredictor(TransformerPredictor):
         raw = self.net(seq, c, mask=mask).reshape(b, k, n, 2 * d).permute(1, 0, 2, 3).flip(0)
         t_all = times[1:].to(u_levels.dtype).repeat_interleave(b)
         s_all = times[:-1].to(u_levels.dtype).repeat_interleave(b)
-        g = gaussian_head(raw.flatten(0, 1), u_levels.flatten(0, 1), t_all, s_all, self.config.parameterization)
+        g = gaussian_head(raw.flatten(0, 1), u_levels.flatten(0, 1), t_all, s_all, self.config.parameterization, self.config.sigma)
         return g.map(lambda z: z.unflatten(0, (k, b)))
 
     def new_cache(self) -> KVCache:
@@ -95,7 +101,7 @@ class TrajectoryPredictor(TransformerPredictor):
 
     def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: KVCache) -> Gaussian:
         raw = self.net(u_t, self._context(t, s, cond)[:, None], mask="full", cache=cache)
-        return gaussian_head(raw, u_t, t, s, self.config.parameterization)
+        return gaussian_head(raw, u_t, t, s, self.config.parameterization, self.config.sigma)
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
         """A single level with no noisier context (exactly the first sampling step)."""

@@ -102,3 +102,14 @@ def test_learned_scale_starts_at_zero_and_requires_hidden_states():
     u = torch.randn(2, 3, 1, dtype=torch.float64)
     t, s = torch.full((2,), 0.5, dtype=torch.float64), torch.full((2,), 0.2, dtype=torch.float64)
     torch.testing.assert_close(a(u, t, s).log_sigma, b(u, t, s).log_sigma)
+
+
+def test_posterior_sigma_is_fixed_to_the_posterior_scale():
+    cfg = TransformerPredictorConfig(depth=1, width=16, sigma="posterior")
+    predictor = perturb_(cfg.build(ModelDims(2, 1)), 0.5, 3).double()
+    u_t = torch.randn(4, 2, 1, dtype=torch.float64)
+    t, s = torch.full((4,), 0.7, dtype=torch.float64), torch.full((4,), 0.4, dtype=torch.float64)
+    _, _, var = interpolant.posterior(s[0], t[0])
+    torch.testing.assert_close(predictor(u_t, t, s).log_sigma, torch.full_like(u_t, 0.5 * var.log().item()))
+    with pytest.raises(ValueError, match="needs parameterization 'posterior'"):
+        TransformerPredictorConfig(sigma="posterior", parameterization="direct")
