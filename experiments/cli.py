@@ -6,6 +6,7 @@
     ntm train digits-ntm --resume                           # continue after a crash
     ntm sample --run runs/digits-ntm --guidance 1.5 --steps 4
     ntm eval --run runs/digits-ntm
+    ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
 
 User errors (bad config, bad data, wrong checkpoint) print one line per
 problem and exit with status 2; a non-finite loss exits with status 3 and
@@ -248,7 +249,41 @@ def eval_command(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "sample": sample_command, "eval": eval_command}
+@dataclasses.dataclass(frozen=True)
+class BenchArgs:
+    suite: tyro.conf.Positional[Literal["toy", "digits"]]
+    """Which suite: toy (2-D mixture, < 10 min on CPU) or digits (< 45 min on CPU)."""
+    out: Path = Path("runs/bench")
+    """Output directory (results.json, results.md, plots, figures, runs/)."""
+    train_steps: int | None = None
+    """Training steps per model (default: the suite's budget)."""
+    num_samples: int | None = None
+    """Samples per evaluation point (default: the suite's)."""
+    seed: int = 0
+    """Training seed shared by every model."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train and sample."""
+    tiny: bool = False
+    """Shrink every network to a minimum (smoke tests)."""
+
+
+def bench_command(args: list[str]) -> int:
+    from eval.bench import SUITES, run_suite
+
+    a = tyro.cli(BenchArgs, args=args, prog="ntm bench")
+    kwargs = {"seed": a.seed, "tiny": a.tiny}
+    if a.train_steps is not None:
+        kwargs["train_steps"] = a.train_steps
+    if a.num_samples is not None:
+        kwargs["num_samples"] = a.num_samples
+    started = time.monotonic()
+    rows = run_suite(SUITES[a.suite](**kwargs), a.out, device=a.device)
+    print((a.out / "results.md").read_text())
+    print(f"bench {a.suite}: {len(rows)} rows in {time.monotonic() - started:.0f}s -> {a.out}")
+    return 0
+
+
+COMMANDS = {"train": train_command, "sample": sample_command, "eval": eval_command, "bench": bench_command}
 
 
 def main(argv: list[str] | None = None) -> int:

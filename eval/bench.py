@@ -1,0 +1,314 @@
+"""``ntm bench SUITE --out DIR``: baselines and NTM side by side, same budget and seed, one run.
+
+A suite is a list of :class:`BenchModel` s (an experiment each, all built from
+the same preset with the same training budget and seed) and, per model, the
+evaluation points (a sampler setting: K for NTM-style models, ODE steps for
+flow matching). For each model the bench trains (or reuses a finished run
+with the identical config), then scores likelihood, sample quality and cost.
+
+Outputs in ``DIR``: ``results.json`` (a list of rows
+``{suite, dataset, model, K, nfe, seed, train_steps, metrics, wall_ms_per_sample}``),
+``results.md``, plots of quality vs NFE and vs wall time, one sample figure per
+model, and for 2-D suites ``mixture.json`` plus ``samples_<model>_K<k>.npy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from eval.metrics import energy_distance, mmd_rbf, oracle_log_density
+from eval.nll import heldout_nll
+from eval.oracle import oracle_gap
+from eval.timing import measure
+from experiments.build import build_model, layout_for, picture, train_job
+from experiments.config import Experiment
+from experiments.presets import PRESETS
+from ntm.data.base import DataSource
+from ntm.samplers import nfe as ode_nfe
+from ntm.train.checkpoint import CheckpointManager, load_checkpoint
+from ntm.train.logging import Progress
+from ntm.train.loop import train
+from ntm.viz import save_png
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPoint:
+    steps: int
+    """Passed to the sampler as ``num_steps`` (K, or ODE integration steps)."""
+    nfe: int
+    """Sequential network evaluations per sample, as conventionally counted for this model family."""
+    sampler: dict[str, Any] | None = None
+    """Sampler override as a registry dump (``{"name": "heun", ...}``); None: the experiment's sampler."""
+    label: str = ""
+    """Suffix for the row's model name (e.g. ``heun``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchModel:
+    name: str
+    experiment: Experiment
+    points: tuple[EvalPoint, ...]
+    likelihood: bool = True
+    """Score held-out trajectory NLL at each K (models with an NTM likelihood)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    models: tuple[BenchModel, ...]
+    num_samples: int
+    """Samples drawn per evaluation point."""
+    image_metrics: bool = False
+    """FID/KID/precision/recall with the domain feature extractor (image suites)."""
+    reference_size: int = 1500
+    """Reference images for image metrics (drawn from the training split)."""
+
+
+# -- suites ---------------------------------------------------------------------
+def _variant(base: Experiment, name: str, *, steps: tuple[int, ...], train_steps: int, seed: int, tiny: bool,
+             **updates: Any) -> Experiment:
+    cfg = json.loads(json.dumps(base.model_dump(mode="json")))
+    cfg["name"] = name
+    cfg["process"]["steps"] = list(steps)
+    for key, value in updates.items():
+        target = cfg
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    cfg["train"].update(steps=train_steps, seed=seed, sample_every=0, checkpoint_every=train_steps,
+                        warmup_steps=min(cfg["train"]["warmup_steps"], train_steps // 5))
+    if tiny:
+        cfg["predictor"].update({"depth": 1, "width": 16, "num_heads": 2} if cfg["predictor"]["name"] != "posterior"
+                                else {"xhat": {**cfg["predictor"]["xhat"], "depth": 1, "width": 16, "num_heads": 2}})
+        if cfg["transporter"]["name"] == "tarflow":
+            cfg["transporter"].update(width=16, num_heads=2, layers_per_block=1)
+        cfg["eval"]["num_examples"] = 64
+    return Experiment.model_validate(cfg)
+
+
+def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bool, ar_blocks: int,
+            ks: tuple[int, ...], multi_ks: tuple[int, ...], ode_steps: tuple[int, ...], heun_steps: tuple[int, ...],
+            gaussian_ks: tuple[int, ...]) -> tuple[BenchModel, ...]:
+    """The models of one suite, from one preset: NTM per K, Gaussian baselines, flow matching, AR flow, multi-K."""
+    v = lambda name, steps, **u: _variant(base, f"{prefix}-{name}", steps=steps, train_steps=train_steps,  # noqa: E731
+                                          seed=seed, tiny=tiny, **u)
+    identity = {"transporter": {"name": "identity"}}
+    velocity = {"name": "posterior", "learned_scale": False,
+                "xhat": {"name": "velocity-transformer", **{k: base.predictor.model_dump()[k]
+                                                            for k in ("depth", "width", "num_heads", "mlp_ratio")}}}
+    models = [BenchModel("ntm", v(f"ntm-K{k}", (k,)), (EvalPoint(k, k),)) for k in ks]
+    models.append(BenchModel("ntm-multi-k", v("ntm-multi-k", multi_ks), tuple(EvalPoint(k, k) for k in multi_ks)))
+    for k in gaussian_ks:
+        models.append(BenchModel("gaussian", v(f"gaussian-K{k}", (k,), **identity), (EvalPoint(k, k),)))
+        models.append(BenchModel("gaussian-posterior-sigma", v(f"gaussian-posterior-sigma-K{k}", (k,), **identity,
+                                                               **{"predictor.sigma": "posterior"}), (EvalPoint(k, k),)))
+    fm = v("flow-matching", (max(ks),), **identity, predictor=velocity, loss={"name": "flow-matching"},
+           sampler={"name": "euler", "num_steps": max(ode_steps)}, denoiser={"name": "none"})
+    points = [EvalPoint(n, ode_nfe("euler", n), {"name": "euler", "num_steps": n}, "euler") for n in ode_steps]
+    points += [EvalPoint(n, ode_nfe("heun", n), {"name": "heun", "num_steps": n}, "heun") for n in heun_steps]
+    models.append(BenchModel("flow-matching", fm, tuple(points), likelihood=False))
+    # K = 1 with a deeper transporter: one AR flow on x_{t_0}; NFE counts its sequential AR steps
+    ar = v("ar-flow", (1,), **{"transporter.num_blocks": ar_blocks, "predictor.depth": 1}, denoiser={"name": "score"})
+    tokens = layout_for(ar, ar.data.build()).num_tokens
+    models.append(BenchModel("ar-flow", ar, (EvalPoint(1, tokens * ar_blocks),)))
+    return tuple(models)
+
+
+def toy_suite(train_steps: int = 600, seed: int = 0, tiny: bool = False, num_samples: int = 4000) -> Suite:
+    base = PRESETS["toy-ntm"]
+    return Suite("toy", _family(base, "toy", train_steps, seed, tiny, ar_blocks=4, ks=(1, 2, 4, 8), multi_ks=(1, 2, 4, 8),
+                               ode_steps=(1, 2, 4, 8, 16, 64), heun_steps=(2, 4, 8), gaussian_ks=(2, 4)), num_samples)
+
+
+def digits_suite(train_steps: int = 1200, seed: int = 0, tiny: bool = False, num_samples: int = 1000) -> Suite:
+    base = PRESETS["digits-ntm"]
+    return Suite("digits", _family(base, "digits", train_steps, seed, tiny, ar_blocks=4, ks=(4,), multi_ks=(1, 2, 4, 8),
+                                   ode_steps=(4, 16, 64), heun_steps=(4,), gaussian_ks=(4,)),
+                 num_samples, image_metrics=True)
+
+
+SUITES: dict[str, Callable[..., Suite]] = {"toy": toy_suite, "digits": digits_suite}
+
+
+# -- running ----------------------------------------------------------------------
+def train_or_reuse(exp: Experiment, data: DataSource) -> torch.nn.Module:
+    """The EMA model of a finished run with this exact config, training (or resuming) it if needed."""
+    run_dir = Path(exp.resolved_run_dir)
+    manager = CheckpointManager(run_dir / "checkpoints")
+    latest = manager.latest_path()
+    if latest is not None:
+        state = load_checkpoint(latest)
+        if state["config"] == exp.model_dump(mode="json") and state["step"] >= exp.train.steps:
+            model = build_model(exp, data)
+            model.load_state_dict({**state["ema"]["shadow"], **state["ema"]["buffers"]})
+            return model.eval()
+    result = train(train_job(exp, data, resume=latest is not None))
+    return result.ema_model
+
+
+def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: int, device: torch.device, seed: int):
+    sampler_cfg = exp.sampler if point.sampler is None else type(exp).model_validate(
+        {**exp.model_dump(mode="json"), "sampler": point.sampler}).sampler
+    sampler = sampler_cfg.build()
+    denoiser = exp.denoiser.build()
+    layout = layout_for(exp, data)
+    labels = None
+    if model.dims.num_classes:
+        labels = torch.arange(n, device=device) % model.dims.num_classes
+
+    def run() -> torch.Tensor:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        out = sampler(model, n, cond=labels, num_steps=point.steps, return_trajectory=True, generator=gen)
+        x = denoiser(model, out.x_trajectory, out.times, labels)
+        return layout.from_tokens(x.detach()).float().cpu()
+
+    return run, labels
+
+
+def run_suite(suite: Suite, out: Path, *, device: str = "auto", progress: bool = True) -> list[dict]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    figures: dict[str, torch.Tensor] = {}
+    bar = Progress(len(suite.models), desc=f"bench {suite.name}", enabled=progress, print_every=1)
+    extractor = None
+    for bm in suite.models:
+        exp = Experiment.model_validate({**bm.experiment.model_dump(mode="json"),
+                                         "run_dir": str(out / "runs" / bm.experiment.name),
+                                         "train": {**bm.experiment.train.model_dump(), "device": device}})
+        data = exp.data.build()
+        started = time.monotonic()
+        model = train_or_reuse(exp, data)
+        train_seconds = time.monotonic() - started
+        dev = next(model.parameters()).device
+        layout = layout_for(exp, data)
+        if suite.image_metrics and extractor is None:
+            from eval.fidelity import domain_extractor_for_digits
+
+            extractor = domain_extractor_for_digits()
+        if data.spec.kind == "images":  # the training images (one epoch's worth) as the FID reference
+            reference = next(data.train_batches(suite.reference_size, seed=10_000)).x
+        else:
+            reference = torch.cat([b.x for b in data.eval_batches(4096)])
+        for point in bm.points:
+            metrics: dict[str, float] = {}
+            if bm.likelihood:
+                nll = heldout_nll(model, data, layout, [point.steps], batch_size=exp.eval.batch_size,
+                                  max_examples=exp.eval.num_examples, seed=exp.eval.seed)[point.steps]
+                metrics.update(nll_traj_bpd=nll["nll_traj_bpd"], bound_bpd=nll["bound_bpd"])
+                mixture = getattr(data, "mixture", None)
+                if mixture is not None:
+                    gap = oracle_gap(model, mixture, point.steps, num_examples=8192, seed=exp.eval.seed)
+                    metrics.update(oracle_gap_bpd=gap["gap_bpd"], oracle_nll_bpd=gap["oracle_bpd"])
+            run, _ = _sample_fn(exp, model, data, point, suite.num_samples, dev, exp.eval.seed)
+            samples = run()  # also the warm-up of the timed call below
+            cost = measure(run, repeats=1, warmup=0, device=dev, n=suite.num_samples)
+            metrics.update(_quality(suite, data, samples, reference, extractor))
+            metrics["peak_mem_mb"] = cost["peak_mem_mb"]
+            name = bm.name + (f"-{point.label}" if point.label else "")
+            rows.append({
+                "suite": suite.name, "dataset": data.__class__.__name__.lower(), "model": name, "K": point.steps,
+                "nfe": point.nfe, "seed": exp.train.seed, "train_steps": exp.train.steps, "metrics": metrics,
+                "wall_ms_per_sample": cost["wall_ms_per_sample"], "train_seconds": train_seconds,
+            })
+            if data.spec.kind == "points":
+                np.save(out / f"samples_{name}_K{point.steps}.npy", samples.numpy())
+            figures[f"{name}_K{point.steps}"] = picture(exp, data, samples[: 100 if data.spec.kind == "images" else None])
+        bar.update(1, model=bm.name)
+        if hasattr(data, "mixture") and not (out / "mixture.json").exists():
+            _write_mixture(out, data, suite)
+    bar.close()
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "results.md").write_text(results_table(rows))
+    for key, image in figures.items():
+        save_png(image, out / "figures" / f"samples_{key}.png")
+    plot(rows, out)
+    return rows
+
+
+def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: torch.Tensor, extractor) -> dict[str, float]:
+    if data.spec.kind == "points":
+        ref = reference[: samples.shape[0]]
+        out = {"energy_distance": energy_distance(samples, ref), "mmd": mmd_rbf(samples, ref)}
+        mixture = getattr(data, "mixture", None)
+        if mixture is not None:
+            out["oracle_log_density"] = oracle_log_density(samples, mixture)
+        return out
+    from eval.fidelity import fidelity_metrics
+
+    name, kwargs = extractor
+    shown, ref = data.to_display(samples).clamp(0, 1), data.to_display(reference).clamp(0, 1)
+    return fidelity_metrics(shown, ref, extractor=name, **kwargs)
+
+
+def _write_mixture(out: Path, data, suite: Suite) -> None:
+    schedules = {}
+    for bm in suite.models:
+        process = bm.experiment.process.build()
+        for k in bm.experiment.process.steps:
+            schedules[str(k)] = process.times(k, dtype=torch.float64).tolist()
+    (out / "mixture.json").write_text(json.dumps({**data.mixture.to_dict(), "t_schedule": schedules}, indent=2) + "\n")
+
+
+# -- reporting -----------------------------------------------------------------------
+def results_table(rows: list[dict]) -> str:
+    keys = sorted({k for r in rows for k in r["metrics"]})
+    head = ["model", "K", "nfe", *keys, "ms/sample"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [r["model"], str(r["K"]), str(r["nfe"])]
+        vals += [_fmt(r["metrics"].get(k)) for k in keys]
+        vals.append(_fmt(r["wall_ms_per_sample"]))
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def quality_key(rows: list[dict]) -> str:
+    for key in ("fid", "energy_distance"):
+        if any(key in r["metrics"] for r in rows):
+            return key
+    return next(iter(rows[0]["metrics"]))
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    """Quality vs NFE and vs wall time, one line per model family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = quality_key(rows)
+    for xkey, fname, xlabel in (("nfe", "quality_vs_nfe.png", "NFE"),
+                                ("wall_ms_per_sample", "quality_vs_wall.png", "wall ms per sample")):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        families: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if key in r["metrics"]:
+                families.setdefault(r["model"], []).append((r[xkey] if xkey == "nfe" else r[xkey], r["metrics"][key]))
+        for family, pts in sorted(families.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=family)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / fname)
+        plt.close(fig)

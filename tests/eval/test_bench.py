@@ -1,0 +1,37 @@
+"""``ntm bench toy`` end to end at a tiny budget."""
+
+import json
+
+import numpy as np
+
+from eval.bench import toy_suite
+from experiments.cli import main
+
+
+def test_bench_toy_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench"
+    rc = main(["bench", "toy", "--out", str(out), "--tiny", "--train-steps", "2", "--num-samples", "64", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())
+    suite = toy_suite(train_steps=2, tiny=True)
+    assert len(rows) == sum(len(m.points) for m in suite.models)
+    for row in rows:
+        assert set(row) >= {"suite", "dataset", "model", "K", "nfe", "seed", "train_steps", "metrics", "wall_ms_per_sample"}
+        assert row["suite"] == "toy" and row["train_steps"] == 2 and row["wall_ms_per_sample"] > 0
+        assert np.isfinite(row["metrics"]["energy_distance"]) and "oracle_log_density" in row["metrics"]
+        samples = np.load(out / f"samples_{row['model']}_K{row['K']}.npy")
+        assert samples.shape == (64, 2)
+    models = {r["model"] for r in rows}
+    assert {"ntm", "ntm-multi-k", "gaussian", "gaussian-posterior-sigma", "flow-matching-euler", "flow-matching-heun",
+            "ar-flow"} <= models
+    ntm_rows = [r for r in rows if r["model"] == "ntm"]
+    assert all("oracle_gap_bpd" in r["metrics"] for r in ntm_rows)
+    mixture = json.loads((out / "mixture.json").read_text())
+    assert len(mixture["weights"]) == 8 and "4" in mixture["t_schedule"]
+    for name in ("results.md", "quality_vs_nfe.png", "quality_vs_wall.png"):
+        assert (out / name).is_file()
+    assert any((out / "figures").glob("samples_ntm_K4.png"))
+    # a second run reuses the finished models instead of retraining them
+    rc = main(["bench", "toy", "--out", str(out), "--tiny", "--train-steps", "2", "--num-samples", "64", "--device", "cpu"])
+    assert rc == 0
+    assert "resumed" not in capsys.readouterr().out

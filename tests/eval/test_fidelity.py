@@ -1,0 +1,249 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch_fidelity
+
+import eval.fidelity as fidelity
+from eval.fidelity import (
+    DOMAIN_EXTRACTOR,
+    DomainClassifierConfig,
+    ImageTensorDataset,
+    default_cache_dir,
+    digits_domain_classifier,
+    domain_classifier_key,
+    domain_extractor_for_digits,
+    fidelity_metrics,
+    load_domain_classifier,
+    to_uint8_rgb,
+)
+from ntm.data.digits import Digits, DigitsConfig
+
+FAST = {"kid_subsets": 10}  # torch-fidelity's default 100 subsets costs ~3 s of numpy per call
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = Digits(DigitsConfig())
+    return {
+        "train_x": data.to_display(data.normalise(data.train_x)),
+        "train_y": data.train_label,
+        "eval_x": data.to_display(data.normalise(data.eval_x)),
+        "eval_y": data.eval_label,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The digits classifier trained once into a fresh cache dir (never the user's cache)."""
+    cache = tmp_path_factory.mktemp("domain_classifiers")
+    torch.set_num_threads(1)
+    model = digits_domain_classifier(cache_dir=cache)
+    return cache, model
+
+
+@pytest.fixture(scope="module")
+def extractor(trained):
+    cache, _ = trained
+    return domain_extractor_for_digits(cache_dir=cache)
+
+
+def _noisy(x, level, seed=0):
+    return (x + level * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+
+
+# -- the domain classifier -------------------------------------------------
+
+
+def test_domain_classifier_is_accurate_on_held_out_digits(trained, digits):
+    _, model = trained
+    assert model.from_cache is False
+    acc = model.accuracy(digits["eval_x"], digits["eval_y"])
+    assert acc > 0.95
+    assert model.info["heldout_accuracy"] == pytest.approx(acc)
+    assert model.info["heldout_examples"] == 270
+    feats = model.features(digits["train_x"])
+    assert feats.shape == (digits["train_x"].shape[0], 128)
+    assert feats.square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)  # unit-RMS features
+
+
+def test_second_call_hits_the_cache_without_retraining(trained, digits, monkeypatch):
+    cache, model = trained
+    path = model.cache_path
+    assert path.parent == cache and path.name == f"{model.info['key']}.pt"
+    mtime = path.stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained despite a cached checkpoint")
+
+    monkeypatch.setattr(fidelity, "train_domain_classifier", no_training)
+    again = digits_domain_classifier(cache_dir=cache)
+    assert again.from_cache is True and again.cache_path == path
+    assert path.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in cache.iterdir()) == [path.name]
+    x = digits["eval_x"][:16]
+    torch.testing.assert_close(again.features(x), model.features(x))
+    assert again.info["heldout_accuracy"] == model.info["heldout_accuracy"]
+
+
+def test_cache_key_follows_data_and_hyper_parameters(digits):
+    x, y = digits["train_x"], digits["train_y"]
+    key = domain_classifier_key(x, y, 10)
+    assert key == domain_classifier_key(x.clone(), y.clone(), 10)
+    changed = x.clone()
+    changed[0, 0, 0, 0] = 1 - changed[0, 0, 0, 0]
+    assert domain_classifier_key(changed, y, 10) != key
+    relabelled = y.clone()
+    relabelled[0] = (relabelled[0] + 1) % 10
+    assert domain_classifier_key(x, relabelled, 10) != key
+    assert domain_classifier_key(x, y, 10, DomainClassifierConfig(epochs=3)) != key
+    assert domain_classifier_key(x[:-1], y[:-1], 10) != key
+
+
+def test_cache_dir_defaults_and_env_override(monkeypatch, tmp_path):
+    monkeypatch.delenv("NTM_CACHE", raising=False)
+    assert default_cache_dir() == __import__("pathlib").Path.home() / ".cache" / "ntm" / "domain_classifiers"
+    monkeypatch.setenv("NTM_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "domain_classifiers"
+
+
+def test_missing_or_foreign_checkpoints_are_clear_errors(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_domain_classifier(missing)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match="not a domain classifier checkpoint"):
+        load_domain_classifier(foreign)
+
+
+# -- metrics through torch-fidelity ---------------------------------------------
+
+
+def test_identical_sets_give_zero_fid_and_full_precision_recall(extractor, digits):
+    name, kwargs = extractor
+    ref = digits["eval_x"]
+    out = fidelity_metrics(ref, ref, extractor=name, **FAST, **kwargs)
+    assert set(out) == {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score"}
+    assert abs(out["fid"]) < 1e-6
+    assert out["precision"] == 1.0 and out["recall"] == 1.0
+    # KID is torch-fidelity's *unbiased* MMD², so for a set against itself it is not 0 but exactly
+    # -(2/m) (mean_i k(x_i, x_i) - mean_{i != j} k(x_i, x_j)) <= 0 (every subset is the whole set here)
+    f = load_domain_classifier(kwargs["weights_path"]).features(ref).double()
+    m, d = f.shape
+    k = (f @ f.T / d + 1) ** 3
+    off = (k.sum() - k.diagonal().sum()) / (m * (m - 1))
+    expected = float(-2 / m * (k.diagonal().mean() - off))
+    assert expected < 0
+    assert out["kid_mean"] == pytest.approx(expected, rel=1e-3)
+    assert out["kid_std"] < 1e-4
+
+
+def test_fid_and_kid_grow_with_noise(extractor, digits):
+    name, kwargs = extractor
+    ref = digits["eval_x"]
+    results = [fidelity_metrics(_noisy(ref, s), ref, extractor=name, **FAST, **kwargs) for s in (0.05, 0.15, 0.4)]
+    fids = [r["fid"] for r in results]
+    kids = [r["kid_mean"] for r in results]
+    assert 0 < fids[0] < fids[1] < fids[2]
+    assert kids[0] < kids[1] < kids[2] and kids[2] > 0
+    assert results[2]["precision"] < 1.0 and results[2]["recall"] < 1.0
+
+
+def test_same_distribution_scores_far_better_than_noise(extractor, digits):
+    name, kwargs = extractor
+    ref = digits["eval_x"]
+    same = fidelity_metrics(digits["train_x"], ref, extractor=name, prc=False, **FAST, **kwargs)
+    noisy = fidelity_metrics(_noisy(ref, 0.4), ref, extractor=name, prc=False, **FAST, **kwargs)
+    assert same["fid"] < noisy["fid"] / 3
+    assert abs(same["kid_mean"]) < noisy["kid_mean"] / 3
+
+
+def test_the_registered_extractor_works_in_calculate_metrics_directly(extractor, digits):
+    _, kwargs = extractor
+    ref = digits["eval_x"][:100]
+    out = torch_fidelity.calculate_metrics(
+        input1=ImageTensorDataset(ref), input2=ImageTensorDataset(ref), fid=True,
+        feature_extractor=DOMAIN_EXTRACTOR, feature_extractor_weights_path=kwargs["weights_path"],
+        cuda=False, save_cpu_ram=True, verbose=False, cache=False,
+    )  # fmt: skip
+    assert abs(out["frechet_inception_distance"]) < 1e-6
+
+
+def test_bad_inputs_are_refused(extractor, digits):
+    name, kwargs = extractor
+    ref = digits["eval_x"]
+    with pytest.raises(ValueError, match="to_display"):
+        fidelity_metrics(ref * 2 - 1, ref, extractor=name, **kwargs)
+    with pytest.raises(ValueError, match="image shapes differ"):
+        fidelity_metrics(ref[:, :, :4], ref, extractor=name, **kwargs)
+    with pytest.raises(ValueError, match="kid_subset_size"):
+        fidelity_metrics(ref, ref, extractor=name, kid_subset_size=1000, **kwargs)
+    with pytest.raises(ValueError, match="unsupported extractor_kwargs"):
+        fidelity_metrics(ref, ref, extractor=name, batchsize=3, **kwargs)
+    with pytest.raises(ValueError, match="unknown feature extractor"):
+        fidelity_metrics(ref, ref, extractor="no-such-net")
+    with pytest.raises(ValueError, match="weights_path"):
+        fidelity_metrics(ref, ref, extractor=name)
+    with pytest.raises(ValueError, match="domain classifier expects"):
+        fidelity_metrics(to_uint8_rgb(ref).float() / 255, to_uint8_rgb(ref).float() / 255, extractor=name, **kwargs)
+
+
+# -- the standard Inception path (plumbing only: no weights here, never a download) -----
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch_fidelity.feature_extractor_inceptionv3, "load_state_dict_from_url", refuse)
+
+
+def test_inception_with_a_missing_weights_file_names_the_path(no_download, digits, tmp_path):
+    missing = tmp_path / "pt_inception-2015-12-05.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        fidelity_metrics(digits["eval_x"], digits["eval_x"], extractor="inception-v3-compat", weights_path=missing)
+    assert str(missing) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_extractors_that_would_download_are_refused(no_download, digits):
+    ref = digits["eval_x"]
+    with pytest.raises(ValueError, match="never downloads"):
+        fidelity_metrics(ref, ref, extractor="inception-v3-compat")
+    with pytest.raises(ValueError, match="never downloads"):
+        fidelity_metrics(ref, ref, extractor="dinov2-vit-s-14", weights_path=__file__)
+
+
+def test_inception_gets_uint8_rgb_and_the_local_weights(no_download, digits, tmp_path, monkeypatch):
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"not really weights")
+    seen = {}
+
+    def fake_calculate_metrics(**kwargs):
+        seen.update(kwargs)
+        return {"frechet_inception_distance": np.float64(1.5), "kernel_inception_distance_mean": 0.25,
+                "kernel_inception_distance_std": 0.0, "precision": 1.0, "recall": 0.5, "f_score": 2 / 3}  # fmt: skip
+
+    monkeypatch.setattr(fidelity, "calculate_metrics", fake_calculate_metrics)
+    samples, ref = digits["eval_x"][:40], digits["eval_x"][:50]
+    out = fidelity_metrics(samples, ref, extractor="inception-v3-compat", weights_path=weights, batch_size=8)
+    assert out == {"fid": 1.5, "kid_mean": 0.25, "kid_std": 0.0, "precision": 1.0, "recall": 0.5, "f_score": 2 / 3}
+    assert seen["feature_extractor"] == "inception-v3-compat"
+    assert seen["feature_extractor_weights_path"] == str(weights)
+    assert seen["cuda"] is False and seen["save_cpu_ram"] is True and seen["batch_size"] == 8
+    assert seen["kid_subset_size"] == 40
+    item = seen["input1"][0]
+    assert torch.is_tensor(item) and item.dtype == torch.uint8 and item.shape == (3, 8, 8)
+    assert len(seen["input1"]) == 40 and len(seen["input2"]) == 50
+    torch.testing.assert_close(item[1], (samples[0, 0] * 255).round().to(torch.uint8))
