@@ -247,7 +247,7 @@ def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: t
 
     name, kwargs = extractor
     shown, ref = data.to_display(samples).clamp(0, 1), data.to_display(reference).clamp(0, 1)
-    return fidelity_metrics(shown, ref, extractor=name, **kwargs)
+    return fidelity_metrics(shown, ref, extractor=name, kid_subsets=20, **kwargs)
 
 
 def _write_mixture(out: Path, data, suite: Suite) -> None:
