@@ -19,7 +19,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -43,8 +43,9 @@ from ntm.viz import save_png
 class EvalPoint:
     steps: int
     """Passed to the sampler as ``num_steps`` (K, or ODE integration steps)."""
-    nfe: int
-    """Sequential network evaluations per sample, as conventionally counted for this model family."""
+    nfe: int | None
+    """Sequential network evaluations per sample, as conventionally counted for this model family
+    (None: the transporter's sequential AR steps, tokens x blocks, as for a single AR flow)."""
     sampler: dict[str, Any] | None = None
     """Sampler override as a registry dump (``{"name": "heun", ...}``); None: the experiment's sampler."""
     label: str = ""
@@ -66,8 +67,8 @@ class Suite:
     models: tuple[BenchModel, ...]
     num_samples: int
     """Samples drawn per evaluation point."""
-    image_metrics: bool = False
-    """FID/KID/precision/recall with the domain feature extractor (image suites)."""
+    image_metrics: Literal["none", "domain-digits", "inception"] = "none"
+    """FID/KID/precision/recall features: a domain classifier trained on digits, or Inception (local weights)."""
     reference_size: int = 1500
     """Reference images for image metrics (drawn from the training split)."""
 
@@ -118,12 +119,11 @@ def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bo
     models.append(BenchModel("flow-matching", fm, tuple(points), likelihood=False))
     # K = 1 with a deeper transporter: one AR flow on x_{t_0}; NFE counts its sequential AR steps
     ar = v("ar-flow", (1,), **{"transporter.num_blocks": ar_blocks, "predictor.depth": 1}, denoiser={"name": "score"})
-    tokens = layout_for(ar, ar.data.build()).num_tokens
-    models.append(BenchModel("ar-flow", ar, (EvalPoint(1, tokens * ar_blocks),)))
+    models.append(BenchModel("ar-flow", ar, (EvalPoint(1, None),)))
     return tuple(models)
 
 
-def toy_suite(train_steps: int = 600, seed: int = 0, tiny: bool = False, num_samples: int = 4000) -> Suite:
+def toy_suite(train_steps: int = 400, seed: int = 0, tiny: bool = False, num_samples: int = 4000) -> Suite:
     base = PRESETS["toy-ntm"]
     return Suite("toy", _family(base, "toy", train_steps, seed, tiny, ar_blocks=4, ks=(1, 2, 4, 8), multi_ks=(1, 2, 4, 8),
                                ode_steps=(1, 2, 4, 8, 16, 64), heun_steps=(2, 4, 8), gaussian_ks=(2, 4)), num_samples)
@@ -133,10 +133,18 @@ def digits_suite(train_steps: int = 1200, seed: int = 0, tiny: bool = False, num
     base = PRESETS["digits-ntm"]
     return Suite("digits", _family(base, "digits", train_steps, seed, tiny, ar_blocks=4, ks=(4,), multi_ks=(1, 2, 4, 8),
                                    ode_steps=(4, 16, 64), heun_steps=(4,), gaussian_ks=(4,)),
-                 num_samples, image_metrics=True)
+                 num_samples, image_metrics="domain-digits")
 
 
-SUITES: dict[str, Callable[..., Suite]] = {"toy": toy_suite, "digits": digits_suite}
+def paper_suite(train_steps: int = 100_000, seed: int = 0, tiny: bool = False, num_samples: int = 10_000) -> Suite:
+    """GPU-sized: the imagenet-paper preset's family; Inception FID from a local weights file (not run in CI)."""
+    base = PRESETS["imagenet-paper"]
+    return Suite("paper", _family(base, "paper", train_steps, seed, tiny, ar_blocks=8, ks=(4,), multi_ks=(1, 2, 4, 8),
+                                  ode_steps=(4, 16, 64), heun_steps=(4,), gaussian_ks=(4,)),
+                 num_samples, image_metrics="inception")
+
+
+SUITES: dict[str, Callable[..., Suite]] = {"toy": toy_suite, "digits": digits_suite, "paper": paper_suite}
 
 
 # -- running ----------------------------------------------------------------------
@@ -174,7 +182,18 @@ def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: in
     return run, labels
 
 
-def run_suite(suite: Suite, out: Path, *, device: str = "auto", progress: bool = True) -> list[dict]:
+def run_suite(
+    suite: Suite, out: Path, *, device: str = "auto", progress: bool = True, data_overrides: dict[str, Any] | None = None,
+    inception_weights: Path | None = None,
+) -> list[dict]:
+    """Train-or-reuse and evaluate every model of ``suite`` under ``out``; returns the result rows.
+
+    ``data_overrides`` update every model's data config (e.g. shard URLs for the paper suite);
+    ``inception_weights`` is the local Inception file for ``image_metrics="inception"``.
+    """
+    if suite.image_metrics == "inception" and (inception_weights is None or not Path(inception_weights).is_file()):
+        raise FileNotFoundError(f"suite {suite.name} needs --inception-weights: a local Inception weights file "
+                                f"(got {inception_weights}); nothing is downloaded")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -182,19 +201,22 @@ def run_suite(suite: Suite, out: Path, *, device: str = "auto", progress: bool =
     bar = Progress(len(suite.models), desc=f"bench {suite.name}", enabled=progress, print_every=1)
     extractor = None
     for bm in suite.models:
-        exp = Experiment.model_validate({**bm.experiment.model_dump(mode="json"),
-                                         "run_dir": str(out / "runs" / bm.experiment.name),
-                                         "train": {**bm.experiment.train.model_dump(), "device": device}})
+        cfg = bm.experiment.model_dump(mode="json")
+        exp = Experiment.model_validate({**cfg, "run_dir": str(out / "runs" / bm.experiment.name),
+                                         "data": {**cfg["data"], **(data_overrides or {})},
+                                         "train": {**cfg["train"], "device": device}})
         data = exp.data.build()
         started = time.monotonic()
         model = train_or_reuse(exp, data)
         train_seconds = time.monotonic() - started
         dev = next(model.parameters()).device
         layout = layout_for(exp, data)
-        if suite.image_metrics and extractor is None:
+        if suite.image_metrics == "domain-digits" and extractor is None:
             from eval.fidelity import domain_extractor_for_digits
 
             extractor = domain_extractor_for_digits()
+        elif suite.image_metrics == "inception":
+            extractor = ("inception-v3-compat", {"weights_path": str(inception_weights)})
         if data.spec.kind == "images":  # the training images (one epoch's worth) as the FID reference
             reference = next(data.train_batches(suite.reference_size, seed=10_000)).x
         else:
@@ -217,7 +239,7 @@ def run_suite(suite: Suite, out: Path, *, device: str = "auto", progress: bool =
             name = bm.name + (f"-{point.label}" if point.label else "")
             rows.append({
                 "suite": suite.name, "dataset": data.__class__.__name__.lower(), "model": name, "K": point.steps,
-                "nfe": point.nfe, "seed": exp.train.seed, "train_steps": exp.train.steps, "metrics": metrics,
+                "nfe": point.nfe if point.nfe is not None else layout.num_tokens * exp.transporter.num_blocks, "seed": exp.train.seed, "train_steps": exp.train.steps, "metrics": metrics,
                 "wall_ms_per_sample": cost["wall_ms_per_sample"], "train_seconds": train_seconds,
             })
             if data.spec.kind == "points":

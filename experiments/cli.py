@@ -251,8 +251,8 @@ def eval_command(args: list[str]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BenchArgs:
-    suite: tyro.conf.Positional[Literal["toy", "digits"]]
-    """Which suite: toy (2-D mixture, < 10 min on CPU) or digits (< 45 min on CPU)."""
+    suite: tyro.conf.Positional[Literal["toy", "digits", "paper"]]
+    """toy (2-D mixture, < 10 min on CPU), digits (< 45 min on CPU) or paper (GPU, imagenet-paper family)."""
     out: Path = Path("runs/bench")
     """Output directory (results.json, results.md, plots, figures, runs/)."""
     train_steps: int | None = None
@@ -265,6 +265,12 @@ class BenchArgs:
     """Where to train and sample."""
     tiny: bool = False
     """Shrink every network to a minimum (smoke tests)."""
+    data_urls: str | None = None
+    """Training shards for the paper suite (webdataset brace pattern)."""
+    eval_urls: str | None = None
+    """Held-out shards for the paper suite."""
+    inception_weights: Path | None = None
+    """Local Inception weights file for the paper suite's FID (nothing is downloaded)."""
 
 
 def bench_command(args: list[str]) -> int:
@@ -277,7 +283,9 @@ def bench_command(args: list[str]) -> int:
     if a.num_samples is not None:
         kwargs["num_samples"] = a.num_samples
     started = time.monotonic()
-    rows = run_suite(SUITES[a.suite](**kwargs), a.out, device=a.device)
+    overrides = {k: v for k, v in (("urls", a.data_urls), ("eval_urls", a.eval_urls)) if v is not None}
+    rows = run_suite(SUITES[a.suite](**kwargs), a.out, device=a.device, data_overrides=overrides,
+                     inception_weights=a.inception_weights)
     print((a.out / "results.md").read_text())
     print(f"bench {a.suite}: {len(rows)} rows in {time.monotonic() - started:.0f}s -> {a.out}")
     return 0

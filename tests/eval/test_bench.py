@@ -35,3 +35,16 @@ def test_bench_toy_runs_end_to_end(tmp_path, capsys):
     rc = main(["bench", "toy", "--out", str(out), "--tiny", "--train-steps", "2", "--num-samples", "64", "--device", "cpu"])
     assert rc == 0
     assert "resumed" not in capsys.readouterr().out
+
+
+def test_paper_suite_is_defined_and_refuses_to_run_without_local_inception_weights(tmp_path, capsys):
+    from eval.bench import paper_suite
+
+    suite = paper_suite()
+    names = {m.name for m in suite.models}
+    assert {"ntm", "gaussian", "flow-matching", "ar-flow", "ntm-multi-k"} <= names
+    ntm = next(m for m in suite.models if m.name == "ntm").experiment
+    assert ntm.predictor.depth == 24 and ntm.transporter.layers_per_block == 4 and ntm.process.steps == (4,)
+    rc = main(["bench", "paper", "--out", str(tmp_path), "--inception-weights", str(tmp_path / "missing.pth")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs --inception-weights" in err and "missing.pth" in err

@@ -23,12 +23,6 @@ from ntm.data.digits import Digits, DigitsConfig
 FAST = {"kid_subsets": 10}  # torch-fidelity's default 100 subsets costs ~3 s of numpy per call
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

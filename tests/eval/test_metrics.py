@@ -10,12 +10,6 @@ from eval.timing import measure
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _points(n, d=2, seed=0, shift=0.0):

@@ -6,12 +6,6 @@ from eval.timing import RssPeak, measure, rss_bytes
 BIG = 50_000_000  # float32 elements: 200 MB
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _allocate_and_touch():
