@@ -7,6 +7,7 @@
     ntm sample --run runs/digits-ntm --guidance 1.5 --steps 4
     ntm eval --run runs/digits-ntm
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
+    ntm shards write --folder images/ --out 'shards/train-%06d.tar'
 
 User errors (bad config, bad data, wrong checkpoint) print one line per
 problem and exit with status 2; a non-finite loss exits with status 3 and
@@ -291,7 +292,17 @@ def bench_command(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "sample": sample_command, "eval": eval_command, "bench": bench_command}
+def shards_command(args: list[str]) -> int:
+    """``ntm shards write --folder F --out 'dir/train-%06d.tar'``: webdataset shards from an image folder."""
+    from ntm.data.shards import main as shards_main
+
+    return shards_main(args)
+
+
+COMMANDS = {
+    "train": train_command, "sample": sample_command, "eval": eval_command, "bench": bench_command,
+    "shards": shards_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
