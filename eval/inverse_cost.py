@@ -31,6 +31,8 @@ class Args:
     """Channels per token."""
     repeats: int = 3
     """Timed repetitions (median)."""
+    perturb: float = 0.05
+    """Std of the noise added to every weight (a trained-like, non-identity map)."""
 
 
 def main(args: Args) -> list[dict]:
@@ -38,6 +40,9 @@ def main(args: Args) -> list[dict]:
     torch.manual_seed(0)
     for n in args.tokens:
         model = TarFlowConfig(width=64, num_heads=4).build(ModelDims(n, args.token_dim)).eval()
+        with torch.no_grad():  # move off the zero-initialised identity so Jacobi needs real sweeps
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * args.perturb)
         u = torch.randn(args.batch, n, args.token_dim)
         t = torch.rand(args.batch)
         row = {"tokens": n}
