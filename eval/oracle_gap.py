@@ -39,6 +39,8 @@ class Args:
     """Fresh examples scored per model."""
     seed: int = 0
     """Training seed."""
+    transporter_blocks: int | None = None
+    """Override the TarFlow block count (transporter capacity)."""
 
 
 def main(args: Args) -> list[dict]:
@@ -52,6 +54,8 @@ def main(args: Args) -> list[dict]:
             cfg["process"]["steps"] = [k]
             if transporter == "identity":
                 cfg["transporter"] = {"name": "identity"}
+            elif args.transporter_blocks is not None:
+                cfg["transporter"]["num_blocks"] = args.transporter_blocks
             cfg["train"].update(steps=args.train_steps, warmup_steps=min(cfg["train"]["warmup_steps"], args.train_steps), device=args.device, precision="fp32", seed=args.seed,
                                 sample_every=0, checkpoint_every=args.train_steps, log_every=max(args.train_steps // 10, 1))
             exp = Experiment.model_validate(cfg)
