@@ -45,8 +45,10 @@ def deferred_validation():
     """Inside this block, configs are built without validation (``model_construct``).
 
     A command-line parser builds a whole config tree here, then validates it
-    once with ``model_validate`` so every bad field is reported together,
-    one line each, with its full dotted path.
+    once with ``model_validate`` *after* the block, so every bad field is
+    reported together, one line each, with its full dotted path. Only
+    construction belongs inside the block: validating or loading configs
+    inside it is not supported.
     """
     token = _DEFERRED.set(True)
     try:

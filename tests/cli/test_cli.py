@@ -144,10 +144,10 @@ def _train_cmd(run_dir: Path, steps: int, *extra: str) -> list[str]:
 def test_resume_after_sigkill_continues_the_identical_loss_curve(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(reference, 30), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(_train_cmd(reference, 60), check=True, env=env, capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, 30), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(killed, 60), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manager = CheckpointManager(killed / "checkpoints")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not any(s >= 10 for s in manager.steps()):
@@ -155,9 +155,9 @@ def test_resume_after_sigkill_continues_the_identical_loss_curve(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps_before = manager.steps()
-    assert steps_before and max(steps_before) < 30, "the run must be killed mid-training"
+    assert steps_before and max(steps_before) < 60, "the run must be killed mid-training"
 
-    done = subprocess.run(_train_cmd(killed, 30, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_train_cmd(killed, 60, "--resume"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stdout
     assert losses(killed) == losses(reference)  # exact, every step
