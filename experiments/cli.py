@@ -25,11 +25,10 @@ from typing import Literal
 
 import numpy as np
 import pydantic
-import torch
 import tyro
 
 from eval.nll import heldout_nll
-from experiments.build import build_model, layout_for, sample, sample_picture, train_job
+from experiments.build import build_model, layout_for, sample_picture, train_job
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.data.base import DataError
