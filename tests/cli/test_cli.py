@@ -165,3 +165,23 @@ def test_resume_after_sigkill_continues_the_identical_loss_curve(tmp_path):
     final_b = load_checkpoint(manager.latest_path())
     for key, value in final_a["model"].items():
         assert torch.equal(value, final_b["model"][key]), key
+
+
+def test_shards_command_writes_readable_shards(tmp_path, capsys):
+    from PIL import Image
+
+    from ntm.data import WebDatasetConfig
+
+    folder = tmp_path / "imgs" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(torch.full((8, 8), 40 * i, dtype=torch.uint8).numpy()).save(folder / f"{i}.png")
+    rc = main(["shards", "write", "--folder", str(tmp_path / "imgs"), "--out", str(tmp_path / "s" / "train-%06d.tar"),
+               "--maxcount", "3"])
+    assert rc == 0, capsys.readouterr().err
+    shards = sorted((tmp_path / "s").glob("train-*.tar"))
+    assert len(shards) == 2
+    source = WebDatasetConfig(urls=str(tmp_path / "s" / "train-{000000..000001}.tar"), image_size=8, channels=1,
+                              num_classes=1, eval_urls=str(tmp_path / "s" / "train-{000000..000001}.tar")).build()
+    seen = torch.cat([b.x for b in source.eval_batches(2)])
+    assert seen.shape == (5, 1, 8, 8)
