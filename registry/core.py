@@ -81,6 +81,16 @@ class ComponentConfig(BaseModel):
         """Instantiate the component this config describes."""
         raise NotImplementedError(f"{type(self).__name__} does not implement build()")
 
+    def replace(self, **updates: Any) -> "ComponentConfig":
+        """A validated copy with ``updates`` applied (unlike ``model_copy``, which does not validate).
+
+        Values may be configs or plain data; nested registry slots accept
+        either a config instance or ``{"name": ..., **fields}``. An unknown
+        field name is a validation error naming it.
+        """
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self).model_validate({**data, **updates})
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry(Generic[C]):
