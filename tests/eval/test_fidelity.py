@@ -1,3 +1,4 @@
+"""FID / KID / precision-recall through torch-fidelity, with the digits domain extractor and the offline Inception path."""
 
 import numpy as np
 import pytest
@@ -5,23 +6,17 @@ import torch
 import torch_fidelity
 
 import eval.fidelity as fidelity
+from eval.domain_classifier import load_domain_classifier
 from eval.fidelity import (
     DOMAIN_EXTRACTOR,
-    DomainClassifierConfig,
     ImageTensorDataset,
-    default_cache_dir,
-    digits_domain_classifier,
-    domain_classifier_key,
     domain_extractor_for_digits,
     fidelity_metrics,
-    load_domain_classifier,
     to_uint8_rgb,
 )
 from ntm.data.digits import Digits, DigitsConfig
 
 FAST = {"kid_subsets": 10}  # torch-fidelity's default 100 subsets costs ~3 s of numpy per call
-
-
 
 
 @pytest.fixture(scope="module")
@@ -36,87 +31,15 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The digits classifier trained once into a fresh cache dir (never the user's cache)."""
+def extractor(tmp_path_factory):
+    """``(name, kwargs)`` of the digits domain extractor, trained once into a fresh cache dir (never the user's cache)."""
     cache = tmp_path_factory.mktemp("domain_classifiers")
     torch.set_num_threads(1)
-    model = digits_domain_classifier(cache_dir=cache)
-    return cache, model
-
-
-@pytest.fixture(scope="module")
-def extractor(trained):
-    cache, _ = trained
     return domain_extractor_for_digits(cache_dir=cache)
 
 
 def _noisy(x, level, seed=0):
     return (x + level * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
-
-
-# -- the domain classifier -------------------------------------------------
-
-
-def test_domain_classifier_is_accurate_on_held_out_digits(trained, digits):
-    _, model = trained
-    assert model.from_cache is False
-    acc = model.accuracy(digits["eval_x"], digits["eval_y"])
-    assert acc > 0.95
-    assert model.info["heldout_accuracy"] == pytest.approx(acc)
-    assert model.info["heldout_examples"] == 270
-    feats = model.features(digits["train_x"])
-    assert feats.shape == (digits["train_x"].shape[0], 128)
-    assert feats.square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)  # unit-RMS features
-
-
-def test_second_call_hits_the_cache_without_retraining(trained, digits, monkeypatch):
-    cache, model = trained
-    path = model.cache_path
-    assert path.parent == cache and path.name == f"{model.info['key']}.pt"
-    mtime = path.stat().st_mtime_ns
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("retrained despite a cached checkpoint")
-
-    monkeypatch.setattr(fidelity, "train_domain_classifier", no_training)
-    again = digits_domain_classifier(cache_dir=cache)
-    assert again.from_cache is True and again.cache_path == path
-    assert path.stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in cache.iterdir()) == [path.name]
-    x = digits["eval_x"][:16]
-    torch.testing.assert_close(again.features(x), model.features(x))
-    assert again.info["heldout_accuracy"] == model.info["heldout_accuracy"]
-
-
-def test_cache_key_follows_data_and_hyper_parameters(digits):
-    x, y = digits["train_x"], digits["train_y"]
-    key = domain_classifier_key(x, y, 10)
-    assert key == domain_classifier_key(x.clone(), y.clone(), 10)
-    changed = x.clone()
-    changed[0, 0, 0, 0] = 1 - changed[0, 0, 0, 0]
-    assert domain_classifier_key(changed, y, 10) != key
-    relabelled = y.clone()
-    relabelled[0] = (relabelled[0] + 1) % 10
-    assert domain_classifier_key(x, relabelled, 10) != key
-    assert domain_classifier_key(x, y, 10, DomainClassifierConfig(epochs=3)) != key
-    assert domain_classifier_key(x[:-1], y[:-1], 10) != key
-
-
-def test_cache_dir_defaults_and_env_override(monkeypatch, tmp_path):
-    monkeypatch.delenv("NTM_CACHE", raising=False)
-    assert default_cache_dir() == __import__("pathlib").Path.home() / ".cache" / "ntm" / "domain_classifiers"
-    monkeypatch.setenv("NTM_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "domain_classifiers"
-
-
-def test_missing_or_foreign_checkpoints_are_clear_errors(tmp_path):
-    missing = tmp_path / "nope.pt"
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        load_domain_classifier(missing)
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(ValueError, match="not a domain classifier checkpoint"):
-        load_domain_classifier(foreign)
 
 
 # -- metrics through torch-fidelity ---------------------------------------------
