@@ -2,7 +2,7 @@
 
 import torch
 
-from eval.oracle import GaussianMixture
+from ntm.data.mixture import GaussianMixture
 from ntm.forward import MarkovConfig
 from ntm.losses import EndToEndLoss
 from ntm.model import NTMConfig
@@ -17,7 +17,7 @@ def test_trajectory_nll_goes_down_on_a_2d_mixture():
     cfg = NTMConfig(
         transporter=TarFlowConfig(width=32, num_heads=2),
         predictor=TransformerPredictorConfig(depth=2, width=32),
-        forward_process=MarkovConfig(steps=(2,)),
+        process=MarkovConfig(steps=(2,)),
     )
     model = cfg.build(ModelDims(2, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)

@@ -9,7 +9,8 @@ drawn once from the stream ``("toy/eval", name, config.seed)``, which the
 training stream never touches.
 
 Mixture-based sources (``eight-gaussians``, ``mixture``) expose ``.mixture``,
-an :class:`eval.oracle.GaussianMixture` with the exact density.
+an :class:`ntm.data.mixture.GaussianMixture` with the exact density (the oracle math on
+it is in :mod:`eval.oracle`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pydantic
 import torch
 from torch import Tensor
 
-from eval.oracle import GaussianMixture
 from ntm.data.base import DATA_SOURCES, Batch, ComponentConfig, DataSource, DataSpec
+from ntm.data.mixture import GaussianMixture
 from ntm.data.streams import check_stream_args, seeded_generator
 
 

@@ -9,8 +9,8 @@ import pydantic
 import pytest
 import torch
 
-from eval.oracle import GaussianMixture
 from ntm.data import DATA_SOURCES, CheckerboardConfig, MixtureConfig, MoonsConfig, SpiralsConfig, ToySource
+from ntm.data.mixture import GaussianMixture
 
 TOYS = ["eight-gaussians", "checkerboard", "moons", "spirals", "mixture"]
 

@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from eval.oracle import GaussianMixture
+from eval.oracle import _level_moments, posterior_mean, trajectory_log_prob, trajectory_nll
+from ntm.data.mixture import GaussianMixture
 from ntm.forward import MarkovConfig
 
 F64 = torch.float64
@@ -22,7 +23,7 @@ def test_trajectory_density_of_one_level_is_the_noisy_marginal():
     x = torch.randn(10, 2, dtype=F64)
     # x_t = 0.7 x + 0.3 eps: a mixture with means 0.7 m, variances 0.49 v + 0.09
     noisy = GaussianMixture(mix.weights, 0.7 * mix.means, 0.49 * mix.variances + 0.09)
-    torch.testing.assert_close(mix.trajectory_log_prob(x[None], t), noisy.log_prob(x))
+    torch.testing.assert_close(trajectory_log_prob(mix, x[None], t), noisy.log_prob(x))
 
 
 def test_trajectory_density_matches_monte_carlo_moments():
@@ -31,9 +32,9 @@ def test_trajectory_density_matches_monte_carlo_moments():
     times = process.times(3, dtype=F64)
     traj = process.sample_trajectory(mix.sample(100_000, torch.Generator().manual_seed(0)), times)
     # mean NLL of samples ~ entropy of the joint Gaussian of the first K levels
-    a, cov = mix._level_moments(times[:3])
+    a, cov = _level_moments(mix, times[:3])
     entropy = 2 * 0.5 * (torch.logdet(2 * math.pi * math.e * cov[0]))
-    nll = mix.trajectory_nll(traj, times).mean()
+    nll = trajectory_nll(mix, traj, times).mean()
     assert abs(nll.item() - entropy.item()) < 0.02
 
 
@@ -41,5 +42,16 @@ def test_posterior_mean_of_a_mixture_is_a_responsibility_weighted_average():
     mix = GaussianMixture.ring(2, radius=3.0, std=0.1)
     times = torch.tensor([0.05], dtype=F64)
     level = (0.95 * mix.means[:1])[None]  # exactly at the first component's noisy mean
-    pm = mix.posterior_mean(level, times)
+    pm = posterior_mean(mix, level, times)
     assert torch.allclose(pm, mix.means[:1], atol=0.02)
+
+
+def test_transitional_oracle_mixture_methods_are_the_functions():
+    from eval.oracle import GaussianMixture as OracleMixture
+
+    mix = OracleMixture.ring(3, std=0.3)
+    assert isinstance(mix, GaussianMixture)
+    times = MarkovConfig().build().times(2, dtype=F64)
+    traj = torch.randn(3, 5, 2, dtype=F64)
+    torch.testing.assert_close(mix.trajectory_nll(traj, times), trajectory_nll(mix, traj, times))
+    torch.testing.assert_close(mix.posterior_mean(traj[:2], times[:2]), posterior_mean(mix, traj[:2], times[:2]))
