@@ -32,11 +32,16 @@ from experiments.build import build_model, layout_for, picture, train_job
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.data.base import DataSource
-from ntm.samplers import nfe as ode_nfe
-from ntm.train.checkpoint import CheckpointManager, load_checkpoint
+from ntm.denoisers import NoDenoiserConfig, ScoreDenoiserConfig
+from ntm.losses import FlowMatchingConfig
+from ntm.predictors import PosteriorPredictorConfig, VelocityTransformerConfig
+from ntm.samplers import EulerConfig, HeunConfig, ODEConfig, SamplerConfig
+from ntm.train.checkpoint import CheckpointManager, load_checkpoint, load_sampling_weights
 from ntm.train.logging import Progress
 from ntm.train.loop import train
+from ntm.transporters import IdentityConfig
 from ntm.viz import save_png
+from registry import ComponentConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +51,8 @@ class EvalPoint:
     nfe: int | None
     """Sequential network evaluations per sample, as conventionally counted for this model family
     (None: the transporter's sequential AR steps, tokens x blocks, as for a single AR flow)."""
-    sampler: dict[str, Any] | None = None
-    """Sampler override as a registry dump (``{"name": "heun", ...}``); None: the experiment's sampler."""
+    sampler: SamplerConfig | None = None
+    """Sampler override (e.g. ``HeunConfig(num_steps=4)``); None: the experiment's sampler."""
     label: str = ""
     """Suffix for the row's model name (e.g. ``heun``)."""
 
@@ -74,26 +79,36 @@ class Suite:
 
 
 # -- suites ---------------------------------------------------------------------
+_TINY = {"depth": 1, "width": 16, "num_heads": 2, "layers_per_block": 1}
+"""The fields a ``tiny`` suite shrinks, wherever a network config has them."""
+
+
+def _shrink(cfg: ComponentConfig) -> ComponentConfig:
+    """``cfg`` with every field of :data:`_TINY` it has set to the minimum, and its ``xhat`` model shrunk too."""
+    fields = type(cfg).model_fields
+    updates: dict[str, Any] = {key: value for key, value in _TINY.items() if key in fields}
+    if "xhat" in fields:
+        updates["xhat"] = _shrink(cfg.xhat)
+    return cfg.replace(**updates) if updates else cfg
+
+
 def _variant(base: Experiment, name: str, *, steps: tuple[int, ...], train_steps: int, seed: int, tiny: bool,
-             **updates: Any) -> Experiment:
-    cfg = json.loads(json.dumps(base.model_dump(mode="json")))
-    cfg["name"] = name
-    cfg["process"]["steps"] = list(steps)
-    for key, value in updates.items():
-        target = cfg
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    cfg["train"].update(steps=train_steps, seed=seed, sample_every=0, checkpoint_every=train_steps,
-                        warmup_steps=min(cfg["train"]["warmup_steps"], train_steps // 5))
+             model: dict[str, Any] | None = None, **updates: Any) -> Experiment:
+    """``base`` trained for ``steps`` on the suite's budget and seed; ``model`` updates the model's slots
+    (configs), ``updates`` the experiment's."""
+    net = base.model.replace(process=base.model.process.replace(steps=steps), **(model or {}))
+    train = base.train.replace(steps=train_steps, seed=seed, sample_every=0, checkpoint_every=train_steps,
+                               warmup_steps=min(base.train.warmup_steps, train_steps // 5))
+    evaluation = base.eval
     if tiny:
-        cfg["predictor"].update({"depth": 1, "width": 16, "num_heads": 2} if cfg["predictor"]["name"] != "posterior"
-                                else {"xhat": {**cfg["predictor"]["xhat"], "depth": 1, "width": 16, "num_heads": 2}})
-        if cfg["transporter"]["name"] == "tarflow":
-            cfg["transporter"].update(width=16, num_heads=2, layers_per_block=1)
-        cfg["eval"]["num_examples"] = 64
-    return Experiment.model_validate(cfg)
+        net = net.replace(predictor=_shrink(net.predictor), transporter=_shrink(net.transporter))
+        evaluation = evaluation.replace(num_examples=64)
+    return base.replace(name=name, model=net, train=train, eval=evaluation, **updates)
+
+
+def _ode_point(sampler: ODEConfig, label: str) -> EvalPoint:
+    """An evaluation point of an ODE sampler: ``sampler.num_steps`` steps, NFE counted by the sampler class."""
+    return EvalPoint(sampler.num_steps, sampler.build().nfe(sampler.num_steps), sampler, label)
 
 
 def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bool, ar_blocks: int,
@@ -102,23 +117,26 @@ def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bo
     """The models of one suite, from one preset: NTM per K, Gaussian baselines, flow matching, AR flow, multi-K."""
     v = lambda name, steps, **u: _variant(base, f"{prefix}-{name}", steps=steps, train_steps=train_steps,  # noqa: E731
                                           seed=seed, tiny=tiny, **u)
-    identity = {"transporter": {"name": "identity"}}
-    velocity = {"name": "posterior", "learned_scale": False,
-                "xhat": {"name": "velocity-transformer", **{k: base.predictor.model_dump()[k]
-                                                            for k in ("depth", "width", "num_heads", "mlp_ratio")}}}
+    predictor = base.model.predictor
     models = [BenchModel("ntm", v(f"ntm-K{k}", (k,)), (EvalPoint(k, k),)) for k in ks]
     models.append(BenchModel("ntm-multi-k", v("ntm-multi-k", multi_ks), tuple(EvalPoint(k, k) for k in multi_ks)))
     for k in gaussian_ks:
-        models.append(BenchModel("gaussian", v(f"gaussian-K{k}", (k,), **identity), (EvalPoint(k, k),)))
-        models.append(BenchModel("gaussian-posterior-sigma", v(f"gaussian-posterior-sigma-K{k}", (k,), **identity,
-                                                               **{"predictor.sigma": "posterior"}), (EvalPoint(k, k),)))
-    fm = v("flow-matching", (max(ks),), **identity, predictor=velocity, loss={"name": "flow-matching"},
-           sampler={"name": "euler", "num_steps": max(ode_steps)}, denoiser={"name": "none"})
-    points = [EvalPoint(n, ode_nfe("euler", n), {"name": "euler", "num_steps": n}, "euler") for n in ode_steps]
-    points += [EvalPoint(n, ode_nfe("heun", n), {"name": "heun", "num_steps": n}, "heun") for n in heun_steps]
+        models.append(BenchModel("gaussian", v(f"gaussian-K{k}", (k,), model={"transporter": IdentityConfig()}),
+                                 (EvalPoint(k, k),)))
+        posterior_sigma = {"transporter": IdentityConfig(), "predictor": predictor.replace(sigma="posterior")}
+        models.append(BenchModel("gaussian-posterior-sigma", v(f"gaussian-posterior-sigma-K{k}", (k,), model=posterior_sigma),
+                                 (EvalPoint(k, k),)))
+    # flow matching: a velocity network of the predictor's size on x directly, sampled by an ODE solver
+    velocity = PosteriorPredictorConfig(learned_scale=False, xhat=VelocityTransformerConfig(
+        depth=predictor.depth, width=predictor.width, num_heads=predictor.num_heads, mlp_ratio=predictor.mlp_ratio))
+    fm = v("flow-matching", (max(ks),), model={"transporter": IdentityConfig(), "predictor": velocity},
+           loss=FlowMatchingConfig(), sampler=EulerConfig(num_steps=max(ode_steps)), denoiser=NoDenoiserConfig())
+    points = [_ode_point(EulerConfig(num_steps=n), "euler") for n in ode_steps]
+    points += [_ode_point(HeunConfig(num_steps=n), "heun") for n in heun_steps]
     models.append(BenchModel("flow-matching", fm, tuple(points), likelihood=False))
     # K = 1 with a deeper transporter: one AR flow on x_{t_0}; NFE counts its sequential AR steps
-    ar = v("ar-flow", (1,), **{"transporter.num_blocks": ar_blocks, "predictor.depth": 1}, denoiser={"name": "score"})
+    ar = v("ar-flow", (1,), model={"transporter": base.model.transporter.replace(num_blocks=ar_blocks),
+                                   "predictor": predictor.replace(depth=1)}, denoiser=ScoreDenoiserConfig())
     models.append(BenchModel("ar-flow", ar, (EvalPoint(1, None),)))
     return tuple(models)
 
@@ -156,16 +174,14 @@ def train_or_reuse(exp: Experiment, data: DataSource) -> torch.nn.Module:
     if latest is not None:
         state = load_checkpoint(latest)
         if state["config"] == exp.model_dump(mode="json") and state["step"] >= exp.train.steps:
-            model = build_model(exp, data)
-            model.load_state_dict({**state["ema"]["shadow"], **state["ema"]["buffers"]})
-            return model.eval()
+            return load_sampling_weights(build_model(exp, data), state, path=latest).eval()
     result = train(train_job(exp, data, resume=latest is not None))
     return result.ema_model
 
 
 def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: int, device: torch.device, seed: int):
-    sampler_cfg = exp.sampler if point.sampler is None else type(exp).model_validate(
-        {**exp.model_dump(mode="json"), "sampler": point.sampler}).sampler
+    sampler_cfg = (point.sampler if point.sampler is not None else exp.sampler).replace(num_steps=point.steps)
+    sampler_cfg.check_model(exp.model)
     sampler = sampler_cfg.build()
     denoiser = exp.denoiser.build()
     layout = layout_for(exp, data)
@@ -175,7 +191,7 @@ def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: in
 
     def run() -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(seed)
-        out = sampler(model, n, cond=labels, num_steps=point.steps, return_trajectory=True, generator=gen)
+        out = sampler(model, n, labels, generator=gen, return_trajectory=True)
         x = denoiser(model, out.x_trajectory, out.times, labels)
         return layout.from_tokens(x.detach()).float().cpu()
 
@@ -201,10 +217,9 @@ def run_suite(
     bar = Progress(len(suite.models), desc=f"bench {suite.name}", enabled=progress, print_every=1)
     extractor = None
     for bm in suite.models:
-        cfg = bm.experiment.model_dump(mode="json")
-        exp = Experiment.model_validate({**cfg, "run_dir": str(out / "runs" / bm.experiment.name),
-                                         "data": {**cfg["data"], **(data_overrides or {})},
-                                         "train": {**cfg["train"], "device": device}})
+        exp = bm.experiment.replace(run_dir=str(out / "runs" / bm.experiment.name),
+                                    data=bm.experiment.data.replace(**(data_overrides or {})),
+                                    train=bm.experiment.train.replace(device=device))
         data = exp.data.build()
         started = time.monotonic()
         model = train_or_reuse(exp, data)
@@ -239,7 +254,8 @@ def run_suite(
             name = bm.name + (f"-{point.label}" if point.label else "")
             rows.append({
                 "suite": suite.name, "dataset": data.__class__.__name__.lower(), "model": name, "K": point.steps,
-                "nfe": point.nfe if point.nfe is not None else layout.num_tokens * exp.transporter.num_blocks, "seed": exp.train.seed, "train_steps": exp.train.steps, "metrics": metrics,
+                "nfe": point.nfe if point.nfe is not None else layout.num_tokens * exp.model.transporter.num_blocks,
+                "seed": exp.train.seed, "train_steps": exp.train.steps, "metrics": metrics,
                 "wall_ms_per_sample": cost["wall_ms_per_sample"], "train_seconds": train_seconds,
             })
             if data.spec.kind == "points":
@@ -275,8 +291,8 @@ def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: t
 def _write_mixture(out: Path, data, suite: Suite) -> None:
     schedules = {}
     for bm in suite.models:
-        process = bm.experiment.process.build()
-        for k in bm.experiment.process.steps:
+        process = bm.experiment.model.process.build()
+        for k in bm.experiment.model.process.steps:
             schedules[str(k)] = process.times(k, dtype=torch.float64).tolist()
     (out / "mixture.json").write_text(json.dumps({**data.mixture.to_dict(), "t_schedule": schedules}, indent=2) + "\n")
 
