@@ -7,6 +7,8 @@ import os
 import torch
 from hypothesis import settings
 
+from ntm.testing import perturb_  # noqa: F401  (moved to ntm.testing; re-exported for the tests that import it here)
+
 # CI runs hypothesis derandomized (reproducible); locally every run explores new examples.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
@@ -15,11 +17,3 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 # Two cores: keep torch from oversubscribing when pytest runs alongside other work.
 torch.set_num_threads(int(os.environ.get("NTM_TEST_THREADS", "2")))
 
-
-def perturb_(module: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
-    """Add ``scale * N(0, 1)`` to every parameter so zero-initialised maps move far from the identity."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return module

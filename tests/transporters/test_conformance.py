@@ -1,20 +1,25 @@
 """Conformance suite: every registered transporter, by name, meets the Transporter contract.
 
-A new variant is tested the moment it registers (its config's
+The checks themselves live in :mod:`ntm.testing` (installed, so plugin
+authors run the identical suite); here hypothesis draws the problems. A new
+variant is tested the moment it registers (its config's
 ``conformance_configs()`` lists what to exercise). Weights are perturbed away
 from the zero initialisation so the maps are far from the identity.
 """
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
+from ntm import testing
 from ntm.spec import ModelDims
-from ntm.transporters import TRANSPORTERS
-from tests.conftest import perturb_
+from ntm.transporters import TRANSPORTERS, IdentityConfig, TarFlowConfig, Transporter, TransporterConfig
 
 CASES = [
     pytest.param(name, i, id=f"{name}-{i}")
@@ -24,74 +29,38 @@ CASES = [
 
 problems = st.fixed_dictionaries(
     {
+        "dims": st.builds(ModelDims, st.integers(1, 5), st.integers(1, 3), st.integers(0, 3)),
         "batch": st.integers(1, 4),
-        "tokens": st.integers(1, 5),
-        "channels": st.integers(1, 3),
-        "num_classes": st.integers(0, 3),
         "seed": st.integers(0, 2**16),
+        "with_labels": st.booleans(),
     }
 )
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def build(name: str, index: int, p: dict, scale: float, dtype: torch.dtype):
-    config = TRANSPORTERS.get(name).config_cls.conformance_configs()[index]
-    dims = ModelDims(p["tokens"], p["channels"], p["num_classes"])
-    torch.manual_seed(p["seed"])
-    module = perturb_(config.build(dims), scale, p["seed"]).to(dtype).eval()
-    gen = torch.Generator().manual_seed(p["seed"] + 1)
-    x = torch.randn(p["batch"], p["tokens"], p["channels"], generator=gen, dtype=dtype)
-    t = torch.rand(p["batch"], generator=gen, dtype=dtype) * 0.98 + 0.01
-    cond = None
-    if p["num_classes"]:
-        cond = torch.randint(0, p["num_classes"] + 1, (p["batch"],), generator=gen)  # null label included
-    return module, x, t, cond
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+def config(name: str, index: int) -> TransporterConfig:
+    return TRANSPORTERS.get(name).config_cls.conformance_configs()[index]
 
 
 @pytest.mark.parametrize("name, index", CASES)
 @SETTINGS
 @given(p=problems, scale=st.floats(0.0, 0.05))
 def test_round_trip_float32(name, index, p, scale):
-    module, x, t, cond = build(name, index, p, scale, torch.float32)
-    with torch.no_grad():
-        u, logdet = module(x, t, cond)
-        assert u.shape == x.shape and u.dtype == x.dtype and logdet.shape == (x.shape[0],)
-        assert rel_err(module.inverse(u, t, cond), x) < 1e-5
+    testing.check_transporter_round_trip(config(name, index), scale=scale, dtype=torch.float32, **p)
 
 
 @pytest.mark.parametrize("name, index", CASES)
 @SETTINGS
 @given(p=problems, scale=st.floats(0.0, 0.1))
-def test_round_trip_float64(name, index, p, scale):
-    module, x, t, cond = build(name, index, p, scale, torch.float64)
-    with torch.no_grad():
-        u, _ = module(x, t, cond)
-        assert rel_err(module.inverse(u, t, cond), x) < 1e-10
-        # the map is a bijection both ways: forward(inverse(z)) == z too
-        z = torch.randn_like(x)
-        assert rel_err(module(module.inverse(z, t, cond), t, cond)[0], z) < 1e-10
+def test_round_trip_float64_both_directions(name, index, p, scale):
+    testing.check_transporter_round_trip(config(name, index), scale=scale, dtype=torch.float64, **p)
 
 
 @pytest.mark.parametrize("name, index", CASES)
 @SETTINGS
 @given(p=problems, scale=st.floats(0.0, 0.1))
 def test_logdet_equals_slogdet_of_autograd_jacobian(name, index, p, scale):
-    module, x, t, cond = build(name, index, p, scale, torch.float64)
-    _, logdet = module(x, t, cond)
-    for i in range(x.shape[0]):
-        ci = None if cond is None else cond[i : i + 1]
-
-        def f(z: torch.Tensor, i=i, ci=ci) -> torch.Tensor:
-            return module(z.reshape(1, *x.shape[1:]), t[i : i + 1], ci)[0].reshape(-1)
-
-        jac = torch.autograd.functional.jacobian(f, x[i].reshape(-1))
-        sign, expected = torch.linalg.slogdet(jac)
-        assert sign != 0
-        assert abs(logdet[i].item() - expected.item()) < 1e-6
+    testing.check_transporter_logdet(config(name, index), scale=scale, **p)
 
 
 @pytest.mark.parametrize("name, index", CASES)
@@ -99,24 +68,98 @@ def test_logdet_equals_slogdet_of_autograd_jacobian(name, index, p, scale):
 @given(p=problems, scale=st.floats(0.0, 0.1))
 def test_every_inverse_method_agrees_with_the_default(name, index, p, scale):
     """KV-cached sequential, naive recomputing and Jacobi inverses all decode the same x."""
-    module, x, t, cond = build(name, index, p, scale, torch.float64)
-    with torch.no_grad():
-        u, _ = module(x, t, cond)
-        reference = module.inverse(u, t, cond)
-        for method in type(module).inverse_methods:
-            assert rel_err(module.inverse(u, t, cond, method=method), reference) < 1e-9, method
+    testing.check_transporter_inverse_methods(config(name, index), scale=scale, **p)
 
 
 @pytest.mark.parametrize("name, index", CASES)
 def test_fresh_transporter_is_identity(name, index):
-    config = TRANSPORTERS.get(name).config_cls.conformance_configs()[index]
-    module = config.build(ModelDims(4, 2, 3)).double()
-    x = torch.randn(3, 4, 2, dtype=torch.float64)
-    u, logdet = module(x, torch.rand(3, dtype=torch.float64), torch.tensor([0, 1, 3]))
-    assert torch.equal(u, x) and torch.all(logdet == 0)
+    testing.check_transporter_identity_at_init(config(name, index), dims=ModelDims(4, 2, 3), batch=3)
+
+
+def test_fixed_grid_covers_one_token_one_channel_and_the_null_label():
+    """What the one-line plugin check runs: the edge shapes and both kinds of conditioning are in the grid."""
+    cases = testing.TRANSPORTER_CASES
+    assert any(c.dims.num_tokens == 1 for c in cases) and any(c.dims.token_dim == 1 for c in cases)
+    assert any(c.dims.num_classes == 0 for c in cases)
+    assert any(c.dims.num_classes and not c.with_labels for c in cases)
+    labelled = [c for c in cases if c.dims.num_classes and c.with_labels and c.batch > 1]
+    assert labelled
+    _, _, cond = testing.transporter_inputs(labelled[0].dims, labelled[0].batch, seed=labelled[0].seed)
+    assert cond is not None and cond.dtype == torch.int64 and cond[-1] == labelled[0].dims.num_classes
+
+
+def test_one_line_check_passes_on_the_builtin_variants():
+    testing.check_transporter(IdentityConfig())
+    testing.check_transporter(TarFlowConfig(width=16, num_heads=2, num_blocks=1, use_condition=True, jacobi_tol=0.0))
+
+
+def test_perturb_is_seeded_and_leaves_the_global_rng_alone():
+    base = TarFlowConfig(width=16, num_heads=2).build(ModelDims(3, 1))
+    a, b, c = copy.deepcopy(base), copy.deepcopy(base), copy.deepcopy(base)
+    state = torch.get_rng_state()
+    testing.perturb_(a, 0.1, 7), testing.perturb_(b, 0.1, 7), testing.perturb_(c, 0.1, 8)
+    assert torch.equal(torch.get_rng_state(), state)
+    for p0, pa, pb, pc in zip(*(m.parameters() for m in (base, a, b, c))):
+        assert torch.equal(pa, pb) and not torch.equal(pa, p0) and not torch.equal(pa, pc)
+    built = [testing.build_transporter(TarFlowConfig(width=16, num_heads=2), ModelDims(3, 1), seed=3) for _ in range(2)]
+    assert all(torch.equal(x, y) for x, y in zip(built[0].parameters(), built[1].parameters()))
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_unknown_inverse_method_is_refused():
     module = TRANSPORTERS.get("tarflow").config_cls().build(ModelDims(3, 1))
     with pytest.raises(ValueError, match="unknown inverse method 'magic'"):
         module.inverse(torch.randn(2, 3, 1), torch.rand(2), method="magic")
+
+
+# -- the checks catch broken transporters (never registered) ------------------------------------------------
+
+
+class Scale(Transporter):
+    """``u = a x`` with a learnable ``a`` (starts at 1): a bijection whose defects are switched on per test."""
+
+    inverse_methods = ("other",)
+
+    def __init__(self, bug: str) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.ones(()))
+        self.bug = bug
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n = x[0].numel()
+        logdet = torch.full((x.shape[0],), n * self.a.abs().log().item(), dtype=x.dtype)
+        if self.bug == "logdet":
+            logdet = logdet + 0.01
+        if self.bug == "shape":
+            logdet = logdet[:, None]
+        return self.a * x, logdet
+
+    def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None, method: str | None = None) -> Tensor:
+        x = u / self.a
+        if self.bug == "inverse" or (self.bug == "method" and method == "other"):
+            x = x * 1.001
+        return x
+
+
+class ScaleConfig(TransporterConfig):
+    bug: str = "none"
+
+    def build(self, dims: ModelDims) -> Scale:
+        return Scale(self.bug)
+
+
+@pytest.mark.parametrize(
+    "bug, check, message",
+    [
+        ("inverse", testing.check_transporter_round_trip, "round trip"),
+        ("logdet", testing.check_transporter_logdet, "logdet"),
+        ("method", testing.check_transporter_inverse_methods, "inverse method 'other'"),
+        ("shape", testing.check_transporter_round_trip, r"logdet has shape \(3, 1\), expected \(3,\)"),
+        ("logdet", testing.check_transporter_identity_at_init, "nonzero logdet"),
+    ],
+)
+def test_checks_catch_a_broken_transporter(bug, check, message):
+    check(ScaleConfig())  # the healthy map passes
+    with pytest.raises(AssertionError, match=message) as info:
+        check(ScaleConfig(bug=bug))
+    assert "transporter 'ScaleConfig'" in str(info.value) and "ModelDims" in str(info.value)

@@ -1,0 +1,80 @@
+"""Tiny NTMs for the sampler and loss checks, and finding one a component accepts."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ntm.spec import ModelDims
+from ntm.testing._util import perturb_, seeded
+
+MODEL_DIMS = ModelDims(3, 2, 3)
+"""Three tokens of two channels, three classes (labels ``0 .. 3``, 3 the null label)."""
+
+
+def tiny_model_configs() -> list:
+    """Candidate ``NTMConfig`` s, simplest first: a tiny TarFlow + Markov transformer NTM, then a velocity model.
+
+    The velocity model (identity transporter, posterior predictor over a
+    velocity transformer) is what flow-matching losses and the Euler/Heun
+    samplers need. The forward process is left at ``NTMConfig``'s default.
+    """
+    from ntm.model import NTMConfig
+    from ntm.predictors import PosteriorPredictorConfig, TransformerPredictorConfig, VelocityTransformerConfig
+    from ntm.transporters import IdentityConfig, TarFlowConfig
+
+    return [
+        NTMConfig(
+            transporter=TarFlowConfig(width=16, num_heads=2, num_blocks=1, use_condition=True),
+            predictor=TransformerPredictorConfig(depth=1, width=16, num_heads=2),
+        ),
+        NTMConfig(
+            transporter=IdentityConfig(),
+            predictor=PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=1, width=16, num_heads=2)),
+        ),
+    ]
+
+
+def build_model(
+    model_config, dims: ModelDims = MODEL_DIMS, *, seed: int = 0, scale: float = 0.05, dtype: torch.dtype = torch.float64
+) -> torch.nn.Module:
+    """``model_config.build(dims)``, init drawn from ``seed``, perturbed by ``scale``, cast to ``dtype``, eval mode."""
+    with seeded(seed):
+        model = model_config.build(dims)
+    return perturb_(model, scale, seed).to(dtype).eval()
+
+
+def accepted_model(
+    config, try_model: Callable[[torch.nn.Module], object], *, dims: ModelDims = MODEL_DIMS, seed: int = 0,
+    scale: float = 0.05, dtype: torch.dtype = torch.float64, candidates: list | None = None,
+) -> torch.nn.Module:
+    """The first of :func:`tiny_model_configs` (or ``candidates``) that ``config`` accepts, built.
+
+    A config with ``check_model(model_config)`` is asked directly (it raises
+    ``ValueError`` to refuse); otherwise each candidate is built and
+    ``try_model(model)`` run, a ``ValueError``, ``TypeError`` or
+    ``NotImplementedError`` meaning "not this one". Raises ``AssertionError`` listing every refusal
+    when no candidate fits.
+    """
+    reasons = []
+    for model_config in candidates if candidates is not None else tiny_model_configs():
+        checker = getattr(config, "check_model", None)
+        if callable(checker):
+            try:
+                checker(model_config)
+            except ValueError as e:
+                reasons.append(f"{model_config!r}: {e}")
+                continue
+            return build_model(model_config, dims, seed=seed, scale=scale, dtype=dtype)
+        model = build_model(model_config, dims, seed=seed, scale=scale, dtype=dtype)
+        try:
+            try_model(model)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            reasons.append(f"{model_config!r}: {type(e).__name__}: {e}")
+            continue
+        return model
+    raise AssertionError(
+        f"{config!r} accepts none of the default tiny models; pass model=... explicitly. Refusals:\n  "
+        + "\n  ".join(reasons)
+    )

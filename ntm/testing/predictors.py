@@ -1,0 +1,156 @@
+"""The Predictor contract (:mod:`ntm.predictors.base`) as plain checks.
+
+A predictor maps ``u_t`` ``(B, N, d)`` at times ``t > s`` (``(B,)`` each)
+and labels ``cond`` (``(B,)`` or ``None``) to a diagonal
+``Gaussian(mu, log_sigma)`` over ``u_s``, both ``(B, N, d)``. On a
+trajectory ``u_1 .. u_K`` (``u_levels`` ``(K, B, N, d)``, ``times``
+``(K + 1,)``), ``forward_trajectory`` returns ``(K, B, N, d)`` whose entry
+``k - 1`` predicts ``u_{k-1}`` from level ``k``. The checks (float64,
+weights perturbed by ``scale * N(0, 1)``):
+
+* shapes ``(B, N, d)`` / ``(K, B, N, d)``, float64, finite;
+* teacher-forced == cached sampling: entry ``k - 1`` of
+  ``forward_trajectory`` equals ``step(u_k, t_k, t_{k-1}, cond, cache)``
+  run from ``k = K`` down to ``1`` with one ``new_cache()`` (``atol``
+  ``1e-12``); for Markov predictors it also equals the plain call
+  ``predictor(u_k, t_k, t_{k-1}, cond)``;
+* causality in levels: moving a cleaner level ``u_j`` changes no prediction
+  made from a noisier level ``k > j``.
+
+Every check runs without labels and, for class-conditional dims, with
+labels that include the null label ``num_classes``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ntm.distributions import Gaussian
+from ntm.spec import ModelDims
+from ntm.testing._util import check, check_tensor, describe, max_abs_diff, perturb_, seeded
+
+DEFAULT_DIMS = ModelDims(3, 2, 4)
+DEFAULT_TIMES = (0.05, 0.3, 0.6, 1.0)
+"""``t_0 .. t_K`` of the test trajectory (K = 3)."""
+PREDICTOR_DIMS: tuple[ModelDims, ...] = (ModelDims(3, 2, 4), ModelDims(1, 1))
+"""The dims :func:`check_predictor` runs: class-conditional with several tokens, and one unconditional scalar token."""
+ATOL = 1e-12
+
+
+def build_predictor(config, dims: ModelDims = DEFAULT_DIMS, *, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """``config.build(dims)`` with its init drawn from ``seed``, perturbed by ``scale``, in float64 and eval mode."""
+    with seeded(seed):
+        module = config.build(dims)
+    return perturb_(module, scale, seed).double().eval()
+
+
+def predictor_inputs(
+    dims: ModelDims, batch: int, times=DEFAULT_TIMES, *, seed: int = 0, with_labels: bool = True
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``u_levels`` ``(K, B, N, d)`` float64, ``times`` ``(K + 1,)`` float64, ``cond`` ``(B,)`` int64 or ``None``.
+
+    Labels are uniform on ``0 .. num_classes`` with the last one the null label when ``B > 1``.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    times = torch.as_tensor(times, dtype=torch.float64)
+    u = torch.randn(times.numel() - 1, batch, dims.num_tokens, dims.token_dim, generator=gen, dtype=torch.float64)
+    cond = None
+    if with_labels and dims.num_classes:
+        cond = torch.randint(0, dims.num_classes + 1, (batch,), generator=gen)
+        if batch > 1:
+            cond[-1] = dims.num_classes
+    return u, times, cond
+
+
+def _check_gaussian(g: object, subject: str, what: str, shape: tuple[int, ...]) -> Gaussian:
+    check(isinstance(g, Gaussian), subject, f"{what} returned {type(g).__name__}, expected ntm.distributions.Gaussian")
+    assert isinstance(g, Gaussian)
+    check_tensor(g.mu, subject, f"{what}.mu", shape, dtype=torch.float64)
+    check_tensor(g.log_sigma, subject, f"{what}.log_sigma", shape, dtype=torch.float64)
+    return g
+
+
+def _close(a: Gaussian, b: Gaussian, atol: float, subject: str, message: str) -> None:
+    err = max(max_abs_diff(a.mu, b.mu), max_abs_diff(a.log_sigma, b.log_sigma))
+    check(err <= atol, subject, f"{message}: max difference {err:.3g} > {atol:g}")
+
+
+def _setup(config, dims, batch, times, seed, scale, with_labels):
+    labels = "labels" if with_labels and dims.num_classes else "cond=None"
+    subject = f"predictor {describe(config)} on {dims}, batch={batch}, seed={seed}, scale={scale}, {labels}"
+    predictor = build_predictor(config, dims, seed=seed, scale=scale)
+    u, times, cond = predictor_inputs(dims, batch, times, seed=seed, with_labels=with_labels)
+    return subject, predictor, u, times, cond
+
+
+def check_predictor_outputs(
+    config, *, dims: ModelDims = DEFAULT_DIMS, batch: int = 4, times=DEFAULT_TIMES, seed: int = 0, scale: float = 0.05,
+    with_labels: bool = True,
+) -> None:
+    """One step and a teacher-forced pass return finite float64 Gaussians of shape ``(B, N, d)`` and ``(K, B, N, d)``."""
+    subject, predictor, u, times, cond = _setup(config, dims, batch, times, seed, scale, with_labels)
+    k = u.shape[0]
+    with torch.no_grad():
+        one = predictor(u[-1], times[k].expand(batch), times[k - 1].expand(batch), cond)
+        _check_gaussian(one, subject, "forward", tuple(u.shape[1:]))
+        _check_gaussian(predictor.forward_trajectory(u, times, cond), subject, "forward_trajectory", tuple(u.shape))
+    check(isinstance(getattr(type(predictor), "markov", None), bool), subject, "class attribute 'markov' must be a bool")
+
+
+def check_predictor_trajectory(
+    config, *, dims: ModelDims = DEFAULT_DIMS, batch: int = 4, times=DEFAULT_TIMES, seed: int = 0, scale: float = 0.05,
+    with_labels: bool = True, atol: float = ATOL,
+) -> None:
+    """Teacher-forced ``forward_trajectory`` equals level-by-level ``step`` with one ``new_cache()`` (noisiest first).
+
+    Markov predictors (``markov = True``) must also match the plain per-level call ``predictor(u_k, t_k, t_{k-1}, cond)``.
+    """
+    subject, predictor, u, times, cond = _setup(config, dims, batch, times, seed, scale, with_labels)
+    k = u.shape[0]
+    with torch.no_grad():
+        batched = _check_gaussian(predictor.forward_trajectory(u, times, cond), subject, "forward_trajectory", tuple(u.shape))
+        cache = predictor.new_cache()
+        for level in range(k, 0, -1):
+            t, s = times[level].expand(batch), times[level - 1].expand(batch)
+            step = predictor.step(u[level - 1], t, s, cond, cache)
+            _check_gaussian(step, subject, f"step at level {level}", tuple(u.shape[1:]))
+            _close(step, batched.map(lambda z: z[level - 1]), atol, subject,
+                   f"teacher-forced forward_trajectory != cached step at level {level} of {k}")
+            if type(predictor).markov:
+                plain = predictor(u[level - 1], t, s, cond)
+                _close(plain, batched.map(lambda z: z[level - 1]), atol, subject,
+                       f"Markov predictor: forward_trajectory != per-level call at level {level} of {k}")
+
+
+def check_predictor_causality(
+    config, *, dims: ModelDims = DEFAULT_DIMS, batch: int = 4, times=DEFAULT_TIMES, seed: int = 0, scale: float = 0.05,
+    with_labels: bool = True, atol: float = ATOL,
+) -> None:
+    """Moving a cleaner level ``u_j`` (by +1) leaves every prediction made from a noisier level ``k > j`` unchanged."""
+    subject, predictor, u, times, cond = _setup(config, dims, batch, times, seed, scale, with_labels)
+    with torch.no_grad():
+        base = predictor.forward_trajectory(u, times, cond)
+        for cleaner in range(u.shape[0] - 1):  # index `cleaner` holds u_{cleaner+1}
+            moved = u.clone()
+            moved[cleaner] += 1.0
+            out = predictor.forward_trajectory(moved, times, cond)
+            _close(out.map(lambda z: z[cleaner + 1 :]), base.map(lambda z: z[cleaner + 1 :]), atol, subject,
+                   f"moving level u_{cleaner + 1} changed predictions made from noisier levels")
+
+
+def check_predictor(
+    config, *, dims: tuple[ModelDims, ...] = PREDICTOR_DIMS, batch: int = 3, times=DEFAULT_TIMES, seed: int = 0,
+    scale: float = 0.05, atol: float = ATOL,
+) -> None:
+    """The whole Predictor contract: outputs, teacher-forced == cached sampling, causality, with and without labels.
+
+    Runs each check on every entry of ``dims``, without labels and (for
+    class-conditional dims) with labels including the null label.
+    """
+    for d in dims:
+        for with_labels in ((False, True) if d.num_classes else (False,)):
+            kw = dict(dims=d, batch=batch, times=times, seed=seed, scale=scale, with_labels=with_labels)
+            check_predictor_outputs(config, **kw)
+            check_predictor_trajectory(config, atol=atol, **kw)
+            check_predictor_causality(config, atol=atol, **kw)
