@@ -1,6 +1,6 @@
 """Oracle-NLL gap of NTM (TarFlow transporter) vs the identity transporter on a 2-D mixture, per K.
 
-    python -m eval.oracle_gap --steps 1 2 4 --train-steps 1500 --out runs/oracle-gap
+    python -m experiments.oracle_gap --steps 1 2 4 --train-steps 1500 --out runs/oracle-gap
 
 Trains both models of each K with the same preset, budget and seed through
 the regular training loop, then scores fresh data against the mixture's exact
@@ -21,6 +21,7 @@ from experiments.build import train_job
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.train.loop import train
+from ntm.transporters import IdentityConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,30 +44,35 @@ class Args:
     """Override the TarFlow block count (transporter capacity)."""
 
 
-def main(args: Args) -> list[dict]:
-    base = PRESETS[args.preset].model_dump(mode="json")
-    rows = []
+def variants(args: Args) -> list[tuple[int, str, Experiment]]:
+    """``(K, transporter label, experiment)`` per K: the preset's TarFlow (``--transporter-blocks`` blocks), then identity."""
+    base = PRESETS[args.preset]
+    tarflow = base.model.transporter
+    if args.transporter_blocks is not None:
+        tarflow = tarflow.replace(num_blocks=args.transporter_blocks)
+    train = base.train.replace(steps=args.train_steps, warmup_steps=min(base.train.warmup_steps, args.train_steps),
+                               device=args.device, precision="fp32", seed=args.seed, sample_every=0,
+                               checkpoint_every=args.train_steps, log_every=max(args.train_steps // 10, 1))
+    out = []
     for k in args.steps:
-        for transporter in ("tarflow", "identity"):
-            cfg = json.loads(json.dumps(base))
-            cfg["name"] = f"{args.preset}-{transporter}-K{k}"
-            cfg["run_dir"] = str(args.out / cfg["name"])
-            cfg["process"]["steps"] = [k]
-            if transporter == "identity":
-                cfg["transporter"] = {"name": "identity"}
-            elif args.transporter_blocks is not None:
-                cfg["transporter"]["num_blocks"] = args.transporter_blocks
-            cfg["train"].update(steps=args.train_steps, warmup_steps=min(cfg["train"]["warmup_steps"], args.train_steps), device=args.device, precision="fp32", seed=args.seed,
-                                sample_every=0, checkpoint_every=args.train_steps, log_every=max(args.train_steps // 10, 1))
-            exp = Experiment.model_validate(cfg)
-            data = exp.data.build()
-            started = time.monotonic()
-            result = train(train_job(exp, data))
-            gap = oracle_gap(result.ema_model, data.mixture, k, num_examples=args.eval_examples, seed=args.seed + 1)
-            row = {"K": k, "transporter": transporter, "train_steps": result.steps,
-                   "wall_seconds": time.monotonic() - started, **gap}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for label, transporter in (("tarflow", tarflow), ("identity", IdentityConfig())):
+            name = f"{args.preset}-{label}-K{k}"
+            model = base.model.replace(transporter=transporter, process=base.model.process.replace(steps=(k,)))
+            out.append((k, label, base.replace(name=name, run_dir=str(args.out / name), model=model, train=train)))
+    return out
+
+
+def main(args: Args) -> list[dict]:
+    rows = []
+    for k, transporter, exp in variants(args):
+        data = exp.data.build()
+        started = time.monotonic()
+        result = train(train_job(exp, data))
+        gap = oracle_gap(result.ema_model, data.mixture, k, num_examples=args.eval_examples, seed=args.seed + 1)
+        row = {"K": k, "transporter": transporter, "train_steps": result.steps,
+               "wall_seconds": time.monotonic() - started, **gap}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["| K | transporter | model bpd | oracle bpd | gap bpd | gap ratio (tarflow / identity) |", "|---|---|---|---|---|---|"]
