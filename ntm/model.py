@@ -68,10 +68,6 @@ class NTM(nn.Module):
         c = None if cond is None else cond.repeat(n_levels)
         return self.transporter.inverse(u_levels.flatten(0, 1), t, c).unflatten(0, (n_levels, b))
 
-    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Flow-matching velocity from the predictor's velocity model (flow-matching baselines)."""
-        return self.predictor.velocity(x_t, t, cond)
-
     # -- likelihood -------------------------------------------------------
     def step_nlls(self, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
         """Exact per-step NLLs ``l_1 .. l_K`` in nats, ``(B, K)``, end-to-end over one trajectory.

@@ -1,6 +1,6 @@
 """Training losses and reported likelihood numbers. Each loss registers in ``LOSSES``."""
 
-from ntm.losses.base import LOSSES, Loss, LossOutput
+from ntm.losses.base import LOSSES, Loss, LossConfig, LossOutput
 from ntm.losses.flow_matching import FlowMatchingConfig, FlowMatchingLoss
 from ntm.losses.nll import (
     EndToEndConfig,
@@ -13,6 +13,6 @@ from ntm.losses.nll import (
 )
 
 __all__ = [
-    "LOSSES", "EndToEndConfig", "EndToEndLoss", "FlowMatchingConfig", "FlowMatchingLoss", "Loss", "LossOutput", "PairWiseConfig", "PairWiseLoss",
-    "forward_log_prob", "nll_traj_bpd", "x0_bound_nats",
+    "LOSSES", "EndToEndConfig", "EndToEndLoss", "FlowMatchingConfig", "FlowMatchingLoss", "Loss", "LossConfig",
+    "LossOutput", "PairWiseConfig", "PairWiseLoss", "forward_log_prob", "nll_traj_bpd", "x0_bound_nats",
 ]

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from registry import ComponentConfig, Registry
 
+if TYPE_CHECKING:
+    from ntm.model import NTMConfig
+
 
 @dataclasses.dataclass
 class LossOutput:
     loss: Tensor
     """Scalar to minimise (nats per dimension)."""
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Detached scalars for logging. Plain keys must be emitted by every call (the loop averages
-    them across ranks); keys with a '/' (e.g. ``nll_bpd/K4``) are optional breakdowns, kept per rank."""
+    metrics: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    """Detached 0-dim float64 tensors for logging, left on the loss's device: no host sync per call (the
+    training loop turns them into numbers once per logging interval). Plain keys must be emitted by every
+    call (the loop averages them across ranks); keys with a '/' (e.g. ``nll_bpd/K4``) are optional
+    breakdowns, kept per rank."""
 
 
 class Loss(ABC):
@@ -28,6 +34,16 @@ class Loss(ABC):
         """``x`` is a batch of clean tokens ``(B, N, d)``; ``cond`` ``(B,)`` labels or ``None``."""
 
 
+class LossConfig(ComponentConfig):
+    """Base of every loss config."""
+
+    def build(self) -> Loss:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check_model(self, model: "NTMConfig") -> None:
+        """Raise a one-line ``ValueError`` when this loss cannot train models of this config."""
+
+
 LOSSES: Registry[Loss] = Registry("loss", base=Loss)
 
-__all__ = ["LOSSES", "ComponentConfig", "Loss", "LossOutput"]
+__all__ = ["LOSSES", "Loss", "LossConfig", "LossOutput"]

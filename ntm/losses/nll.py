@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ntm.distributions import Gaussian, sum_except_batch
 from ntm.forward import interpolant as I
-from ntm.losses.base import LOSSES, ComponentConfig, Loss, LossOutput
-from ntm.model import NTM
+from ntm.losses.base import LOSSES, Loss, LossConfig, LossOutput
+from ntm.predictors import PREDICTORS
+
+if TYPE_CHECKING:
+    from ntm.model import NTM, NTMConfig
 
 LN2 = math.log(2.0)
 
@@ -38,6 +42,16 @@ def x0_bound_nats(step_nlls: Tensor, trajectory: Tensor, times: Tensor) -> Tenso
     return step_nlls.sum(-1) + forward_log_prob(trajectory, times)
 
 
+def _bits(nats: Tensor) -> Tensor:
+    """A 0-dim metric in nats -> bits, detached float64 on its device (no host sync).
+
+    Divides by a device-resident ln 2: a true float64 division, equal bit for
+    bit to the host-side ``nats.item() / ln 2`` it replaces.
+    """
+    nats = nats.detach().double()
+    return nats / torch.full((), LN2, dtype=torch.float64, device=nats.device)
+
+
 def _group_by_steps(num_steps: Tensor) -> list[tuple[int, Tensor]]:
     return [(int(k), (num_steps == k).nonzero().squeeze(-1)) for k in torch.unique(num_steps)]
 
@@ -46,7 +60,7 @@ def _take(cond: Tensor | None, idx: Tensor) -> Tensor | None:
     return None if cond is None else cond[idx]
 
 
-class EndToEndConfig(ComponentConfig):
+class EndToEndConfig(LossConfig):
     def build(self) -> "EndToEndLoss":
         return EndToEndLoss()
 
@@ -59,32 +73,37 @@ class EndToEndLoss(Loss):
     grouped by K so every group is one batched pass.
     """
 
-    def __call__(self, model: NTM, x: Tensor, cond: Tensor | None = None, generator=None) -> LossOutput:
+    def __call__(self, model: "NTM", x: Tensor, cond: Tensor | None = None, generator=None) -> LossOutput:
         b, dim = x.shape[0], model.dims.dim
         num_steps = model.process.sample_num_steps(b, generator, device=x.device)
         per_dim = torch.zeros(b, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         bound = torch.zeros_like(per_dim)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor] = {}
         for k, idx in _group_by_steps(num_steps):
             step_nlls, trajectory, times = model.trajectory_nll(x[idx], k, _take(cond, idx), generator)
             per_dim[idx] = step_nlls.sum(-1) / (k * dim)
             bound[idx] = x0_bound_nats(step_nlls.detach(), trajectory, times) / dim
-            metrics[f"nll_bpd/K{k}"] = (per_dim[idx].detach().mean() / LN2).item()
+            metrics[f"nll_bpd/K{k}"] = (per_dim[idx].detach().mean() / LN2).double()
         loss = per_dim.mean()
-        metrics.update(nll_traj_bpd=loss.item() / LN2, bound_bpd=bound.mean().item() / LN2)
+        metrics.update(nll_traj_bpd=_bits(loss), bound_bpd=_bits(bound.mean()))
         return LossOutput(loss, metrics)
 
 
-class PairWiseConfig(ComponentConfig):
+class PairWiseConfig(LossConfig):
     def build(self) -> "PairWiseLoss":
         return PairWiseLoss()
+
+    def check_model(self, model: "NTMConfig") -> None:
+        if not model.predictor.predictor_class().markov:
+            name = PREDICTORS.name_of(model.predictor)
+            raise ValueError(f"loss pair-wise needs a Markov predictor; predictor '{name}' needs loss:end-to-end")
 
 
 @LOSSES.register("pair-wise", PairWiseConfig)
 class PairWiseLoss(Loss):
     """One random step ``k ~ U{1..K}`` per example; ``K l_k / (K D) = l_k / D`` is unbiased for ``L / (K D)``."""
 
-    def __call__(self, model: NTM, x: Tensor, cond: Tensor | None = None, generator=None) -> LossOutput:
+    def __call__(self, model: "NTM", x: Tensor, cond: Tensor | None = None, generator=None) -> LossOutput:
         b, dim = x.shape[0], model.dims.dim
         num_steps = model.process.sample_num_steps(b, generator, device=x.device)
         s = torch.empty(b, dtype=x.dtype, device=x.device)
@@ -97,4 +116,4 @@ class PairWiseLoss(Loss):
         x_s, x_t = model.process.sample_pair(x, s, t, generator)
         per_dim = model.pair_nll(x_s, x_t, s, t, cond) / dim
         loss = per_dim.mean()
-        return LossOutput(loss, {"nll_traj_bpd": loss.item() / LN2})
+        return LossOutput(loss, {"nll_traj_bpd": _bits(loss)})

@@ -1,13 +1,15 @@
 """Gaussian predictors ``(u_t, t, s, cond) -> N(mu, sigma^2)``. Each variant registers in ``PREDICTORS``."""
 
-from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig
+from ntm.predictors.base import PREDICTORS, VELOCITY_HINT, Predictor, PredictorConfig, VelocityPredictor, velocity_model
 from ntm.predictors.heads import gaussian_head
 from ntm.predictors.posterior import (
     XHAT_MODELS,
     PosteriorPredictor,
     PosteriorPredictorConfig,
+    VelocityPosteriorPredictor,
     VelocityTransformer,
     VelocityTransformerConfig,
+    VelocityXHat,
     XHatModel,
 )
 from ntm.predictors.transformer import (
@@ -18,7 +20,8 @@ from ntm.predictors.transformer import (
 )
 
 __all__ = [
-    "PREDICTORS", "XHAT_MODELS", "PosteriorPredictor", "PosteriorPredictorConfig", "Predictor", "PredictorConfig",
-    "TrajectoryPredictor", "TrajectoryPredictorConfig", "TransformerPredictor", "TransformerPredictorConfig",
-    "VelocityTransformer", "VelocityTransformerConfig", "XHatModel", "gaussian_head",
+    "PREDICTORS", "VELOCITY_HINT", "XHAT_MODELS", "PosteriorPredictor", "PosteriorPredictorConfig", "Predictor",
+    "PredictorConfig", "TrajectoryPredictor", "TrajectoryPredictorConfig", "TransformerPredictor",
+    "TransformerPredictorConfig", "VelocityPosteriorPredictor", "VelocityPredictor", "VelocityTransformer",
+    "VelocityTransformerConfig", "VelocityXHat", "XHatModel", "gaussian_head", "velocity_model",
 ]

@@ -4,18 +4,25 @@ A predictor never sees ``u_s``. Markov predictors look at the current level
 only; a trajectory predictor (``markov = False``) also attends to every
 noisier level of the same trajectory, which it keeps in a cache while
 sampling.
+
+Flow matching is not part of this interface: a predictor that can give a
+flow-matching velocity also implements :class:`VelocityPredictor`, and code
+that needs one asks for it with :func:`velocity_model`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
 from ntm.distributions import Gaussian
 from ntm.spec import ModelDims
 from registry import ComponentConfig, Registry
+
+if TYPE_CHECKING:
+    from ntm.model import NTM
 
 
 class Predictor(nn.Module, ABC):
@@ -40,13 +47,6 @@ class Predictor(nn.Module, ABC):
         g = self(u_levels.flatten(0, 1), t, s, c)
         return g.map(lambda z: z.unflatten(0, (k, b)))
 
-    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Flow-matching velocity ``v = eps - x`` at ``x_t`` (predictors built on a velocity model only)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no velocity model; flow matching needs predictor:posterior "
-            "with a velocity x-hat model"
-        )
-
     def new_cache(self) -> Any:
         """Sampling state carried from noisier to cleaner levels (``None`` if Markov)."""
         return None
@@ -56,9 +56,46 @@ class Predictor(nn.Module, ABC):
         return self(u_t, t, s, cond)
 
 
+class VelocityPredictor(ABC):
+    """Capability: a flow-matching velocity ``v = eps - x`` at ``x_t = (1 - t) x + t eps`` (ntm-math §1).
+
+    Implemented, next to :class:`Predictor`, by predictors built on a velocity
+    model; the flow-matching loss and the ODE samplers reach it through
+    :func:`velocity_model`.
+    """
+
+    @abstractmethod
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``x_t`` ``(B, N, d)``, ``t`` ``(B,)`` in [0, 1] -> ``v`` ``(B, N, d)``."""
+
+
+VELOCITY_HINT = "predictor:posterior with a velocity x-hat model (xhat:velocity-transformer)"
+"""What a model needs for flow matching, in the words of the command line."""
+
+
+def velocity_model(model: "NTM") -> VelocityPredictor:
+    """``model.predictor`` if it gives a flow-matching velocity, else a one-line ``TypeError``."""
+    predictor = model.predictor
+    if not isinstance(predictor, VelocityPredictor):
+        raise TypeError(f"predictor {type(predictor).__name__} gives no flow-matching velocity; needs {VELOCITY_HINT}")
+    return predictor
+
+
 class PredictorConfig(ComponentConfig):
     def build(self, dims: ModelDims) -> Predictor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def predictor_class(self) -> type[Predictor]:
+        """The class this config builds, from its registry entry (e.g. to read ``markov``)."""
+        return PREDICTORS.get(PREDICTORS.name_of(self)).cls
+
+    def gives_velocity(self) -> bool:
+        """Whether the built predictor is a :class:`VelocityPredictor` (decided from classes, not names)."""
+        return issubclass(self.predictor_class(), VelocityPredictor)
+
 
 PREDICTORS: Registry[Predictor] = Registry("predictor", base=Predictor)
+
+__all__ = [
+    "PREDICTORS", "VELOCITY_HINT", "Predictor", "PredictorConfig", "VelocityPredictor", "velocity_model",
+]

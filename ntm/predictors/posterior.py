@@ -4,9 +4,10 @@
 K-step Gaussian reverse model read on ``u_t`` as if it were ``x_t``. With
 ``learned_scale`` a zero-initialised projection of the x-hat model's hidden
 states corrects the log-scale (§9: at step 0 it *is* the posterior sampler).
-x-hat models register in ``XHAT_MODELS``; ``velocity-transformer`` predicts a
-flow-matching velocity ``v = eps - x`` (the backbone of the flow-matching
-baseline and of finetuning).
+x-hat models register in ``XHAT_MODELS``. One that predicts a flow-matching
+velocity ``v = eps - x`` implements :class:`VelocityXHat` (``velocity-transformer``:
+the backbone of the flow-matching baseline and of finetuning); the posterior
+predictor built on it is then a :class:`~ntm.predictors.base.VelocityPredictor`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from ntm.distributions import Gaussian
 from ntm.forward import interpolant as I
 from ntm.nn.backbone import TokenTransformer
-from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig
+from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig, VelocityPredictor
 from ntm.spec import ModelDims
 from registry import ComponentConfig, Registry
 
@@ -33,9 +34,17 @@ class XHatModel(nn.Module, ABC):
     @abstractmethod
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]: ...
 
+
+class VelocityXHat(XHatModel):
+    """An x-hat model that predicts a flow-matching velocity ``v = eps - x``; ``x_hat = x_t - t v`` (§1)."""
+
+    @abstractmethod
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """``(v, hidden)`` for models that predict a velocity."""
-        raise NotImplementedError(f"{type(self).__name__} does not predict a velocity")
+        """``x_t`` ``(B, N, d)``, ``t`` ``(B,)`` -> ``(v (B, N, d), hidden (B, N, width) | None)``."""
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        v, h = self.velocity(x_t, t, cond)
+        return I.velocity_to_xhat(x_t, t.reshape(-1, 1, 1).to(x_t.dtype), v), h
 
 
 XHAT_MODELS: Registry[XHatModel] = Registry("x-hat model", base=XHatModel)
@@ -56,7 +65,7 @@ class VelocityTransformerConfig(ComponentConfig):
 
 
 @XHAT_MODELS.register("velocity-transformer", VelocityTransformerConfig)
-class VelocityTransformer(XHatModel):
+class VelocityTransformer(VelocityXHat):
     """A flow-matching velocity network; ``x_hat = x_t - t v`` (§1)."""
 
     def __init__(self, config: VelocityTransformerConfig, dims: ModelDims) -> None:
@@ -71,10 +80,6 @@ class VelocityTransformer(XHatModel):
         v, h = self.net(x_t, self.net.context((t,), cond)[:, None], return_hidden=True)
         return v.to(x_t.dtype), h
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        v, h = self.velocity(x_t, t, cond)
-        return I.velocity_to_xhat(x_t, t.reshape(-1, 1, 1).to(x_t.dtype), v), h
-
 
 class PosteriorPredictorConfig(PredictorConfig):
     xhat: XHAT_MODELS.field() = VelocityTransformerConfig()
@@ -85,9 +90,22 @@ class PosteriorPredictorConfig(PredictorConfig):
     def build(self, dims: ModelDims) -> "PosteriorPredictor":
         return PosteriorPredictor(self.xhat.build(dims), dims, learned_scale=self.learned_scale)
 
+    def gives_velocity(self) -> bool:
+        """Whether the x-hat model's class is a :class:`VelocityXHat` (then so is the predictor a velocity model)."""
+        return issubclass(XHAT_MODELS.get(XHAT_MODELS.name_of(self.xhat)).cls, VelocityXHat)
+
 
 @PREDICTORS.register("posterior", PosteriorPredictorConfig)
 class PosteriorPredictor(Predictor):
+    """The §4 posterior read on ``u_t``; a :class:`VelocityPosteriorPredictor` when ``xhat`` is a :class:`VelocityXHat`."""
+
+    def __new__(cls, xhat: nn.Module | None = None, *args, **kwargs) -> "PosteriorPredictor":
+        # The capability follows the x-hat model: PosteriorPredictor(velocity_xhat, ...) builds the velocity subclass.
+        # (``xhat`` is None when copy/pickle recreate an instance; its class is then already the right one.)
+        if cls is PosteriorPredictor and isinstance(xhat, VelocityXHat):
+            cls = VelocityPosteriorPredictor
+        return super().__new__(cls)
+
     def __init__(self, xhat: nn.Module, dims: ModelDims, learned_scale: bool = False) -> None:
         """``xhat`` is any module ``(x_t, t, cond) -> (x_hat, hidden | None)``."""
         super().__init__()
@@ -101,9 +119,6 @@ class PosteriorPredictor(Predictor):
             nn.init.zeros_(self.scale.weight)
             nn.init.zeros_(self.scale.bias)
 
-    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.xhat.velocity(x_t, t, cond)[0]
-
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
         x_hat, hidden = self.xhat(u_t, t, cond)
         dtype = torch.promote_types(u_t.dtype, torch.float32)
@@ -113,3 +128,18 @@ class PosteriorPredictor(Predictor):
         if self.scale is not None:
             log_sigma = log_sigma + self.scale(hidden).to(dtype)
         return Gaussian(mu, log_sigma)
+
+
+class VelocityPosteriorPredictor(PosteriorPredictor, VelocityPredictor):
+    """The posterior predictor over a :class:`VelocityXHat`: also gives the flow-matching velocity."""
+
+    xhat: VelocityXHat
+
+    def __init__(self, xhat: VelocityXHat, dims: ModelDims, learned_scale: bool = False) -> None:
+        if not isinstance(xhat, VelocityXHat):
+            raise TypeError(f"VelocityPosteriorPredictor needs a VelocityXHat, got {type(xhat).__name__}")
+        super().__init__(xhat, dims, learned_scale=learned_scale)
+
+    def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``x_t`` ``(B, N, d)``, ``t`` ``(B,)`` -> ``v`` ``(B, N, d)``."""
+        return self.xhat.velocity(x_t, t, cond)[0]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pydantic
 import torch
 from torch import Tensor
 
-from ntm.model import NTM
-from ntm.samplers.base import SAMPLERS, ComponentConfig, SampleOutput, Sampler
-from ntm.samplers.guidance import guide
+from ntm.samplers.base import SAMPLERS, SampleOutput, Sampler, SamplerConfig, model_device_dtype
+from ntm.samplers.guidance import guide, guided
+
+if TYPE_CHECKING:
+    from ntm.model import NTM
 
 
-class AncestralConfig(ComponentConfig):
+class AncestralConfig(SamplerConfig):
     temperature: float = pydantic.Field(1.0, gt=0)
     """Scales the prior noise and every step's noise."""
     guidance: float = pydantic.Field(0.0, ge=0)
@@ -27,45 +31,37 @@ class AncestralConfig(ComponentConfig):
 class AncestralSampler(Sampler):
     """``u_K ~ N(0, tau^2)``; ``u_{k-1} = mu + sigma tau z`` with guided ``(mu, sigma)``; ``x_{t_0} = f^{-1}(u_0)``."""
 
+    config: AncestralConfig
+
     def __init__(self, config: AncestralConfig | None = None) -> None:
-        self.config = config or AncestralConfig()
+        super().__init__(config or AncestralConfig())
 
     @torch.no_grad()
     def __call__(
         self,
-        model: NTM,
+        model: "NTM",
         n: int,
         cond: Tensor | None = None,
-        num_steps: int | None = None,
-        guidance: float | None = None,
-        temperature: float | None = None,
-        return_trajectory: bool = False,
+        *,
         generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
     ) -> SampleOutput:
-        num_steps = num_steps or self.config.num_steps or max(model.process.steps)
-        w = self.config.guidance if guidance is None else guidance
-        tau = self.config.temperature if temperature is None else temperature
-        device, dtype = _device_dtype(model)
+        num_steps = self.config.num_steps or max(model.process.steps)
+        tau = self.config.temperature
+        device, dtype = model_device_dtype(model)
         times = model.process.times(num_steps, device=device, dtype=dtype)
-        guided = w != 0 and cond is not None
-        if w != 0 and model.dims.num_classes == 0:
-            raise ValueError("guidance needs a class-conditional model (num_classes > 0)")
         shape = (n, model.dims.num_tokens, model.dims.token_dim)
         u = torch.randn(shape, generator=generator, dtype=dtype, device=device) * tau
         levels = [u]
-        # Conditional and unconditional branches run as one batch of 2n (one KV cache for both).
-        batch_cond = cond
-        if guided:
-            null = torch.full_like(cond, model.dims.num_classes)
-            batch_cond = torch.cat([cond, null])
-        cache = model.predictor.new_cache()
+        cache = model.predictor.new_cache()  # guided: one KV cache for the batch of both branches
+
+        def step(u_in: Tensor, t: Tensor, s: Tensor, c: Tensor | None):
+            return model.predictor.step(u_in, t, s, c, cache)
+
         for k in range(num_steps, 0, -1):
-            t = times[k].expand(n * (2 if guided else 1))
+            t = times[k].expand(n)
             s = times[k - 1].expand_as(t)
-            u_in = torch.cat([u, u]) if guided else u
-            g = model.predictor.step(u_in, t, s, batch_cond, cache)
-            if guided:
-                g = guide(g.map(lambda z: z[:n]), g.map(lambda z: z[n:]), w)
+            g = guided(step, (u, t, s), cond, weight=self.config.guidance, num_classes=model.dims.num_classes, rule=guide)
             z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
             u = (g.mu + g.sigma * tau * z).to(dtype)
             levels.append(u)
@@ -77,14 +73,6 @@ class AncestralSampler(Sampler):
             out.u_trajectory = u_traj
             out.x_trajectory = torch.cat([x_lo, u_traj[num_steps:]])
         return out
-
-
-def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Where and in which precision (float32 or wider) the model's tensors live."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, torch.promote_types(tensor.dtype, torch.float32)
-    return torch.device("cpu"), torch.float32
 
 
 __all__ = ["AncestralConfig", "AncestralSampler"]

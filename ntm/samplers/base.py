@@ -1,14 +1,23 @@
-"""The sampler interface: ``(model, n, cond, steps, guidance, temperature) -> SampleOutput``."""
+"""The sampler interface: ``sampler(model, n, cond) -> SampleOutput``, every setting in the config.
+
+A sampler is built from its frozen config and reads every setting (steps,
+guidance, temperature, ...) from it; a caller who wants other settings builds
+another sampler, ``cfg.replace(guidance=2.0).build()``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from registry import ComponentConfig, Registry
+
+if TYPE_CHECKING:
+    from ntm.model import NTM, NTMConfig
 
 
 @dataclasses.dataclass
@@ -25,21 +34,41 @@ class SampleOutput:
     """The labels sampled with."""
 
 
+class SamplerConfig(ComponentConfig):
+    """Base of every sampler config: all of a sampler's settings, and the check of a model config."""
+
+    def build(self) -> "Sampler":  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check_model(self, model: "NTMConfig") -> None:
+        """Raise a one-line ``ValueError`` when this sampler cannot sample from models of this config."""
+
+
 class Sampler(ABC):
+    def __init__(self, config: SamplerConfig) -> None:
+        self.config = config
+
     @abstractmethod
     def __call__(
         self,
-        model: torch.nn.Module,
+        model: "NTM",
         n: int,
         cond: Tensor | None = None,
-        num_steps: int | None = None,
-        guidance: float | None = None,
-        temperature: float | None = None,
-        return_trajectory: bool = False,
+        *,
         generator: torch.Generator | None = None,
-    ) -> SampleOutput: ...
+        return_trajectory: bool = False,
+    ) -> SampleOutput:
+        """``n`` samples of ``model``; ``cond`` is ``(n,)`` labels or ``None``; ``generator`` drives all noise."""
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where and in which precision (float32 or wider) the model's tensors live."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, torch.promote_types(tensor.dtype, torch.float32)
+    return torch.device("cpu"), torch.float32
 
 
 SAMPLERS: Registry[Sampler] = Registry("sampler", base=Sampler)
 
-__all__ = ["SAMPLERS", "ComponentConfig", "SampleOutput", "Sampler"]
+__all__ = ["SAMPLERS", "SampleOutput", "Sampler", "SamplerConfig", "model_device_dtype"]

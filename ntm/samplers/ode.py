@@ -1,18 +1,33 @@
-"""Flow-matching ODE samplers: Euler and Heun from t = 1 (noise) to t = 0 (data), with CFG."""
+"""Flow-matching ODE samplers: Euler and Heun from t = 1 (noise) to t = 0 (data), with CFG.
+
+They integrate the velocity of a model whose predictor is a
+:class:`~ntm.predictors.VelocityPredictor` (asked for with
+:func:`~ntm.predictors.velocity_model`); both configs reject other predictors
+when the experiment is validated.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pydantic
 import torch
 from torch import Tensor
 
-from ntm.samplers.ancestral import _device_dtype
-from ntm.samplers.base import SAMPLERS, ComponentConfig, SampleOutput, Sampler
+from ntm.predictors import VELOCITY_HINT, PREDICTORS, velocity_model
+from ntm.samplers.base import SAMPLERS, SampleOutput, Sampler, SamplerConfig, model_device_dtype
+from ntm.samplers.guidance import guide_velocity, guided
+
+if TYPE_CHECKING:
+    from ntm.model import NTM, NTMConfig
+
+Velocity = Callable[[Tensor, float], Tensor]
+"""``(x (B, N, d), t) -> v (B, N, d)``: the (guided) velocity field at one time."""
 
 
-class ODEConfig(ComponentConfig):
+class ODEConfig(SamplerConfig):
     num_steps: int = pydantic.Field(64, ge=1)
     """Integration steps (uniform in t). NFE: Euler = steps, Heun = 2 * steps - 1."""
     guidance: float = pydantic.Field(0.0, ge=0)
@@ -20,57 +35,58 @@ class ODEConfig(ComponentConfig):
     temperature: float = pydantic.Field(1.0, gt=0)
     """Scales the initial noise."""
 
-
-class EulerConfig(ODEConfig):
-    def build(self) -> "ODESampler":
-        return ODESampler(self, "euler")
-
-
-class HeunConfig(ODEConfig):
-    def build(self) -> "ODESampler":
-        return ODESampler(self, "heun")
-
-
-def nfe(method: Literal["euler", "heun"], num_steps: int) -> int:
-    """Velocity evaluations of one sample (Heun's last step is an Euler step, at t = 0)."""
-    return num_steps if method == "euler" else 2 * num_steps - 1
+    def check_model(self, model: "NTMConfig") -> None:
+        if not model.predictor.gives_velocity():
+            name, predictor = self.registry_name, PREDICTORS.name_of(model.predictor)
+            raise ValueError(f"sampler {name} integrates a flow-matching velocity that predictor '{predictor}' "
+                             f"does not give; use {VELOCITY_HINT}")
 
 
 class ODESampler(Sampler):
-    """Integrates ``dx/dt = v(x, t)`` backwards in time on a uniform grid ``1 = t_n > ... > t_0 = 0``."""
+    """Integrates ``dx/dt = v(x, t)`` backwards in time on a uniform grid ``1 = t_n > ... > t_0 = 0``.
 
-    def __init__(self, config: ODEConfig, method: Literal["euler", "heun"]) -> None:
-        self.config = config
-        self.method = method
+    Not registered: each subclass is one integration rule (:meth:`step`) and
+    counts its velocity evaluations (:meth:`nfe`).
+    """
 
-    def _velocity(self, model, x: Tensor, t: float, cond: Tensor | None, w: float) -> Tensor:
-        tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-        if w == 0 or cond is None:
-            return model.velocity(x, tt, cond).to(x.dtype)
-        null = torch.full_like(cond, model.dims.num_classes)
-        v = model.velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null])).to(x.dtype)
-        v_c, v_u = v.chunk(2)
-        return v_u + (1 + w) * (v_c - v_u)
+    config: ODEConfig
+
+    @classmethod
+    @abstractmethod
+    def nfe(cls, num_steps: int) -> int:
+        """Velocity evaluations of one sample with ``num_steps`` integration steps."""
+
+    @abstractmethod
+    def step(self, velocity: Velocity, x: Tensor, t: float, s: float) -> Tensor:
+        """``x`` at time ``t`` -> ``x`` at time ``s < t``, both ``(B, N, d)``."""
 
     @torch.no_grad()
-    def __call__(self, model, n: int, cond: Tensor | None = None, num_steps: int | None = None,
-                 guidance: float | None = None, temperature: float | None = None, return_trajectory: bool = False,
-                 generator: torch.Generator | None = None) -> SampleOutput:
-        steps = num_steps or self.config.num_steps
-        w = self.config.guidance if guidance is None else guidance
-        tau = self.config.temperature if temperature is None else temperature
-        device, dtype = _device_dtype(model)
-        grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    def __call__(
+        self,
+        model: "NTM",
+        n: int,
+        cond: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+    ) -> SampleOutput:
+        vm = velocity_model(model)
+        device, dtype = model_device_dtype(model)
+        num_classes, w = model.dims.num_classes, self.config.guidance
+
+        def branch(x: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+            return vm.velocity(x, t, c).to(x.dtype)
+
+        def velocity(x: Tensor, t: float) -> Tensor:
+            tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+            return guided(branch, (x, tt), cond, weight=w, num_classes=num_classes, rule=guide_velocity)
+
+        grid = torch.linspace(1.0, 0.0, self.config.num_steps + 1, dtype=torch.float64).tolist()
         shape = (n, model.dims.num_tokens, model.dims.token_dim)
-        x = torch.randn(shape, generator=generator, dtype=dtype, device=device) * tau
+        x = torch.randn(shape, generator=generator, dtype=dtype, device=device) * self.config.temperature
         states = [x]
-        for i in range(steps):
-            t, s = grid[i], grid[i + 1]
-            v = self._velocity(model, x, t, cond, w)
-            if self.method == "heun" and s > 0:
-                x_euler = x + (s - t) * v
-                v = 0.5 * (v + self._velocity(model, x_euler, s, cond, w))
-            x = x + (s - t) * v
+        for t, s in zip(grid[:-1], grid[1:]):
+            x = self.step(velocity, x, t, s)
             states.append(x)
         times = torch.tensor(grid[::-1], dtype=dtype, device=device)  # ascending: 0 .. 1
         out = SampleOutput(x=x, times=times, cond=cond)
@@ -79,5 +95,56 @@ class ODESampler(Sampler):
         return out
 
 
-SAMPLERS.register("euler", EulerConfig)(ODESampler)
-SAMPLERS.register("heun", HeunConfig)(ODESampler)
+class EulerConfig(ODEConfig):
+    def build(self) -> "EulerSampler":
+        return EulerSampler(self)
+
+
+@SAMPLERS.register("euler", EulerConfig)
+class EulerSampler(ODESampler):
+    """``x_s = x_t + (s - t) v(x_t, t)``."""
+
+    def __init__(self, config: EulerConfig | None = None) -> None:
+        super().__init__(config or EulerConfig())
+
+    @classmethod
+    def nfe(cls, num_steps: int) -> int:
+        return num_steps
+
+    def step(self, velocity: Velocity, x: Tensor, t: float, s: float) -> Tensor:
+        return x + (s - t) * velocity(x, t)
+
+
+class HeunConfig(ODEConfig):
+    def build(self) -> "HeunSampler":
+        return HeunSampler(self)
+
+
+@SAMPLERS.register("heun", HeunConfig)
+class HeunSampler(ODESampler):
+    """Heun's trapezoid predictor-corrector; the last step (to ``s = 0``) is an Euler step."""
+
+    def __init__(self, config: HeunConfig | None = None) -> None:
+        super().__init__(config or HeunConfig())
+
+    @classmethod
+    def nfe(cls, num_steps: int) -> int:
+        return 2 * num_steps - 1
+
+    def step(self, velocity: Velocity, x: Tensor, t: float, s: float) -> Tensor:
+        v = velocity(x, t)
+        if s > 0:
+            x_euler = x + (s - t) * v
+            v = 0.5 * (v + velocity(x_euler, s))
+        return x + (s - t) * v
+
+
+def nfe(method: str, num_steps: int) -> int:
+    """Velocity evaluations of one sample of the registered ODE sampler ``method`` ("euler", "heun")."""
+    cls = SAMPLERS.get(method).cls
+    if not issubclass(cls, ODESampler):
+        raise ValueError(f"sampler {method!r} is not an ODE sampler; its NFE depends on the model")
+    return cls.nfe(num_steps)
+
+
+__all__ = ["EulerConfig", "EulerSampler", "HeunConfig", "HeunSampler", "ODEConfig", "ODESampler", "nfe"]

@@ -116,7 +116,11 @@ def test_losses_report_per_dimension_and_per_k():
     out = EndToEndLoss()(model, torch.randn(64, 2, 1, dtype=F64), generator=torch.Generator().manual_seed(0))
     assert out.loss.ndim == 0 and out.loss.requires_grad
     assert {"nll_traj_bpd", "bound_bpd", "nll_bpd/K1", "nll_bpd/K2", "nll_bpd/K4"} <= out.metrics.keys()
-    assert math.isclose(out.metrics["nll_traj_bpd"], out.loss.item() / math.log(2), rel_tol=1e-9)
+    assert out.metrics["nll_traj_bpd"].item() == out.loss.item() / math.log(2)  # as the host-side division was
+    pw = PairWiseLoss()(model, torch.randn(64, 2, 1, dtype=F64), generator=torch.Generator().manual_seed(0))
+    assert pw.metrics["nll_traj_bpd"].item() == pw.loss.item() / math.log(2)
+    for value in (*out.metrics.values(), *pw.metrics.values()):  # detached 0-dim tensors: no host sync per call
+        assert isinstance(value, torch.Tensor) and value.ndim == 0 and not value.requires_grad
 
 
 def test_pair_wise_refuses_trajectory_predictor():

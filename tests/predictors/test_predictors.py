@@ -1,13 +1,21 @@
+import copy
+import io
+
 import pytest
 import torch
 
 from ntm.forward import interpolant
 from ntm.predictors import (
     PREDICTORS,
+    PosteriorPredictor,
     PosteriorPredictorConfig,
     TrajectoryPredictorConfig,
     TransformerPredictorConfig,
+    VelocityPosteriorPredictor,
+    VelocityPredictor,
     VelocityTransformerConfig,
+    XHatModel,
+    velocity_model,
 )
 from ntm.spec import ModelDims
 from tests.conftest import perturb_
@@ -113,3 +121,45 @@ def test_posterior_sigma_is_fixed_to_the_posterior_scale():
     torch.testing.assert_close(predictor(u_t, t, s).log_sigma, torch.full_like(u_t, 0.5 * var.log().item()))
     with pytest.raises(ValueError, match="needs parameterization 'posterior'"):
         TransformerPredictorConfig(sigma="posterior", parameterization="direct")
+
+
+class _PlainXHat(XHatModel):
+    """An x-hat model that predicts x_hat directly (no velocity)."""
+
+    def forward(self, x_t, t, cond=None):
+        return 0.5 * x_t, None
+
+
+def test_posterior_predictor_gives_a_velocity_exactly_when_its_xhat_model_does():
+    dims = ModelDims(3, 1)
+    with_velocity = PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=1, width=16)).build(dims)
+    assert isinstance(with_velocity, VelocityPosteriorPredictor) and isinstance(with_velocity, VelocityPredictor)
+    assert PosteriorPredictorConfig().gives_velocity()
+    direct = PosteriorPredictor(VelocityTransformerConfig(depth=1, width=16).build(dims), dims)
+    assert isinstance(direct, VelocityPredictor)  # the capability follows the x-hat model however it is built
+    plain = PosteriorPredictor(_PlainXHat(), dims)
+    assert type(plain) is PosteriorPredictor and not isinstance(plain, VelocityPredictor)
+    x, t = torch.randn(2, 3, 1), torch.rand(2)
+    torch.testing.assert_close(with_velocity.velocity(x, t), with_velocity.xhat.velocity(x, t)[0])
+    for clone in (copy.deepcopy(with_velocity), _reloaded(with_velocity)):
+        assert type(clone) is VelocityPosteriorPredictor
+        torch.testing.assert_close(clone.velocity(x, t), with_velocity.velocity(x, t))
+
+
+def _reloaded(module):
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def test_velocity_model_names_the_predictor_and_what_is_needed():
+    class Holder:
+        predictor = TransformerPredictorConfig(depth=1, width=16).build(ModelDims(2, 1))
+
+    with pytest.raises(TypeError, match="predictor TransformerPredictor gives no flow-matching velocity; needs predictor:posterior") as err:
+        velocity_model(Holder())
+    assert "\n" not in str(err.value)
+    Holder.predictor = PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=1, width=16)).build(ModelDims(2, 1))
+    assert velocity_model(Holder()) is Holder.predictor
+    assert not any(hasattr(p, "velocity") for p in (TransformerPredictorConfig().build(ModelDims(2, 1)), PosteriorPredictor(_PlainXHat(), ModelDims(2, 1))))

@@ -8,7 +8,7 @@ from ntm.distributions import Gaussian
 from ntm.forward import MarkovConfig, interpolant
 from ntm.model import NTM, NTMConfig
 from ntm.predictors import TrajectoryPredictorConfig, TransformerPredictorConfig
-from ntm.samplers import AncestralSampler, guide
+from ntm.samplers import SAMPLERS, AncestralConfig, AncestralSampler, Sampler, guide, guided
 from ntm.spec import ModelDims
 from ntm.transporters import IdentityTransporter, TarFlowConfig
 from tests.conftest import perturb_
@@ -59,8 +59,8 @@ def test_samples_match_data_moments_with_the_analytic_model(steps):
 def test_temperature_scales_spread():
     model, _ = oracle_model(2)
     gen = torch.Generator().manual_seed(0)
-    cold = AncestralSampler()(model, 20_000, temperature=0.5, generator=gen).x.flatten(1).var(0)
-    warm = AncestralSampler()(model, 20_000, temperature=1.0, generator=gen).x.flatten(1).var(0)
+    cold = AncestralConfig(temperature=0.5).build()(model, 20_000, generator=gen).x.flatten(1).var(0)
+    warm = AncestralConfig(temperature=1.0).build()(model, 20_000, generator=gen).x.flatten(1).var(0)
     # the analytic model is linear-Gaussian, so every variance scales by tau^2 exactly
     torch.testing.assert_close(cold / warm, torch.full((2,), 0.25, dtype=F64), atol=0.02, rtol=0)
 
@@ -74,7 +74,7 @@ def test_trajectory_is_consistent_in_u_and_x_space():
     torch.manual_seed(0)
     model = perturb_(cfg.build(ModelDims(3, 2, 5)), 0.05, 0).double()
     cond = torch.tensor([0, 1, 2, 3])
-    out = AncestralSampler()(model, 4, cond=cond, num_steps=4, guidance=2.0, return_trajectory=True)
+    out = AncestralConfig(num_steps=4, guidance=2.0).build()(model, 4, cond, return_trajectory=True)
     assert out.u_trajectory.shape == (5, 4, 3, 2) and out.x_trajectory.shape == (5, 4, 3, 2)
     torch.testing.assert_close(out.x_trajectory[0], out.x)
     torch.testing.assert_close(out.x_trajectory[-1], out.u_trajectory[-1])  # no transporter at t_K = 1
@@ -84,8 +84,9 @@ def test_trajectory_is_consistent_in_u_and_x_space():
 
 def test_guidance_on_unconditional_model_is_refused():
     model, _ = oracle_model(2)
-    with pytest.raises(ValueError, match="class-conditional"):
-        AncestralSampler()(model, 2, cond=torch.tensor([0, 1]), guidance=1.0)
+    for cond in (torch.tensor([0, 1]), None):
+        with pytest.raises(ValueError, match="class-conditional"):
+            AncestralConfig(guidance=1.0).build()(model, 2, cond)
 
 
 def test_sampler_reproducible_with_generator_and_any_trained_k():
@@ -96,6 +97,82 @@ def test_sampler_reproducible_with_generator_and_any_trained_k():
     )
     model = cfg.build(ModelDims(2, 1))
     for k in (1, 2, 8):
-        a = AncestralSampler()(model, 3, num_steps=k, generator=torch.Generator().manual_seed(5)).x
-        b = AncestralSampler()(model, 3, num_steps=k, generator=torch.Generator().manual_seed(5)).x
+        a = AncestralConfig(num_steps=k).build()(model, 3, generator=torch.Generator().manual_seed(5)).x
+        b = AncestralConfig(num_steps=k).build()(model, 3, generator=torch.Generator().manual_seed(5)).x
         assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_every_registered_sampler_name_is_its_own_class_and_config():
+    entries = [SAMPLERS.get(name) for name in SAMPLERS.names()]
+    assert len({e.cls for e in entries}) == len(entries) and len({e.config_cls for e in entries}) == len(entries)
+    for e in entries:
+        assert issubclass(e.cls, Sampler) and type(e.config_cls().build()) is e.cls
+
+
+def _legacy_ancestral(model, n, cond, num_steps, guidance, temperature, generator):
+    """The sampler as it was before settings moved into the config (per-call overrides), kept as the reference."""
+    w, tau = guidance, temperature
+    dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
+    times = model.process.times(num_steps, dtype=dtype)
+    guided_ = w != 0 and cond is not None
+    shape = (n, model.dims.num_tokens, model.dims.token_dim)
+    u = torch.randn(shape, generator=generator, dtype=dtype) * tau
+    batch_cond = torch.cat([cond, torch.full_like(cond, model.dims.num_classes)]) if guided_ else cond
+    cache = model.predictor.new_cache()
+    for k in range(num_steps, 0, -1):
+        t = times[k].expand(n * (2 if guided_ else 1))
+        g = model.predictor.step(torch.cat([u, u]) if guided_ else u, t, times[k - 1].expand_as(t), batch_cond, cache)
+        if guided_:
+            g = guide(g.map(lambda z: z[:n]), g.map(lambda z: z[n:]), w)
+        z = torch.randn(shape, generator=generator, dtype=dtype)
+        u = (g.mu + g.sigma * tau * z).to(dtype)
+    return model.decode_levels(u[None], times[:1], cond)[0]
+
+
+@pytest.mark.parametrize("predictor", [TrajectoryPredictorConfig(depth=2, width=16), TransformerPredictorConfig(depth=1, width=16)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_config_replace_gives_exactly_the_old_per_call_override(predictor, dtype):
+    dims = ModelDims(3, 2, 5)
+    torch.manual_seed(0)
+    transporter = TarFlowConfig(width=16, num_heads=2, use_condition=True).build(dims)
+    model = NTM(transporter, predictor.build(dims), MarkovConfig(steps=(2, 4)).build(), dims)
+    model = perturb_(model, 0.05, 0).to(dtype)
+    cond = torch.tensor([0, 1, 2, 3, 4, 5])  # the last one is the null label itself
+    base = AncestralConfig(num_steps=4)
+    for settings in ({"guidance": 2.0}, {"guidance": 0.5, "temperature": 0.7, "num_steps": 2}, {"guidance": 0.0}):
+        legacy = _legacy_ancestral(model, 6, cond, **{"num_steps": 4, "temperature": 1.0, **settings},
+                                   generator=torch.Generator().manual_seed(7))
+        new = base.replace(**settings).build()(model, 6, cond, generator=torch.Generator().manual_seed(7)).x
+        assert torch.equal(new, legacy), settings
+    unguided = base.build()(model, 6, cond, generator=torch.Generator().manual_seed(7)).x
+    assert not torch.equal(unguided, base.replace(guidance=2.0).build()(model, 6, cond, generator=torch.Generator().manual_seed(7)).x)
+
+
+def test_guided_runs_both_branches_in_one_call_and_w0_is_the_conditional_branch():
+    calls = []
+
+    def fn(x, t, c):
+        calls.append((x.shape[0], c.tolist()))
+        return Gaussian(x * (1 + c.reshape(-1, 1).to(F64)) + t.reshape(-1, 1), torch.zeros_like(x) - c.reshape(-1, 1).to(F64))
+
+    x = torch.randn(3, 2, dtype=F64)
+    t = torch.rand(3, dtype=F64)
+    cond = torch.tensor([0, 2, 1])
+    conditional = fn(x, t, cond)
+    calls.clear()
+    out = guided(fn, (x, t), cond, weight=0.0, num_classes=4, rule=guide)
+    assert calls == [(3, [0, 2, 1])]  # w = 0: the conditional branch alone, not a doubled batch
+    assert torch.equal(out.mu, conditional.mu) and torch.equal(out.log_sigma, conditional.log_sigma)
+    calls.clear()
+    seen = []
+    out = guided(fn, (x, t), cond, weight=1.5, num_classes=4, rule=lambda c, u, w: seen.append((c, u, w)) or c)
+    assert calls == [(6, [0, 2, 1, 4, 4, 4])]  # one call on [cond; null]
+    (c, u, w), = seen
+    null = fn(x, t, torch.full_like(cond, 4))
+    assert w == 1.5 and torch.equal(c.mu, conditional.mu) and torch.equal(u.mu, null.mu) and torch.equal(u.log_sigma, null.log_sigma)
+    v = guided(lambda x, c: x * c.reshape(-1, 1), (x,), cond, weight=1.0, num_classes=4, rule=lambda c, u, w: c - u)
+    torch.testing.assert_close(v, x * (cond - 4).reshape(-1, 1).to(F64))  # plain tensors split too
+    unlabelled = guided(lambda x, c: (x.shape[0], c), (x,), None, weight=1.0, num_classes=4, rule=guide)
+    assert unlabelled == (3, None)  # no labels: nothing to guide, one plain call
+    with pytest.raises(ValueError, match="class-conditional"):
+        guided(fn, (x, t), cond, weight=1.0, num_classes=0, rule=guide)
