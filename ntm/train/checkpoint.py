@@ -8,6 +8,11 @@ tuples, str/int/float/bool/None) and tensors so that it loads with
 of ``nn.Module`` and the stock optimizers; store configs as
 ``model_dump(mode="json")`` dicts.
 
+The training loop's checkpoints hold the raw weights under ``"model"`` and the
+EMA (:meth:`ntm.train.ema.EMA.state_dict`) under ``"ema"``;
+:func:`sampling_state_dict` and :func:`load_sampling_weights` pick the weights
+that sampling and evaluation use.
+
 Every write goes to a temporary file in the target directory that is
 fsynced and then ``os.replace``-d onto the final name, so a crash or SIGKILL
 at any moment leaves either the previous complete file or the new complete
@@ -27,10 +32,11 @@ import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from ntm.train.errors import CheckpointError
 
@@ -153,6 +159,64 @@ def load_checkpoint(
     if missing:
         raise CheckpointError(f"checkpoint {path} is missing required keys: {', '.join(missing)}")
     return state
+
+
+# -- the weights to sample with -------------------------------------------------
+def sampling_state_dict(state: Mapping[str, Any], weights: Literal["ema", "raw"] = "ema") -> dict[str, Tensor]:
+    """The model state dict to sample and evaluate with, from a loaded checkpoint ``state``.
+
+    ``weights="ema"`` gives the EMA weights (the shadow parameters plus the
+    buffers) when ``state`` holds an ``"ema"`` entry and the raw training
+    weights ``state["model"]`` otherwise; ``weights="raw"`` always gives
+    ``state["model"]``. Raises :class:`CheckpointError` when the chosen
+    weights are absent.
+    """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if weights == "ema" and "ema" in state:
+        return {**state["ema"]["shadow"], **state["ema"]["buffers"]}
+    if "model" not in state:
+        raise CheckpointError("checkpoint holds no model weights ('model' or 'ema')")
+    return dict(state["model"])
+
+
+def load_sampling_weights(
+    model: nn.Module,
+    checkpoint: PathLike | Mapping[str, Any],
+    weights: Literal["ema", "raw"] = "ema",
+    *,
+    path: PathLike | None = None,
+) -> nn.Module:
+    """Load the weights to sample with (see :func:`sampling_state_dict`) into ``model``; returns ``model``.
+
+    ``checkpoint`` is a checkpoint file or an already loaded state; ``path``
+    names the file of a loaded state in error messages. Raises
+    :class:`CheckpointError` (one line, naming the file) if the file cannot be
+    loaded or the weights do not fit ``model``. ``model``'s train/eval mode is
+    left as it is.
+    """
+    if isinstance(checkpoint, Mapping):
+        state = checkpoint
+    else:
+        path = checkpoint
+        state = load_checkpoint(checkpoint)
+    where = f"checkpoint {path}" if path is not None else "checkpoint"
+    try:
+        state_dict = sampling_state_dict(state, weights)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where} does not fit this model: {_load_error_line(e)}") from None
+    return model
+
+
+def _load_error_line(err: RuntimeError, limit: int = 240) -> str:
+    """``load_state_dict``'s first problem on one line (its message is a header plus one line per problem)."""
+    lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
+    text = " ".join(lines[:2])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- rotating directory -------------------------------------------------------
