@@ -52,6 +52,10 @@ class NTM(nn.Module):
         out = objective(self, x, cond, generator)
         return out.loss, out.metrics
 
+    def shard_units(self) -> list[nn.Module]:
+        """Submodules FSDP shards as units of their own: the transporter's, then the predictor's."""
+        return self.transporter.shard_units() + self.predictor.shard_units()
+
     # -- transport --------------------------------------------------------
     def transport_levels(self, x_levels: Tensor, times: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         """``f`` on ``L`` levels at once: ``(L, B, N, d)``, ``(L,)`` -> ``u (L, B, N, d)``, ``logdet (L, B)``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 from ntm.nn.attention import Attention, KVCache, MaskKind
@@ -29,6 +31,9 @@ class AdaLNBlock(nn.Module):
     (one per token, e.g. a per-level time in a trajectory). The modulation
     projection is zero-initialised, so a fresh block is the identity map.
     """
+
+    fsdp_unit: ClassVar[bool] = True
+    """FSDP shards each block as a unit of its own (see ``Transporter.shard_units``)."""
 
     def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, layer_index: int = 0) -> None:
         super().__init__()

@@ -55,6 +55,14 @@ class Predictor(nn.Module, ABC):
         """One sampling step; levels arrive from ``t_K`` down to ``t_1``."""
         return self(u_t, t, s, cond)
 
+    def shard_units(self) -> list[nn.Module]:
+        """Submodules FSDP shards as units of their own, e.g. transformer blocks.
+
+        Default: every submodule whose class sets ``fsdp_unit = True`` (as
+        :class:`ntm.nn.layers.AdaLNBlock` does). Override to choose others.
+        """
+        return [m for m in self.modules() if getattr(type(m), "fsdp_unit", False)]
+
 
 class VelocityPredictor(ABC):
     """Capability: a flow-matching velocity ``v = eps - x`` at ``x_t = (1 - t) x + t eps`` (ntm-math §1).

@@ -11,8 +11,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ntm.nn.layers import AdaLNBlock
-
 
 @dataclasses.dataclass(frozen=True)
 class DistContext:
@@ -66,8 +64,35 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def _post_order(module: nn.Module) -> Iterator[nn.Module]:
+    for child in module.children():
+        yield from _post_order(child)
+    yield module
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The submodules FSDP shards as units of their own before the root, innermost first.
+
+    The model declares them: ``model.shard_units()`` (e.g. :meth:`ntm.model.NTM.shard_units`,
+    typically its transformer blocks). A model without that method is sharded at the root
+    only. The root itself and repeats are dropped, and the units are put in module-tree
+    post-order (a unit nested in another comes first, as ``fully_shard`` needs); units that
+    do not nest keep the model's order.
+    """
+    declare = getattr(model, "shard_units", None)
+    if declare is None:
+        return []
+    declared = {id(m): m for m in declare() if m is not model}
+    order = {id(m): i for i, m in enumerate(_post_order(model))}
+    foreign = [type(m).__name__ for key, m in declared.items() if key not in order]
+    if foreign:
+        raise ValueError(f"{type(model).__name__}.shard_units() returned modules that are not its submodules: "
+                         f"{', '.join(foreign)}")
+    return sorted(declared.values(), key=lambda m: order[id(m)])
+
+
 def wrap(model: nn.Module, ctx: DistContext, strategy: str) -> nn.Module:
-    """FSDP2: ``fully_shard`` every transformer block, then the root. DDP: replicate.
+    """FSDP2: ``fully_shard`` every unit of :func:`shard_units`, then the root. DDP: replicate.
 
     Training goes through ``model.forward`` only (the loss is computed
     there), so no other method needs registering; sampling and evaluation
@@ -78,9 +103,8 @@ def wrap(model: nn.Module, ctx: DistContext, strategy: str) -> nn.Module:
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for module in model.modules():
-            if isinstance(module, AdaLNBlock):
-                fully_shard(module)
+        for module in shard_units(model):
+            fully_shard(module)
         fully_shard(model)
         return model
     if strategy == "ddp":

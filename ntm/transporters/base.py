@@ -29,6 +29,14 @@ class Transporter(nn.Module, ABC):
     @abstractmethod
     def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None, method: str | None = None) -> Tensor: ...
 
+    def shard_units(self) -> list[nn.Module]:
+        """Submodules FSDP shards as units of their own, e.g. transformer blocks.
+
+        Default: every submodule whose class sets ``fsdp_unit = True`` (as
+        :class:`ntm.nn.layers.AdaLNBlock` does). Override to choose others.
+        """
+        return [m for m in self.modules() if getattr(type(m), "fsdp_unit", False)]
+
 
 class TransporterConfig(ComponentConfig):
     def build(self, dims: ModelDims) -> Transporter:  # pragma: no cover - interface
