@@ -22,8 +22,9 @@ class TrainConfig(ComponentConfig):
     """AdamW betas."""
     weight_decay: float = pydantic.Field(0.0, ge=0)
     """AdamW decoupled weight decay."""
-    warmup_steps: int = pydantic.Field(100, ge=0)
-    """Linear warm-up steps before the cosine decay."""
+    warmup_steps: int | float = pydantic.Field(100, ge=0)
+    """Linear warm-up before the cosine decay: a step count (an int; more than ``steps`` is clamped to
+    ``steps``) or a fraction of ``steps`` (a float in (0, 1), rounded to the nearest step)."""
     min_lr_ratio: float = pydantic.Field(0.1, ge=0, le=1)
     """Cosine decay floor as a fraction of the peak learning rate."""
     grad_clip: float | None = pydantic.Field(1.0, gt=0)
@@ -47,17 +48,25 @@ class TrainConfig(ComponentConfig):
     compile: bool = False
     """Wrap the model in torch.compile."""
     parallel: Literal["fsdp", "ddp"] = "fsdp"
-    """Strategy under torchrun: FSDP2 (fully_shard per transformer block, then the root) or DDP."""
+    """Strategy under torchrun: FSDP2 (fully_shard per unit the model declares, e.g. its transformer blocks,
+    then the root) or DDP."""
     threads: int | None = pydantic.Field(None, ge=1)
     """torch intra-op threads (None: torch's default)."""
-    fail_at_step: int | None = pydantic.Field(None, ge=0)
-    """Testing aid: make the loss non-finite at this step to exercise the non-finite guard."""
 
-    @pydantic.model_validator(mode="after")
-    def _warmup_fits(self) -> "TrainConfig":
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
-        return self
+    @pydantic.field_validator("warmup_steps")
+    @classmethod
+    def _warmup_fraction(cls, value: int | float) -> int | float:
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError(f"a float is a fraction of train.steps and must be in (0, 1), got {value}; "
+                             "give a step count as an integer")
+        return value
+
+    @property
+    def warmup_count(self) -> int:
+        """Warm-up steps the loop uses: the fraction resolved, a count clamped to ``steps``."""
+        if isinstance(self.warmup_steps, float):
+            return round(self.warmup_steps * self.steps)
+        return min(self.warmup_steps, self.steps)
 
 
 # Fields that may change when a run resumes (more steps, other logging cadence, another device).
@@ -70,7 +79,6 @@ RESUMABLE_FIELDS = frozenset(
         "train.keep_checkpoints",
         "train.device",
         "train.threads",
-        "train.fail_at_step",
         "run_dir",
         "eval",
         "sampler",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,13 @@ from ntm.data.base import DataSource
 from ntm.losses.base import Loss
 from ntm.nn.tokens import TokenLayout
 from ntm.train import distributed as D
-from ntm.train.checkpoint import CheckpointManager, check_config_matches, rng_state, set_rng_state
+from ntm.train.checkpoint import (
+    CheckpointManager,
+    check_config_matches,
+    rng_state,
+    sampling_state_dict,
+    set_rng_state,
+)
 from ntm.train.config import RESUMABLE_FIELDS, TrainConfig
 from ntm.train.ema import EMA
 from ntm.train.errors import NonFiniteLossError, TrainingError
@@ -69,14 +76,15 @@ def noise_generator(device: torch.device, seed: int, step: int, chunk: int) -> t
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+    """Linear warm-up over ``cfg.warmup_count`` steps, then cosine decay to ``min_lr_ratio * lr``."""
+    warmup_steps = cfg.warmup_count
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=max(cfg.steps - cfg.warmup_steps, 1), eta_min=cfg.lr * cfg.min_lr_ratio
+        optimizer, T_max=max(cfg.steps - warmup_steps, 1), eta_min=cfg.lr * cfg.min_lr_ratio
     )
-    if cfg.warmup_steps == 0:
+    if warmup_steps == 0:
         return cosine
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=cfg.warmup_steps)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[cfg.warmup_steps])
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 def train(job: TrainJob) -> TrainResult:
@@ -89,6 +97,9 @@ def train(job: TrainJob) -> TrainResult:
             f"train.batch_size ({cfg.batch_size}) must be divisible by world size x grad_accum "
             f"({ctx.world_size} x {cfg.grad_accum})"
         )
+    if ctx.is_main and isinstance(cfg.warmup_steps, int) and cfg.warmup_steps > cfg.steps:
+        print(f"ntm: note: train.warmup_steps ({cfg.warmup_steps}) exceeds train.steps ({cfg.steps}); "
+              f"using {cfg.warmup_count}", file=sys.stderr, flush=True)
     per_rank = cfg.batch_size // ctx.world_size
     micro = per_rank // cfg.grad_accum
     run_dir = Path(job.run_dir)
@@ -152,7 +163,7 @@ def train(job: TrainJob) -> TrainResult:
     started = time.monotonic()
     window_start, window_examples = time.monotonic(), 0
     window_loss, window_count, last_loss = 0.0, 0, math.nan
-    metrics: dict[str, tuple[float, int]] = {}
+    metrics: dict[str, tuple[Tensor, int]] = {}
     step = start_step
     try:
         while step < cfg.steps:
@@ -161,7 +172,7 @@ def train(job: TrainJob) -> TrainResult:
             labels_all = None if batch.label is None else batch.label.to(ctx.device)
             model.train()
             step_loss = torch.zeros((), device=ctx.device)
-            metrics = {}
+            metrics = {}  # this step's sums over micro-batches (float64, on the device) and counts
             for m in range(cfg.grad_accum):
                 chunk = ctx.rank * cfg.grad_accum + m
                 sl = slice(m * micro, (m + 1) * micro)
@@ -171,13 +182,11 @@ def train(job: TrainJob) -> TrainResult:
                 gen = noise_generator(ctx.device, cfg.seed, step, chunk)
                 with D.gradient_sync(model, enabled=m == cfg.grad_accum - 1), autocast:
                     loss, micro_metrics = model(x_all[sl], labels, job.objective, gen)
-                    if cfg.fail_at_step is not None and step == cfg.fail_at_step:
-                        loss = loss * math.nan
                     (loss / cfg.grad_accum).backward()
                 step_loss += loss.detach() / cfg.grad_accum
                 for key, value in micro_metrics.items():
                     total, count = metrics.get(key, (0.0, 0))
-                    metrics[key] = (total + value, count + 1)
+                    metrics[key] = (total + _metric_tensor(value, ctx.device), count + 1)
             grad_norm = torch.nn.utils.clip_grad_norm_(inner.parameters(), cfg.grad_clip or math.inf)
             grad_norm = D.full_tensor(grad_norm)
             # Non-finite check before the optimizer step: the weights are still the last good ones.
@@ -207,8 +216,7 @@ def train(job: TrainJob) -> TrainResult:
                     "grad_norm": grad_norm.item(),
                     "lr": scheduler.get_last_lr()[0],
                     "examples_per_s": window_examples / max(elapsed, 1e-9),
-                    # means over micro-batches; plain keys (every loss call emits them) also over ranks
-                    **{k: (t / n if "/" in k else ctx.all_mean(t / n)) for k, (t, n) in sorted(metrics.items())},
+                    **_metric_means(metrics, ctx),
                     "step_loss": loss_value,
                 }
                 logger.log_scalars(step, scalars)
@@ -237,6 +245,22 @@ def train(job: TrainJob) -> TrainResult:
     )
 
 
+def _metric_tensor(value: float | Tensor, device: torch.device) -> Tensor:
+    """A loss metric as a detached float64 0-dim tensor on ``device`` (no host sync)."""
+    return torch.as_tensor(value.detach() if isinstance(value, Tensor) else value, dtype=torch.float64, device=device)
+
+
+def _metric_means(metrics: dict[str, tuple[Tensor, int]], ctx: D.DistContext) -> dict[str, float]:
+    """The last step's metrics as numbers, sorted by key: means over its micro-batches (one host sync for
+    all keys); plain keys (every loss call emits them) are also averaged over ranks, '/' keys stay per rank."""
+    keys = sorted(metrics)
+    if not keys:
+        return {}
+    totals = torch.stack([metrics[k][0] for k in keys]).tolist()
+    means = {k: total / metrics[k][1] for k, total in zip(keys, totals)}
+    return {k: (mean if "/" in k else ctx.all_mean(mean)) for k, mean in means.items()}
+
+
 def _full_ema_state(ema: EMA) -> dict[str, Any]:
     state = ema.state_dict()
     state["shadow"] = {k: D.full_tensor(v).detach().cpu() for k, v in state["shadow"].items()}
@@ -256,7 +280,7 @@ def _ema_model(job: TrainJob, ema: EMA, ctx: D.DistContext) -> nn.Module | None:
     if not ctx.is_main:
         return None
     model = job.build_model().to(ctx.device)
-    model.load_state_dict({**full["shadow"], **full["buffers"]})
+    model.load_state_dict(sampling_state_dict({"ema": full}))
     return model.eval()
 
 

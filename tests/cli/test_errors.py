@@ -46,7 +46,6 @@ def trained_run(tmp_path: Path, capsys, name: str = "run", steps: int = 2) -> Pa
         (["data:image-folder", "--data.path", "/no/such/dir"], "/no/such/dir"),
         (["predictor:trajectory", "loss:pair-wise"], "pair-wise needs a Markov predictor"),
         (["--eval.steps", "8"], "eval.steps [8] were not trained"),
-        (["--train.warmup-steps", "50", "--train.steps", "10"], "warmup_steps (50) exceeds steps (10)"),
         (["--process.steps", "0"], "process.steps: steps must be distinct integers >= 1"),
     ],
 )
@@ -104,14 +103,39 @@ def test_corrupt_shards_are_an_error_when_nothing_is_readable(tmp_path, capsys):
            "--data.channels", "1", "--run-dir", str(tmp_path / "r"), *TINY], capsys, str(shard))
 
 
-def test_injected_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys):
+def test_a_warmup_longer_than_the_run_is_clamped_with_a_note(tmp_path, capsys):
+    run_dir = tmp_path / "short"
+    assert main(["train", "toy-ntm", "--run-dir", str(run_dir), *TINY, "--train.warmup-steps", "50",
+                 "--train.steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("ntm: note: train.warmup_steps (50) exceeds train.steps (2); using 2") == 1
+    assert load_checkpoint(CheckpointManager(run_dir / "checkpoints").latest_path())["step"] == 2
+
+
+def test_injected_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys, monkeypatch):
+    import dataclasses
+    import math
+
+    from ntm.losses.nll import EndToEndLoss
+
+    # the fault comes from outside the loop: the loss turns NaN on its 4th call, i.e. at step 3 (grad_accum 1)
+    loss_call, calls = EndToEndLoss.__call__, []
+
+    def nan_on_the_4th_call(self, *args, **kwargs):
+        out = loss_call(self, *args, **kwargs)
+        calls.append(None)
+        return dataclasses.replace(out, loss=out.loss * math.nan) if len(calls) == 4 else out
+
+    monkeypatch.setattr(EndToEndLoss, "__call__", nan_on_the_4th_call)
     run_dir = tmp_path / "nan"
-    lines = fails(["train", "toy-ntm", "--run-dir", str(run_dir), "--train.steps", "10", "--train.fail-at-step", "3",
-                   *TINY], capsys, "non-finite loss at step 3", status=3)
+    lines = fails(["train", "toy-ntm", "--run-dir", str(run_dir), "--train.steps", "10", *TINY], capsys,
+                  "non-finite loss at step 3", status=3)
+    assert len(calls) == 4
     assert str(run_dir / "checkpoints") in lines[0]
     state = load_checkpoint(CheckpointManager(run_dir / "checkpoints").latest_path())
     assert state["step"] == 3
     # the saved state is the last good one: resuming without the fault continues cleanly
+    monkeypatch.undo()
     assert main(["train", "toy-ntm", "--run-dir", str(run_dir), "--train.steps", "5", "--resume", *TINY]) == 0
     assert load_checkpoint(CheckpointManager(run_dir / "checkpoints").latest_path())["step"] == 5
 
