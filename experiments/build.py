@@ -12,6 +12,7 @@ from ntm.conditioning import CONDITIONERS
 from ntm.data.base import DataSource
 from ntm.model import NTM
 from ntm.nn.tokens import TokenLayout
+from ntm.samplers.base import SamplerConfig
 from ntm.spec import ModelDims
 from ntm.train.loop import TrainJob
 from ntm.viz import image_grid, scatter_density
@@ -39,20 +40,19 @@ def sample(
     n: int,
     *,
     labels: Tensor | None = None,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    temperature: float | None = None,
+    sampler: SamplerConfig | None = None,
     denoise: bool = True,
     seed: int | None = None,
 ) -> Tensor:
-    """Draw ``n`` samples in data space ``(n, *shape)`` (normalised), denoised by the configured denoiser."""
+    """Draw ``n`` samples in data space ``(n, *shape)`` (normalised), denoised by the configured denoiser.
+
+    ``sampler`` replaces the experiment's sampler config (e.g. ``exp.sampler.replace(num_steps=2)``).
+    """
     layout = layout_for(exp, data)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(exp.eval.seed if seed is None else seed)
-    sampler = exp.sampler.build()
     cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
-    out = sampler(model, n, cond=cond, num_steps=num_steps, guidance=guidance, temperature=temperature,
-                  return_trajectory=denoise, generator=gen)
+    out = (sampler or exp.sampler).build()(model, n, cond, generator=gen, return_trajectory=denoise)
     x = out.x
     if denoise:
         x = exp.denoiser.build()(model, out.x_trajectory, out.times, cond)

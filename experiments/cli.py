@@ -1,27 +1,38 @@
-"""The ``ntm`` command: ``train``, ``sample``, ``eval`` (tyro).
+"""The ``ntm`` command: ``train``, ``sample``, ``eval``, ``bench``, ``shards`` (tyro).
 
     ntm train digits-ntm                                   # a preset
     ntm train toy-ntm transporter:identity --predictor.depth 6
-    ntm train --config runs/digits-ntm/config.json          # reproduce a run
+    ntm train digits-ntm predictor:transformer --dry-run   # print the resolved config, touch nothing
+    ntm train --config runs/digits-ntm/config.json          # reproduce a run (into a new run directory)
     ntm train digits-ntm --resume                           # continue after a crash
     ntm sample --run runs/digits-ntm --guidance 1.5 --steps 4
     ntm eval --run runs/digits-ntm
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
     ntm shards write --folder images/ --out 'shards/train-%06d.tar'
+    ntm --plugin my_pkg.my_module train toy-ntm transporter:shift   # a variant from your own module
 
-User errors (bad config, bad data, wrong checkpoint) print one line per
-problem and exit with status 2; a non-finite loss exits with status 3 and
-keeps the last good checkpoint.
+Global options (before the command): --plugin MODULE (repeatable; also a .py
+file path) imports your module first so its variants register; installed
+packages do the same through the entry-point group ``ntm.plugins``.
+--version prints the version.
+
+User errors (bad config, bad data, wrong checkpoint, a plugin that does not
+import) print one line per problem, ``ntm <command>: error: ...``, and exit
+with status 2; a non-finite loss exits with status 3 and keeps the last good
+checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pydantic
@@ -30,6 +41,7 @@ import tyro
 from eval.nll import heldout_nll
 from experiments.build import build_model, layout_for, sample_picture, train_job
 from experiments.config import Experiment
+from experiments.plugins import PluginError, load_plugins
 from experiments.presets import PRESETS
 from ntm.data.base import DataError
 from ntm.forward import ScheduleError
@@ -38,25 +50,81 @@ from ntm.train.config import RESUMABLE_FIELDS
 from ntm.train.errors import NonFiniteLossError, TrainingError
 from ntm.train.loop import CHECKPOINT_KEYS, train
 from ntm.viz import save_png
-from registry import RegistryError, deferred_validation, registry_slots
+from registry import ConfigError, RegistryError, did_you_mean
+from registry.cli import config_error, parse
 
-USER_ERRORS = (pydantic.ValidationError, DataError, RegistryError, ScheduleError, TrainingError, FileNotFoundError)
+USER_ERRORS = (
+    pydantic.ValidationError, ConfigError, DataError, RegistryError, ScheduleError, TrainingError, FileNotFoundError,
+    PluginError,
+)
 
 
 class UsageError(Exception):
-    pass
+    """A bad command line; the message may hold several lines, one per problem."""
 
 
 def format_error(err: BaseException) -> str:
     """One line per problem; pydantic errors name the field."""
     if isinstance(err, pydantic.ValidationError):
-        lines = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {msg}" if loc else msg)
-        return "\n".join(lines)
+        return str(config_error(err))
+    if isinstance(err, (ConfigError, UsageError)):
+        return str(err)
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("ntm")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+# -- tyro with the house error style ------------------------------------------------
+def _tyro_problems(text: str) -> list[str]:
+    """tyro's framed error message -> its problem lines (frame, title, help pointers and long lists dropped)."""
+    blocks, block = [], []
+    for line in text.splitlines():
+        stripped = line.strip().strip("│╭╮╰╯─ ").strip()
+        if not stripped or set(stripped) <= set("-─━"):
+            if block:
+                blocks.append(" ".join(block))
+                block = []
+            continue
+        block.append(" ".join(stripped.split()))
+    if block:
+        blocks.append(" ".join(block))
+    blocks = [b for b in blocks if not b.startswith("For full helptext")]
+    problems = blocks[1:] if len(blocks) > 1 else blocks  # the first block is a title ("Unrecognized options")
+    out = []
+    for b in problems:
+        if b.startswith("Perhaps you meant"):
+            flags = [f for f in dict.fromkeys(re.findall(r"(--[\w.-]+)", b)) if f != "--help"][:2]
+            if flags:
+                out.append(f"did you mean {' or '.join(flags)}?")
+        elif b.startswith("Available subcommands") and any("--" in p for p in problems[:1]):
+            continue  # an unknown flag: the list of every subcommand does not help
+        else:
+            out.append(b)
+    return out
+
+
+def run_tyro(fn: Callable[..., Any], *args: Any, prog: str, argv: list[str], **kwargs: Any) -> Any:
+    """Call a tyro entry point; ``--help`` prints as usual, a parse error becomes a :class:`UsageError`."""
+    if any(a in ("-h", "--help") for a in argv):
+        return fn(*args, args=argv, prog=prog, **kwargs)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            return fn(*args, args=argv, prog=prog, **kwargs)
+    except SystemExit as e:
+        if e.code in (0, None):
+            print(buf.getvalue(), end="")
+            raise
+        problems = _tyro_problems(buf.getvalue()) or [f"could not parse {' '.join(argv)!r}"]
+        raise UsageError("\n".join([*problems, f"see {prog} --help"])) from None
 
 
 # -- train ----------------------------------------------------------------------
@@ -89,50 +157,77 @@ def load_experiment(path: str | Path) -> Experiment:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"config file {path} is not valid JSON: {e}") from None
-    return Experiment.model_validate(data)
+    try:
+        return Experiment.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise config_error(e) from None
 
 
-def check_subcommands(args: list[str]) -> None:
-    """Name an unknown ``slot:variant`` with the registry's known variants (before tyro's generic message)."""
-    slots = registry_slots(Experiment)
-    for token in args:
-        if token.startswith("-") or ":" not in token:
-            continue
-        slot, variant = token.rsplit(":", 1)
-        if slot in slots and variant not in slots[slot]:
-            known = ", ".join(slots[slot].names())
-            raise RegistryError(f"{token}: unknown {slots[slot].kind} {variant!r}; known {slots[slot].kind}s: {known}")
+def _check_preset(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        if not args:
+            raise UsageError(f"name a preset: {', '.join(PRESETS)} (or --config FILE)")
+        return
+    first = args[0]
+    if not first.startswith("-") and ":" not in first and first not in PRESETS:
+        raise UsageError(f"unknown preset {first!r}{did_you_mean(first, list(PRESETS))}; presets: {', '.join(PRESETS)}")
 
 
-def parse_experiment(args: list[str]) -> tuple[Experiment, bool]:
-    """``(experiment, resume)`` from ``ntm train`` arguments."""
+def _fresh_run_dir(run_dir: str) -> str:
+    """``run_dir`` if it holds no checkpoints, else the first free ``run_dir-repro[-N]``."""
+    candidates = [run_dir, f"{run_dir}-repro", *(f"{run_dir}-repro-{i}" for i in range(2, 1000))]
+    for candidate in candidates:
+        if CheckpointManager(Path(candidate) / "checkpoints").latest_path() is None:
+            return candidate
+    raise UsageError(f"no free run directory next to {run_dir}; pass --run-dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRequest:
+    experiment: Experiment
+    resume: bool = False
+    dry_run: bool = False
+    note: str | None = None
+
+
+def parse_experiment(args: list[str]) -> TrainRequest:
+    """The resolved experiment and the run flags of ``ntm train`` arguments."""
     args = list(args)
-    check_subcommands(args)
     resume = _pop_flag(args, "--resume")
+    dry_run = _pop_flag(args, "--dry-run")
     config_path = _pop_value(args, "--config")
-    description = "Train an NTM. Extra flags: --config FILE (start from a saved config.json), --resume."
-    base = load_experiment(config_path) if config_path is not None else None
-    # tyro builds the config tree unvalidated; one validation afterwards reports every bad field by its path
-    with deferred_validation():
-        if base is not None:
-            exp = tyro.cli(Experiment, default=base, args=args, config=(tyro.conf.CascadeSubcommandArgs,),
-                           prog="ntm train --config FILE", description=description)
-        else:
-            cli_type = tyro.conf.CascadeSubcommandArgs[tyro.extras.subcommand_type_from_defaults(PRESETS)]
-            exp = tyro.cli(cli_type, args=args, prog="ntm train", description=description)
-    return Experiment.model_validate(exp.model_dump(mode="json")), resume
+    description = ("Train an NTM. Extra flags: --config FILE (start from a saved config.json), --resume, "
+                   "--dry-run (print the resolved config as JSON and exit).")
+    if config_path is None:
+        _check_preset(args)
+        exp = run_tyro(parse, Experiment, presets=PRESETS, prog="ntm train", argv=args, description=description)
+        return TrainRequest(exp, resume, dry_run)
+    base = load_experiment(config_path)
+    exp = run_tyro(parse, Experiment, default=base, prog="ntm train --config FILE", argv=args, description=description)
+    note = None
+    if not resume and "--run-dir" not in " ".join(args):  # reproduce into a run directory of its own
+        run_dir = _fresh_run_dir(exp.resolved_run_dir)
+        exp = exp.replace(run_dir=run_dir)
+        note = f"reproducing {config_path} into {run_dir}"
+    return TrainRequest(exp, resume, dry_run, note)
 
 
 def train_command(args: list[str]) -> int:
-    exp, resume = parse_experiment(args)
+    request = parse_experiment(args)
+    exp = request.experiment
+    if request.dry_run:
+        print(json.dumps(exp.model_dump(mode="json"), indent=2))
+        return 0
+    if request.note:
+        print(f"ntm train: {request.note}", flush=True)
     data = exp.data.build()
-    job = train_job(exp, data, resume=resume)
+    job = train_job(exp, data, resume=request.resume)
     result = train(job)
     if result.ema_model is None:  # not rank 0
         return 0
     run_dir = Path(exp.resolved_run_dir)
     model = result.ema_model
-    steps = list(exp.eval.steps or exp.process.steps)
+    steps = list(exp.eval.steps or exp.model.process.steps)
     t0 = time.monotonic()
     try:
         nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
@@ -168,6 +263,8 @@ def train_command(args: list[str]) -> int:
 # -- loading a run ----------------------------------------------------------------
 def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
     """``(experiment, data, model)`` from a run directory (EMA weights by default)."""
+    from ntm.train.checkpoint import load_sampling_weights
+
     exp = load_experiment(Path(run) / "config.json")
     data = exp.data.build()
     if checkpoint is None:
@@ -177,11 +274,7 @@ def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
     state = load_checkpoint(checkpoint, required=CHECKPOINT_KEYS)
     check_config_matches(state["config"], exp.model_dump(mode="json"), ignore=RESUMABLE_FIELDS, path=checkpoint)
     model = build_model(exp, data)
-    weights_state = state["model"] if weights == "raw" else {**state["ema"]["shadow"], **state["ema"]["buffers"]}
-    try:
-        model.load_state_dict(weights_state)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit this model: {str(e).splitlines()[0]}") from None
+    load_sampling_weights(model, state, weights=weights, path=checkpoint)
     return exp, data, model.eval()
 
 
@@ -194,28 +287,44 @@ class SampleArgs:
     weights: Literal["ema", "raw"] = "ema"
     """EMA weights (default) or the raw training weights."""
     steps: int | None = None
-    """Number of steps K (any K the model supports; default: the largest trained)."""
+    """Number of steps K (sampler.num_steps; any K the schedule defines; default: the run's sampler setting)."""
     guidance: float | None = None
-    """Classifier-free guidance weight (default: the run's sampler setting)."""
+    """Classifier-free guidance weight (sampler.guidance; default: the run's sampler setting)."""
     temperature: float | None = None
-    """Sampling temperature (default: the run's sampler setting)."""
+    """Sampling temperature (sampler.temperature; default: the run's sampler setting)."""
     denoise: bool = True
     """Apply the run's denoiser to x_{t_0}."""
     seed: int | None = None
     """Sampling seed (default: the run's eval seed)."""
     out: Path | None = None
     """Output PNG (a .npy of the samples is written beside it); default: <run>/samples/sample.png."""
+    dry_run: bool = False
+    """Print the resolved sampler config as JSON and exit."""
+
+
+def sampler_for(exp: Experiment, **settings: Any):
+    """The run's sampler config with ``settings`` (None: keep) applied, validated; errors name ``sampler.<field>``."""
+    updates = {k: v for k, v in settings.items() if v is not None}
+    try:
+        return exp.sampler.replace(**updates)
+    except pydantic.ValidationError as e:
+        problems = [(f"sampler.{p}" if p else "sampler", m) for p, m in config_error(e).problems]
+        raise ConfigError(problems) from None
 
 
 def sample_command(args: list[str]) -> int:
-    a = tyro.cli(SampleArgs, args=args, prog="ntm sample")
-    exp, data, model = load_run(a.run, a.checkpoint, a.weights)
-    if a.steps is not None and a.steps not in exp.process.steps:
-        schedule = exp.process.schedule.build()
+    a = run_tyro(tyro.cli, SampleArgs, prog="ntm sample", argv=args)
+    exp = load_experiment(Path(a.run) / "config.json")
+    sampler = sampler_for(exp, num_steps=a.steps, guidance=a.guidance, temperature=a.temperature)
+    if a.steps is not None:
+        schedule = exp.model.process.schedule.build()
         if not schedule.supports(a.steps):
             raise UsageError(f"--steps {a.steps}: the schedule does not define K = {a.steps}")
-    image, samples, labels = sample_picture(exp, model, data, num_steps=a.steps, guidance=a.guidance,
-                                            temperature=a.temperature, denoise=a.denoise, seed=a.seed)
+    if a.dry_run:
+        print(json.dumps(exp.replace(sampler=sampler).model_dump(mode="json")["sampler"], indent=2))
+        return 0
+    exp, data, model = load_run(a.run, a.checkpoint, a.weights)
+    image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise, seed=a.seed)
     out = a.out or Path(a.run) / "samples" / "sample.png"
     save_png(image, out)
     np.save(out.with_suffix(".npy"), samples.numpy())
@@ -238,9 +347,9 @@ class EvalArgs:
 
 
 def eval_command(args: list[str]) -> int:
-    a = tyro.cli(EvalArgs, args=args, prog="ntm eval")
+    a = run_tyro(tyro.cli, EvalArgs, prog="ntm eval", argv=args)
     exp, data, model = load_run(a.run, a.checkpoint, a.weights)
-    steps = list(a.steps or exp.eval.steps or exp.process.steps)
+    steps = list(a.steps or exp.eval.steps or exp.model.process.steps)
     nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
                       max_examples=a.num_examples or exp.eval.num_examples, seed=exp.eval.seed)
     (Path(a.run) / "eval.json").write_text(json.dumps({str(k): v for k, v in nll.items()}, indent=2) + "\n")
@@ -274,9 +383,9 @@ class BenchArgs:
 
 
 def bench_command(args: list[str]) -> int:
-    from eval.bench import SUITES, run_suite
+    from experiments.bench import SUITES, run_suite
 
-    a = tyro.cli(BenchArgs, args=args, prog="ntm bench")
+    a = run_tyro(tyro.cli, BenchArgs, prog="ntm bench", argv=args)
     kwargs = {"seed": a.seed, "tiny": a.tiny}
     if a.train_steps is not None:
         kwargs["train_steps"] = a.train_steps
@@ -291,29 +400,86 @@ def bench_command(args: list[str]) -> int:
     return 0
 
 
+# -- shards -------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ShardsWrite:
+    """Write webdataset tar shards from an image folder (flat, or one subfolder per class)."""
+
+    folder: Path
+    """Image folder; a .txt file beside an image is its caption."""
+    out: str
+    """Shard path pattern, e.g. 'shards/train-%06d.tar'."""
+    maxcount: int = 1000
+    """Samples per shard."""
+    seed: int = 0
+    """Seed of the sample order across shards."""
+    sorted: bool = False
+    """Keep the folder's sorted order instead of shuffling."""
+
+
 def shards_command(args: list[str]) -> int:
-    """``ntm shards write --folder F --out 'dir/train-%06d.tar'``: webdataset shards from an image folder."""
-    from ntm.data.shards import main as shards_main
+    from ntm.data.shards import write_shards
 
-    return shards_main(args)
+    a = run_tyro(tyro.extras.subcommand_cli_from_dict, {"write": ShardsWrite}, prog="ntm shards", argv=args)
+    try:
+        summary = write_shards(a.folder, a.out, a.maxcount, seed=None if a.sorted else a.seed)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    classes = f"{len(summary.class_names)} classes" if summary.class_names else "unconditional"
+    print(f"wrote {summary.num_samples} samples ({classes}, {summary.num_captions} captions) "
+          f"to {len(summary.shards)} shards: {summary.shards[0]} .. {summary.shards[-1]}")
+    return 0
 
 
-COMMANDS = {
+# -- entry point ----------------------------------------------------------------------
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "sample": sample_command, "eval": eval_command, "bench": bench_command,
     "shards": shards_command,
 }
 
 
+def _global_options(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """``(plugins, remaining argv, --version)`` from the options before the command."""
+    plugins: list[str] = []
+    i = 0
+    show_version = False
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-h", "--help"):
+        if argv[i] == "--version":
+            show_version = True
+            i += 1
+        elif argv[i] == "--plugin":
+            if i + 1 >= len(argv):
+                raise UsageError("--plugin needs a module name (or a .py file)")
+            plugins.append(argv[i + 1])
+            i += 2
+        elif argv[i].startswith("--plugin="):
+            plugins.append(argv[i].split("=", 1)[1])
+            i += 1
+        else:
+            raise UsageError(f"unknown option {argv[i]!r} before the command; global options: --plugin MODULE, --version")
+    return plugins, argv[i:], show_version
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"ntm: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
-            return 2
+    try:
+        plugins, argv, show_version = _global_options(argv)
+    except UsageError as e:
+        print(f"ntm: error: {e}", file=sys.stderr)
+        return 2
+    if show_version:
+        print(f"ntm {version()}")
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     name = argv[0]
+    if name not in COMMANDS:
+        print(f"ntm: error: unknown command {name!r}{did_you_mean(name, list(COMMANDS))}; "
+              f"commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     try:
+        load_plugins(plugins)
         return COMMANDS[name](argv[1:])
     except NonFiniteLossError as e:
         print(f"ntm {name}: error: {format_error(e)}", file=sys.stderr)

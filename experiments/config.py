@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pydantic
 
 from ntm.conditioning import CONDITIONERS, ClassLabelConfig
 from ntm.data import DATA_SOURCES, DigitsConfig
 from ntm.denoisers import DENOISERS, NoDenoiserConfig
-from ntm.forward import FORWARD_PROCESSES, MarkovConfig
 from ntm.losses import LOSSES, EndToEndConfig
 from ntm.model import NTMConfig
-from ntm.predictors import PREDICTORS, TransformerPredictorConfig
 from ntm.samplers import SAMPLERS, AncestralConfig
 from ntm.train.config import TrainConfig
-from ntm.transporters import TRANSPORTERS, TarFlowConfig
-from registry import ComponentConfig
+from registry import ComponentConfig, Inline
 
 
 class EvalConfig(ComponentConfig):
@@ -33,7 +32,12 @@ class EvalConfig(ComponentConfig):
 
 
 class Experiment(ComponentConfig):
-    """A whole run: data, model components, objective, sampling and training."""
+    """A whole run: data, the model, objective, sampling and training.
+
+    The model's slots (transporter, predictor, process) are declared once, in
+    :class:`ntm.model.NTMConfig`; on the command line they appear at the top
+    level (``transporter:identity``, ``--predictor.depth 4``).
+    """
 
     name: str = "custom"
     """Name of the run (the default run directory is runs/<name>)."""
@@ -43,12 +47,8 @@ class Experiment(ComponentConfig):
     """Data source."""
     patch_size: int = pydantic.Field(1, ge=1)
     """Image patch size p: tokens carry C*p*p channels (ignored for 2-D points)."""
-    transporter: TRANSPORTERS.field() = TarFlowConfig()
-    """Invertible per-level map x -> u."""
-    predictor: PREDICTORS.field() = TransformerPredictorConfig()
-    """Gaussian predictor of u_{k-1} from u_k."""
-    process: FORWARD_PROCESSES.field() = MarkovConfig()
-    """Markov forward process: schedule and the step counts K trained for."""
+    model: Annotated[NTMConfig, Inline()] = NTMConfig()
+    """The model: transporter, predictor and forward process."""
     loss: LOSSES.field() = EndToEndConfig()
     """Training objective."""
     conditioner: CONDITIONERS.field() = ClassLabelConfig()
@@ -64,18 +64,16 @@ class Experiment(ComponentConfig):
 
     @pydantic.model_validator(mode="after")
     def _compatible(self) -> "Experiment":
-        markov = PREDICTORS.get(PREDICTORS.name_of(self.predictor)).cls.markov
-        if LOSSES.name_of(self.loss) == "pair-wise" and not markov:
-            raise ValueError("loss pair-wise needs a Markov predictor; predictor 'trajectory' needs end-to-end")
+        # every component that depends on the model checks it (e.g. flow matching needs the identity transporter)
+        for slot in (self.loss, self.sampler, self.denoiser, self.conditioner):
+            check = getattr(slot, "check_model", None)
+            if check is not None:
+                check(self.model)
         if self.eval.steps is not None:
-            unknown = sorted(set(self.eval.steps) - set(self.process.steps))
+            unknown = sorted(set(self.eval.steps) - set(self.model.process.steps))
             if unknown:
-                raise ValueError(f"eval.steps {unknown} were not trained (process.steps = {list(self.process.steps)})")
+                raise ValueError(f"eval.steps {unknown} were not trained (process.steps = {list(self.model.process.steps)})")
         return self
-
-    @property
-    def model(self) -> NTMConfig:
-        return NTMConfig(transporter=self.transporter, predictor=self.predictor, forward_process=self.process)
 
     @property
     def resolved_run_dir(self) -> str:

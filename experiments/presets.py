@@ -7,6 +7,7 @@ from ntm.conditioning import ClassLabelConfig, NoConditionConfig
 from ntm.data import DigitsConfig, EightGaussiansConfig, WebDatasetConfig
 from ntm.denoisers import NoDenoiserConfig, ScoreDenoiserConfig
 from ntm.forward import MarkovConfig, UniformConfig
+from ntm.model import NTMConfig
 from ntm.predictors import TrajectoryPredictorConfig, TransformerPredictorConfig
 from ntm.train.config import TrainConfig
 from ntm.transporters import IdentityConfig, TarFlowConfig
@@ -14,9 +15,11 @@ from ntm.transporters import IdentityConfig, TarFlowConfig
 _TOY = Experiment(
     name="toy-ntm",
     data=EightGaussiansConfig(),
-    transporter=TarFlowConfig(width=64, num_blocks=2, layers_per_block=2, num_heads=4),
-    predictor=TransformerPredictorConfig(depth=4, width=64, num_heads=4),
-    process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+    model=NTMConfig(
+        transporter=TarFlowConfig(width=64, num_blocks=2, layers_per_block=2, num_heads=4),
+        predictor=TransformerPredictorConfig(depth=4, width=64, num_heads=4),
+        process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+    ),
     conditioner=NoConditionConfig(),
     denoiser=NoDenoiserConfig(),
     train=TrainConfig(steps=1500, batch_size=256, lr=2e-3, warmup_steps=100, sample_every=500, checkpoint_every=500),
@@ -26,9 +29,11 @@ _DIGITS = Experiment(
     name="digits-ntm",
     data=DigitsConfig(),
     patch_size=2,
-    transporter=TarFlowConfig(width=64, num_blocks=2, layers_per_block=2, num_heads=4, use_condition=True),
-    predictor=TrajectoryPredictorConfig(depth=4, width=96, num_heads=4),
-    process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+    model=NTMConfig(
+        transporter=TarFlowConfig(width=64, num_blocks=2, layers_per_block=2, num_heads=4, use_condition=True),
+        predictor=TrajectoryPredictorConfig(depth=4, width=96, num_heads=4),
+        process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+    ),
     conditioner=ClassLabelConfig(dropout=0.1),
     denoiser=ScoreDenoiserConfig(),
     train=TrainConfig(steps=1200, batch_size=64, lr=1e-3, warmup_steps=100, sample_every=400, checkpoint_every=200),
@@ -36,18 +41,20 @@ _DIGITS = Experiment(
 
 PRESETS: dict[str, Experiment] = {
     "toy-ntm": _TOY,
-    "toy-gaussian": _TOY.model_copy(update={"name": "toy-gaussian", "transporter": IdentityConfig()}),
+    "toy-gaussian": _TOY.replace(name="toy-gaussian", model=_TOY.model.replace(transporter=IdentityConfig())),
     "digits-ntm": _DIGITS,
-    "digits-gaussian": _DIGITS.model_copy(update={"name": "digits-gaussian", "transporter": IdentityConfig()}),
+    "digits-gaussian": _DIGITS.replace(name="digits-gaussian", model=_DIGITS.model.replace(transporter=IdentityConfig())),
     # GPU-sized, mirroring the paper's from-scratch setting: transporter 2 blocks x 4 layers, a 24-layer
     # predictor over the whole trajectory, K = 4, 10% condition dropout. Point data.urls at ImageNet shards.
     "imagenet-paper": Experiment(
         name="imagenet-paper",
         data=WebDatasetConfig(urls="data/imagenet/train-{000000..001281}.tar", image_size=64, channels=3, num_classes=1000),
         patch_size=4,
-        transporter=TarFlowConfig(width=768, num_blocks=2, layers_per_block=4, num_heads=12, use_condition=True),
-        predictor=TrajectoryPredictorConfig(depth=24, width=1024, num_heads=16),
-        process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+        model=NTMConfig(
+            transporter=TarFlowConfig(width=768, num_blocks=2, layers_per_block=4, num_heads=12, use_condition=True),
+            predictor=TrajectoryPredictorConfig(depth=24, width=1024, num_heads=16),
+            process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+        ),
         conditioner=ClassLabelConfig(dropout=0.1),
         denoiser=ScoreDenoiserConfig(),
         train=TrainConfig(

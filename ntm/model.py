@@ -26,11 +26,11 @@ class NTMConfig(ComponentConfig):
     """Invertible per-level map x -> u."""
     predictor: PREDICTORS.field() = TransformerPredictorConfig()
     """Gaussian predictor of u_{k-1} from u_k."""
-    forward_process: FORWARD_PROCESSES.field() = MarkovConfig()
+    process: FORWARD_PROCESSES.field() = MarkovConfig()
     """Markov forward process: schedule and the step counts K trained for."""
 
     def build(self, dims: ModelDims) -> "NTM":
-        return NTM(self.transporter.build(dims), self.predictor.build(dims), self.forward_process.build(), dims)
+        return NTM(self.transporter.build(dims), self.predictor.build(dims), self.process.build(), dims)
 
 
 class NTM(nn.Module):

@@ -1,5 +1,9 @@
 """Generic typed registry (depends on pydantic and tyro; never on ``ntm``)."""
 
-from registry.core import ComponentConfig, Entry, Registry, RegistryError, deferred_validation, registry_slots
+from registry.cli import ConfigError, Inline, did_you_mean, parse
+from registry.core import ComponentConfig, Entry, Registry, RegistryError, Slot, registry_slots, slot_registry
 
-__all__ = ["ComponentConfig", "Entry", "Registry", "RegistryError", "deferred_validation", "registry_slots"]
+__all__ = [
+    "ComponentConfig", "ConfigError", "Entry", "Inline", "Registry", "RegistryError", "Slot", "did_you_mean", "parse",
+    "registry_slots", "slot_registry",
+]

@@ -7,23 +7,25 @@ A variant registers once::
     @TRANSPORTERS.register("tarflow", TarFlowConfig)
     class TarFlow(Transporter): ...
 
-after which ``TRANSPORTERS.get("tarflow")`` returns the entry,
-``TRANSPORTERS.config_union()`` is a tyro-ready ``Union`` whose members are
-named subcommands, and ``TRANSPORTERS.field()`` is the annotation for a
-config slot that (de)serialises to ``{"name": ..., **fields}``.
+after which ``TRANSPORTERS.get("tarflow")`` returns the entry and
+``TRANSPORTERS.field()`` is the annotation for a config *slot* that
+(de)serialises to ``{"name": ..., **fields}``.
+
+A slot is resolved against the registry *when a value is validated*, never
+when the enclosing config class is defined: a variant registered later (a
+user's plugin, imported after ``ntm``) is accepted by every config that
+already declares the slot. The command line builds its view of the slots at
+parse time (:mod:`registry.cli`) for the same reason.
 
 This package depends on pydantic and tyro only; it never imports ``ntm``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-from typing import Annotated, Any, Callable, ClassVar, Generic, TypeVar, Union
+from typing import Annotated, Any, Callable, ClassVar, Generic, TypeVar
 
 import pydantic
-import tyro
 from pydantic import BaseModel, ConfigDict
 
 B = TypeVar("B")
@@ -37,26 +39,6 @@ class RegistryError(LookupError, ValueError):
         return str(self.args[0])
 
 
-_DEFERRED = contextvars.ContextVar("ntm_registry_deferred_validation", default=False)
-
-
-@contextlib.contextmanager
-def deferred_validation():
-    """Inside this block, configs are built without validation (``model_construct``).
-
-    A command-line parser builds a whole config tree here, then validates it
-    once with ``model_validate`` *after* the block, so every bad field is
-    reported together, one line each, with its full dotted path. Only
-    construction belongs inside the block: validating or loading configs
-    inside it is not supported.
-    """
-    token = _DEFERRED.set(True)
-    try:
-        yield
-    finally:
-        _DEFERRED.reset(token)
-
-
 class ComponentConfig(BaseModel):
     """Base of every component config: frozen, unknown fields rejected.
 
@@ -65,17 +47,9 @@ class ComponentConfig(BaseModel):
     config is bound to a registry.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     registry_name: ClassVar[str] = ""
-
-    def __init__(self, /, **data: Any) -> None:
-        if not _DEFERRED.get():
-            super().__init__(**data)
-            return
-        built = type(self).model_construct(**data)
-        for attr in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"):
-            object.__setattr__(self, attr, getattr(built, attr))
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
         """Instantiate the component this config describes."""
@@ -116,20 +90,30 @@ class Registry(Generic[B]):
             raise TypeError(f"{self.kind} {name!r}: {config_cls.__name__} must be frozen with extra='forbid'")
 
         def decorator(cls: type) -> type:
-            if name in self._entries:
-                raise RegistryError(
-                    f"duplicate {self.kind} name {name!r}; already registered: {', '.join(self.names())}"
-                )
             if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise TypeError(f"{self.kind} {name!r}: {cls!r} does not implement {self.base.__name__}")
+            taken = self._entries.get(name)
+            if taken is not None and not (_same_definition(taken.cls, cls) and _same_definition(taken.config_cls, config_cls)):
+                raise RegistryError(
+                    f"{self.kind} name {name!r} is taken by {_qualified(taken.cls)} ({_qualified(taken.config_cls)}); "
+                    f"cannot register {_qualified(cls)} ({_qualified(config_cls)}) under it"
+                )
             bound = config_cls.__dict__.get("registry_name", "")
             if bound and bound != name:
-                raise RegistryError(f"{config_cls.__name__} is already registered as {bound!r}")
+                raise RegistryError(f"{_qualified(config_cls)} is already registered as {bound!r}; one config class per name")
+            # the same class again (or its re-definition by a re-imported module) replaces the entry: a no-op
             config_cls.registry_name = name
             self._entries[name] = Entry(name, cls, config_cls)
             return cls
 
         return decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove a variant (tests and notebooks that clean up after themselves)."""
+        entry = self.get(name)
+        del self._entries[name]
+        if entry.config_cls.__dict__.get("registry_name") == name:
+            entry.config_cls.registry_name = ""
 
     # -- lookup -----------------------------------------------------------
     def names(self) -> list[str]:
@@ -149,11 +133,23 @@ class Registry(Generic[B]):
                 f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names()) or '(none)'}"
             ) from None
 
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
     def name_of(self, config: ComponentConfig) -> str:
+        """The registered name of ``config``'s exact class (a subclass is a different variant)."""
         for entry in self._entries.values():
             if type(config) is entry.config_cls:
                 return entry.name
-        raise RegistryError(f"{type(config).__name__} is not a registered {self.kind} config")
+        for entry in self._entries.values():  # an instance of a class its module has since re-defined
+            if _same_definition(type(config), entry.config_cls):
+                return entry.name
+        raise RegistryError(
+            f"{type(config).__name__} is not a registered {self.kind} config; known {self.kind}s: {', '.join(self.names())}"
+        )
+
+    def entry_of(self, config: ComponentConfig) -> Entry:
+        return self._entries[self.name_of(config)]
 
     def build(self, config: ComponentConfig, *args: Any, **kwargs: Any) -> B:
         self.name_of(config)  # validates membership
@@ -167,7 +163,9 @@ class Registry(Generic[B]):
     def load(self, data: Any) -> ComponentConfig:
         """Inverse of :meth:`dump`; a config instance passes through unchanged."""
         if isinstance(data, ComponentConfig):
-            self.name_of(data)
+            entry = self.entry_of(data)
+            if type(data) is not entry.config_cls:  # re-defined class: rebuild as the current one
+                return entry.config_cls.model_validate(data.model_dump())
             return data
         if not isinstance(data, dict) or "name" not in data:
             raise ValueError(f"a {self.kind} config must be a mapping with a 'name' key, got {data!r}")
@@ -176,25 +174,18 @@ class Registry(Generic[B]):
         return entry.config_cls.model_validate(fields)
 
     # -- typing helpers ---------------------------------------------------
-    def config_union(self) -> Any:
-        """``Union`` of the registered configs, each a named tyro subcommand."""
-        if not self._entries:
-            raise RegistryError(f"no {self.kind} is registered")
-        members = tuple(
-            Annotated[e.config_cls, tyro.conf.subcommand(e.name)] for e in self._entries.values()
-        )
-        return members[0] if len(members) == 1 else Union[members]  # noqa: UP007
-
     def field(self) -> Any:
-        """Annotation for a config slot: the tyro Union plus pydantic (de)serialisation.
+        """Annotation for a config slot holding any variant of this registry.
 
-        Pydantic validates a dict ``{"name": ...}`` through :meth:`load` and
-        serialises an instance through :meth:`dump`, so an experiment config
-        round-trips through JSON whatever variants it holds.
+        Validation and serialisation look the variant up when they run
+        (``{"name": ...}`` through :meth:`load`, an instance through
+        :meth:`dump`), so a config round-trips through JSON whatever variants
+        it holds, including ones registered after the config class was defined.
         """
         return Annotated[
-            self.config_union(),
-            pydantic.BeforeValidator(self.load),
+            ComponentConfig,
+            Slot(self),
+            pydantic.PlainValidator(self.load),
             pydantic.PlainSerializer(self.dump, return_type=dict),
         ]
 
@@ -202,27 +193,40 @@ class Registry(Generic[B]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """Marks a config field as a slot of ``registry`` (see :meth:`Registry.field`)."""
+
+    registry: Registry
+
+
+def slot_registry(field: Any) -> Registry | None:
+    """The registry of a pydantic ``FieldInfo`` declared with :meth:`Registry.field`, else ``None``."""
+    return next((m.registry for m in field.metadata if isinstance(m, Slot)), None)
+
+
 def registry_slots(model_cls: type[BaseModel], prefix: str = "") -> dict[str, Registry]:
     """Dotted paths of every registry-typed field under ``model_cls`` (recursing into all variants).
 
-    E.g. ``{"transporter": TRANSPORTERS, "process.schedule": SCHEDULES, ...}``;
-    a command line uses it to name an unknown ``slot:variant`` precisely.
+    E.g. ``{"model.transporter": TRANSPORTERS, "model.process.schedule": SCHEDULES, ...}``.
     """
     found: dict[str, Registry] = {}
     for name, field in model_cls.model_fields.items():
         path = f"{prefix}{name}"
-        registry = next(
-            (
-                m.func.__self__
-                for m in field.metadata
-                if isinstance(m, pydantic.BeforeValidator) and isinstance(getattr(m.func, "__self__", None), Registry)
-            ),
-            None,
-        )
+        registry = slot_registry(field)
         if registry is not None:
             found[path] = registry
-            for entry in registry._entries.values():
+            for entry in registry.entries():
                 found.update(registry_slots(entry.config_cls, prefix=f"{path}."))
         elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             found.update(registry_slots(field.annotation, prefix=f"{path}."))
     return found
+
+
+def _qualified(obj: type) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _same_definition(a: type, b: type) -> bool:
+    """The same class, or a re-definition of it (same module and qualified name: a module imported again)."""
+    return a is b or _qualified(a) == _qualified(b)

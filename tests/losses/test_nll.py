@@ -28,7 +28,7 @@ def tarflow_model(steps=(1, 2, 4), num_classes=0):
     cfg = NTMConfig(
         transporter=TarFlowConfig(width=32, num_heads=2),
         predictor=TransformerPredictorConfig(depth=2, width=32),
-        forward_process=MarkovConfig(steps=steps),
+        process=MarkovConfig(steps=steps),
     )
     torch.manual_seed(0)
     return perturb_(cfg.build(ModelDims(2, 1, num_classes)), 0.05, 0).double()

@@ -69,7 +69,7 @@ def test_trajectory_is_consistent_in_u_and_x_space():
     cfg = NTMConfig(
         transporter=TarFlowConfig(width=16, num_heads=2, use_condition=True),
         predictor=TrajectoryPredictorConfig(depth=2, width=16),
-        forward_process=MarkovConfig(steps=(2, 4)),
+        process=MarkovConfig(steps=(2, 4)),
     )
     torch.manual_seed(0)
     model = perturb_(cfg.build(ModelDims(3, 2, 5)), 0.05, 0).double()
@@ -93,7 +93,7 @@ def test_sampler_reproducible_with_generator_and_any_trained_k():
     cfg = NTMConfig(
         transporter=TarFlowConfig(width=16, num_heads=2),
         predictor=TransformerPredictorConfig(depth=1, width=16),
-        forward_process=MarkovConfig(steps=(1, 2, 8)),
+        process=MarkovConfig(steps=(1, 2, 8)),
     )
     model = cfg.build(ModelDims(2, 1))
     for k in (1, 2, 8):
