@@ -34,12 +34,12 @@ from experiments.presets import PRESETS
 from ntm.data.base import DataSource
 from ntm.denoisers import NoDenoiserConfig, ScoreDenoiserConfig
 from ntm.losses import FlowMatchingConfig
-from ntm.predictors import PosteriorPredictorConfig, VelocityTransformerConfig
+from ntm.predictors import PosteriorPredictorConfig, PredictorConfig, VelocityTransformerConfig
 from ntm.samplers import EulerConfig, HeunConfig, ODEConfig, SamplerConfig
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint, load_sampling_weights
 from ntm.train.logging import Progress
 from ntm.train.loop import train
-from ntm.transporters import IdentityConfig
+from ntm.transporters import IdentityConfig, TransporterConfig
 from ntm.viz import save_png
 from registry import ComponentConfig
 
@@ -93,10 +93,13 @@ def _shrink(cfg: ComponentConfig) -> ComponentConfig:
 
 
 def _variant(base: Experiment, name: str, *, steps: tuple[int, ...], train_steps: int, seed: int, tiny: bool,
-             model: dict[str, Any] | None = None, **updates: Any) -> Experiment:
-    """``base`` trained for ``steps`` on the suite's budget and seed; ``model`` updates the model's slots
-    (configs), ``updates`` the experiment's."""
-    net = base.model.replace(process=base.model.process.replace(steps=steps), **(model or {}))
+             transporter: TransporterConfig | None = None, predictor: PredictorConfig | None = None,
+             **updates: Any) -> Experiment:
+    """``base`` trained for ``steps`` on the suite's budget and seed, with the model's ``transporter`` and
+    ``predictor`` replaced where given and the experiment's other slots by ``updates``."""
+    net = base.model.replace(process=base.model.process.replace(steps=steps),
+                             transporter=base.model.transporter if transporter is None else transporter,
+                             predictor=base.model.predictor if predictor is None else predictor)
     train = base.train.replace(steps=train_steps, seed=seed, sample_every=0, checkpoint_every=train_steps,
                                warmup_steps=min(base.train.warmup_steps, train_steps // 5))
     evaluation = base.eval
@@ -121,22 +124,21 @@ def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bo
     models = [BenchModel("ntm", v(f"ntm-K{k}", (k,)), (EvalPoint(k, k),)) for k in ks]
     models.append(BenchModel("ntm-multi-k", v("ntm-multi-k", multi_ks), tuple(EvalPoint(k, k) for k in multi_ks)))
     for k in gaussian_ks:
-        models.append(BenchModel("gaussian", v(f"gaussian-K{k}", (k,), model={"transporter": IdentityConfig()}),
-                                 (EvalPoint(k, k),)))
-        posterior_sigma = {"transporter": IdentityConfig(), "predictor": predictor.replace(sigma="posterior")}
-        models.append(BenchModel("gaussian-posterior-sigma", v(f"gaussian-posterior-sigma-K{k}", (k,), model=posterior_sigma),
-                                 (EvalPoint(k, k),)))
+        models.append(BenchModel("gaussian", v(f"gaussian-K{k}", (k,), transporter=IdentityConfig()), (EvalPoint(k, k),)))
+        sigma = v(f"gaussian-posterior-sigma-K{k}", (k,), transporter=IdentityConfig(),
+                  predictor=predictor.replace(sigma="posterior"))
+        models.append(BenchModel("gaussian-posterior-sigma", sigma, (EvalPoint(k, k),)))
     # flow matching: a velocity network of the predictor's size on x directly, sampled by an ODE solver
     velocity = PosteriorPredictorConfig(learned_scale=False, xhat=VelocityTransformerConfig(
         depth=predictor.depth, width=predictor.width, num_heads=predictor.num_heads, mlp_ratio=predictor.mlp_ratio))
-    fm = v("flow-matching", (max(ks),), model={"transporter": IdentityConfig(), "predictor": velocity},
+    fm = v("flow-matching", (max(ks),), transporter=IdentityConfig(), predictor=velocity,
            loss=FlowMatchingConfig(), sampler=EulerConfig(num_steps=max(ode_steps)), denoiser=NoDenoiserConfig())
     points = [_ode_point(EulerConfig(num_steps=n), "euler") for n in ode_steps]
     points += [_ode_point(HeunConfig(num_steps=n), "heun") for n in heun_steps]
     models.append(BenchModel("flow-matching", fm, tuple(points), likelihood=False))
     # K = 1 with a deeper transporter: one AR flow on x_{t_0}; NFE counts its sequential AR steps
-    ar = v("ar-flow", (1,), model={"transporter": base.model.transporter.replace(num_blocks=ar_blocks),
-                                   "predictor": predictor.replace(depth=1)}, denoiser=ScoreDenoiserConfig())
+    ar = v("ar-flow", (1,), transporter=base.model.transporter.replace(num_blocks=ar_blocks),
+           predictor=predictor.replace(depth=1), denoiser=ScoreDenoiserConfig())
     models.append(BenchModel("ar-flow", ar, (EvalPoint(1, None),)))
     return tuple(models)
 
