@@ -1,8 +1,8 @@
 """WebDataset support: write tar shards from an image folder; the ``webdataset`` source reads them.
 
-Writing::
+Writing (the command line is ``ntm shards write``, in :mod:`experiments.cli`)::
 
-    python -m ntm.data.shards write --folder data/cats_dogs --out 'shards/train-%06d.tar' --maxcount 1000
+    ntm shards write --folder data/cats_dogs --out 'shards/train-%06d.tar' --maxcount 1000
 
 Each sample is ``{"__key__", "png", "cls"?, "txt"?}``: the image as PNG bytes
 (PNG files are copied byte for byte, other formats re-encoded), the class
@@ -11,20 +11,16 @@ index when the folder has class subfolders (the layout of
 file with the same stem next to the image, when there is one.
 
 Reading is :class:`ntm.data.streaming.WebDatasetSource` (registered as
-``webdataset``), re-exported here. It lives in its own module so that running
-this file with ``python -m`` does not register the source a second time.
+``webdataset``), re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import random
 import re
-import sys
 from pathlib import Path
-from typing import Sequence
 
 import webdataset as wds
 from PIL import Image
@@ -103,30 +99,4 @@ def write_shards(
     return ShardSummary(tuple(shards), len(order), listing.class_names, captions)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``write --folder F --out PATTERN [--maxcount N] [--seed S | --sorted]``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m ntm.data.shards", description="WebDataset shard tools.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    write = commands.add_parser("write", help="write tar shards from an image folder")
-    write.add_argument("--folder", required=True, help="image folder (flat, or one subfolder per class)")
-    write.add_argument("--out", required=True, help="shard path pattern, e.g. 'shards/train-%%06d.tar'")
-    write.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
-    order = write.add_mutually_exclusive_group()
-    order.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (default 0)")
-    order.add_argument("--sorted", action="store_true", help="keep the folder's sorted order instead of shuffling")
-    args = parser.parse_args(argv)
-    try:
-        summary = write_shards(args.folder, args.out, args.maxcount, seed=None if args.sorted else args.seed)
-    except (DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    classes = f"{len(summary.class_names)} classes" if summary.class_names else "unconditional"
-    print(f"wrote {summary.num_samples} samples ({classes}, {summary.num_captions} captions) "
-          f"to {len(summary.shards)} shards: {summary.shards[0]} .. {summary.shards[-1]}")
-    return 0
-
-
-__all__ = ["CorruptSampleWarning", "ShardSummary", "WebDatasetConfig", "WebDatasetSource", "main", "write_shards"]
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+__all__ = ["CorruptSampleWarning", "ShardSummary", "WebDatasetConfig", "WebDatasetSource", "write_shards"]

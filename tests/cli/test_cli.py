@@ -24,7 +24,7 @@ QUICK = ["--train.warmup-steps", "0", "--train.log-every", "1", "--eval.num-exam
 def small(preset: str) -> list[str]:
     """Flags shrinking a preset's networks for fast tests."""
     flags = ["--predictor.width", "32", "--predictor.depth", "2"]
-    if PRESETS[preset].transporter.registry_name == "tarflow":
+    if PRESETS[preset].model.transporter.registry_name == "tarflow":
         flags += ["--transporter.width", "16", "--transporter.num-heads", "2"]
     return flags
 
@@ -86,6 +86,13 @@ def test_config_file_reproduces_the_run(tmp_path, capsys):
     rc, _, err = run(["train", "--config", str(first / "config.json"), "--run-dir", str(second)], capsys)
     assert rc == 0, err
     assert losses(first) == losses(second)
+    # without --run-dir the reproduction goes to a new run directory of its own, printed
+    rc, out, err = run(["train", "--config", str(first / "config.json")], capsys)
+    assert rc == 0, err
+    third = Path(f"{first}-repro")
+    assert f"reproducing {first / 'config.json'} into {third}" in out
+    assert losses(first) == losses(third)
+    assert CheckpointManager(first / "checkpoints").steps() == [4]  # the original run is untouched
 
 
 def test_sample_and_eval_commands(tmp_path, capsys):
@@ -129,9 +136,10 @@ def test_imagenet_paper_builds_and_runs_one_step_at_reduced_width(tmp_path, caps
     assert rc == 0, err
     saved = json.loads((run_dir / "config.json").read_text())
     # the paper's shape is kept: 2 blocks x 4 layers, a 24-layer... here reduced to depth 2, K = 4, 10% dropout
-    assert saved["transporter"]["num_blocks"] == 2 and saved["transporter"]["layers_per_block"] == 4
-    assert saved["process"]["steps"] == [4] and saved["conditioner"]["dropout"] == 0.1
-    assert PRESETS["imagenet-paper"].predictor.depth == 24
+    model = saved["model"]
+    assert model["transporter"]["num_blocks"] == 2 and model["transporter"]["layers_per_block"] == 4
+    assert model["process"]["steps"] == [4] and saved["conditioner"]["dropout"] == 0.1
+    assert PRESETS["imagenet-paper"].model.predictor.depth == 24
     assert json.loads((run_dir / "final.json").read_text())["steps"] == 1
 
 

@@ -71,13 +71,13 @@ def test_missing_and_invalid_config_files(tmp_path, capsys):
 def test_checkpoint_from_another_config_is_refused_naming_the_fields(tmp_path, capsys):
     run_dir = trained_run(tmp_path, capsys)
     fails(["train", "toy-ntm", "--run-dir", str(run_dir), "--resume", *TINY, "--predictor.depth", "2"], capsys,
-          "was written by a different config: field predictor.depth: 1 != 2")
+          "was written by a different config: field model.predictor.depth: 1 != 2")
     other = trained_run(tmp_path, capsys, name="other")
     ckpt = CheckpointManager(other / "checkpoints").latest_path()
     cfg = json.loads((run_dir / "config.json").read_text())
-    cfg["predictor"]["width"] = 32
+    cfg["model"]["predictor"]["width"] = 32
     (run_dir / "config.json").write_text(json.dumps(cfg))
-    fails(["sample", "--run", str(run_dir), "--checkpoint", str(ckpt)], capsys, "field predictor.width: 16 != 32")
+    fails(["sample", "--run", str(run_dir), "--checkpoint", str(ckpt)], capsys, "field model.predictor.width: 16 != 32")
 
 
 def test_existing_run_needs_resume(tmp_path, capsys):
@@ -143,3 +143,38 @@ def test_injected_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, 
 def test_unknown_command(capsys):
     assert main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["trian"], "ntm: error: unknown command 'trian' (did you mean 'train'?)"),
+        (["train", "digit-ntm"], "ntm train: error: unknown preset 'digit-ntm' (did you mean 'digits-ntm'?)"),
+        (["train", "toy-ntm", "transporter:tarflw"], "ntm train: error: transporter:tarflw: unknown transporter 'tarflw' (did you mean 'tarflow'?)"),
+        (["train", "toy-ntm", "predictr:transformer"], "ntm train: error: predictr:transformer: unknown slot 'predictr' (did you mean 'predictor'?)"),
+        (["train", "toy-ntm", "--predictor.dept", "3"], "ntm train: error: did you mean --predictor.depth"),
+        (["train", "toy-ntm", "--train.lr"], "ntm train: error: Missing value for argument '--train.lr'"),
+        (["sample", "--nope"], "ntm sample: error: "),
+        (["shards"], "ntm shards: error: "),
+        (["--plugin"], "ntm: error: --plugin needs a module name"),
+    ],
+)
+def test_every_command_reports_errors_in_one_style(args, expect, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and "╭" not in err
+    assert lines and all(line.startswith(("ntm: error: ", f"ntm {args[0]}: error: ")) for line in lines), err
+    assert any(line.startswith(expect) for line in lines), err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ntm {version('ntm')}"
+
+
+def test_sampler_override_that_the_sampler_does_not_have_names_the_field(tmp_path, capsys):
+    run_dir = trained_run(tmp_path, capsys)
+    fails(["sample", "--run", str(run_dir), "--temperature", "0"], capsys, "sampler.temperature: Input should be greater than 0")

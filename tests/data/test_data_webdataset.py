@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import subprocess
-import sys
 import tarfile
 from collections import Counter
 
@@ -15,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from ntm.data import DATA_SOURCES, DataError
-from ntm.data.shards import CorruptSampleWarning, WebDatasetConfig, main, write_shards
+from ntm.data.shards import CorruptSampleWarning, WebDatasetConfig, write_shards
 
 NUM_IMAGES = 20
 
@@ -138,17 +136,17 @@ def test_missing_shard_names_it(tmp_path):
         WebDatasetConfig(urls=str(missing)).build()
 
 
-def test_cli_main_and_module_entry_point(tmp_path, image_folder):
+def test_ntm_shards_command(tmp_path, image_folder, capsys):
+    from experiments.cli import main
+
     folder = image_folder(tmp_path / "images", 7)
-    assert main(["write", "--folder", str(folder), "--out", str(tmp_path / "a" / "x-%03d.tar"), "--maxcount", "3"]) == 0
+    assert main(["shards", "write", "--folder", str(folder), "--out", str(tmp_path / "a" / "x-%03d.tar"),
+                 "--maxcount", "3"]) == 0
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x-000.tar", "x-001.tar", "x-002.tar"]
-    assert main(["write", "--folder", str(tmp_path / "missing"), "--out", str(tmp_path / "b" / "y-%03d.tar")]) == 2
-    # python -m runs the module as __main__ without registering the source twice
-    done = subprocess.run(
-        [sys.executable, "-m", "ntm.data.shards", "write", "--folder", str(folder),
-         "--out", str(tmp_path / "c" / "z-%03d.tar"), "--maxcount", "4", "--sorted"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "wrote 7 samples" in done.stdout and "Warning" not in done.stderr
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["z-000.tar", "z-001.tar"]
+    capsys.readouterr()
+    assert main(["shards", "write", "--folder", str(tmp_path / "missing"), "--out", str(tmp_path / "b" / "y-%03d.tar")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ntm shards: error: ") and "missing" in err[0]
+    with pytest.raises(SystemExit) as info:
+        main(["shards", "write", "--help"])
+    assert info.value.code == 0 and "ntm shards write" in capsys.readouterr().out
