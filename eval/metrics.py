@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from eval.oracle import GaussianMixture
+from ntm.data.mixture import GaussianMixture
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""Held-out likelihood: ``nll_traj_bpd`` and the ``x_{t_0}`` bound per step count (ntm-math §11)."""
+"""Held-out likelihood: ``nll_traj_bpd`` and the ``x_{t_0}`` bound per step count (docs/math.md §11)."""
 
 from __future__ import annotations
 

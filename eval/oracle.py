@@ -1,4 +1,4 @@
-"""Analytic oracles: exact trajectory densities of Gaussian-mixture data (ntm-math §10).
+"""Analytic oracles: exact trajectory densities of Gaussian-mixture data (docs/math.md §10).
 
 For ``x ~ sum_j pi_j N(m_j, v_j I)`` the Markov trajectory is, per component,
 jointly Gaussian: per coordinate, levels ``0..L-1`` have mean ``alpha_i m`` and
@@ -14,14 +14,14 @@ import math
 import torch
 from torch import Tensor
 
-from ntm.data.mixture import GaussianMixture as Mixture
+from ntm.data.mixture import GaussianMixture
 from ntm.distributions import Gaussian
 from ntm.forward import interpolant as I
 from ntm.predictors.base import Predictor
 
 
 # -- exact trajectory math of a mixture -------------------------------------------
-def _level_moments(mixture: Mixture, times: Tensor) -> tuple[Tensor, Tensor]:
+def _level_moments(mixture: GaussianMixture, times: Tensor) -> tuple[Tensor, Tensor]:
     """Per-coordinate ``alpha (L,)`` and per-component covariance ``C (J, L, L)``."""
     times = times.to(torch.float64)
     a = I.alpha(times)
@@ -29,7 +29,7 @@ def _level_moments(mixture: Mixture, times: Tensor) -> tuple[Tensor, Tensor]:
     return a, mixture.variances[:, None, None] * a[None, :, None] * a[None, None, :] + sigma[None]
 
 
-def component_trajectory_log_prob(mixture: Mixture, levels: Tensor, times: Tensor) -> Tensor:
+def component_trajectory_log_prob(mixture: GaussianMixture, levels: Tensor, times: Tensor) -> Tensor:
     """``log p_j(levels)`` for each component, ``levels (L, B, D)`` at ``times (L,)`` -> ``(B, J)``."""
     levels = levels.to(torch.float64)
     a, cov = _level_moments(mixture, times)
@@ -42,12 +42,12 @@ def component_trajectory_log_prob(mixture: Mixture, levels: Tensor, times: Tenso
     return per_coord.sum(-1)
 
 
-def trajectory_log_prob(mixture: Mixture, levels: Tensor, times: Tensor) -> Tensor:
+def trajectory_log_prob(mixture: GaussianMixture, levels: Tensor, times: Tensor) -> Tensor:
     """Exact ``log p(x_{t_0}, ..., x_{t_{L-1}})``, ``(B,)``."""
     return torch.logsumexp(component_trajectory_log_prob(mixture, levels, times) + torch.log(mixture.weights), dim=-1)
 
 
-def trajectory_nll(mixture: Mixture, trajectory: Tensor, times: Tensor) -> Tensor:
+def trajectory_nll(mixture: GaussianMixture, trajectory: Tensor, times: Tensor) -> Tensor:
     """The optimum of the NTM loss: ``L* = -log p(x_{t_0..t_{K-1}} | x_{t_K})``, ``(B,)`` nats.
 
     ``trajectory (K + 1, B, D)``, ``times (K + 1,)`` with ``t_K = 1``; since
@@ -57,7 +57,7 @@ def trajectory_nll(mixture: Mixture, trajectory: Tensor, times: Tensor) -> Tenso
     return -trajectory_log_prob(mixture, trajectory[:num_steps], times[:num_steps])
 
 
-def posterior_mean(mixture: Mixture, levels: Tensor, times: Tensor) -> Tensor:
+def posterior_mean(mixture: GaussianMixture, levels: Tensor, times: Tensor) -> Tensor:
     """Exact ``E[x | x_{t_0}, ..., x_{t_{L-1}}]``, ``(B, D)`` (levels with ``t < 1``)."""
     levels = levels.to(torch.float64)
     times = times.to(torch.float64)
@@ -69,20 +69,6 @@ def posterior_mean(mixture: Mixture, levels: Tensor, times: Tensor) -> Tensor:
     means = (mixture.means[None] / mixture.variances[None, :, None] + data_term[:, None]) / prec[None, :, None]
     resp = torch.softmax(component_trajectory_log_prob(mixture, levels, times) + torch.log(mixture.weights), dim=-1)
     return (resp[..., None] * means).sum(1)
-
-
-class GaussianMixture(Mixture):
-    """Transitional: the data mixture (:class:`ntm.data.mixture.GaussianMixture`) with the functions above as methods.
-
-    For callers that still write ``from eval.oracle import GaussianMixture`` and
-    ``mix.trajectory_nll(...)``; new code takes the mixture from
-    :mod:`ntm.data.mixture` and calls the functions of this module.
-    """
-
-    component_trajectory_log_prob = component_trajectory_log_prob
-    trajectory_log_prob = trajectory_log_prob
-    trajectory_nll = trajectory_nll
-    posterior_mean = posterior_mean
 
 
 class GaussianReversePredictor(Predictor):
@@ -112,7 +98,7 @@ class GaussianReversePredictor(Predictor):
 
 @torch.no_grad()
 def oracle_gap(
-    model: torch.nn.Module, mixture: Mixture, num_steps: int, num_examples: int = 8192, seed: int = 0,
+    model: torch.nn.Module, mixture: GaussianMixture, num_steps: int, num_examples: int = 8192, seed: int = 0,
     batch_size: int = 4096,
 ) -> dict[str, float]:
     """Mean trajectory NLL of ``model`` and of the exact optimum on fresh mixture data, in bits/dim.

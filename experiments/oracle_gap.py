@@ -4,7 +4,7 @@
 
 Trains both models of each K with the same preset, budget and seed through
 the regular training loop, then scores fresh data against the mixture's exact
-trajectory NLL (ntm-math §10). Writes ``results.json`` and ``results.md``.
+trajectory NLL (docs/math.md §10). Writes ``results.json`` and ``results.md``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""NTM = transporter + predictor + forward process, nothing else (ntm-math §5).
+"""NTM = transporter + predictor + forward process, nothing else (docs/math.md §5).
 
 ``u_k = f(x_{t_k}; t_k)`` for ``k < K`` and ``u_K = x_{t_K}``; step ``k`` has
 
@@ -43,7 +43,7 @@ class NTM(nn.Module):
 
     def forward(
         self, x: Tensor, cond: Tensor | None, objective, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Training entry point: ``objective(self, x, cond, generator)`` -> ``(loss, metrics)``.
 
         Routing the loss through ``forward`` lets DDP and FSDP wrappers see

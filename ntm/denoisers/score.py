@@ -1,4 +1,4 @@
-"""Trajectory score denoising (ntm-math §7) and the do-nothing denoiser."""
+"""Trajectory score denoising (docs/math.md §7) and the do-nothing denoiser."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Time schedules: ``0 < t_0 < ... < t_K = 1`` for any K a model supports (ntm-math §2)."""
+"""Time schedules: ``0 < t_0 < ... < t_K = 1`` for any K a model supports (docs/math.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The interpolant and the Markov trajectory's closed forms (ntm-math §1, §3, §4).
+"""The interpolant and the Markov trajectory's closed forms (docs/math.md §1, §3, §4).
 
 Every formula of the forward process lives here, as functions of scalar or
 broadcastable times. ``t = 0`` is data, ``t = 1`` is noise.

@@ -1,4 +1,4 @@
-"""The Markov trajectory process of ntm-math §3–4, with per-example step counts."""
+"""The Markov trajectory process of docs/math.md §3–4, with per-example step counts."""
 
 from __future__ import annotations
 

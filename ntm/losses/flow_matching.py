@@ -1,4 +1,4 @@
-"""Flow-matching velocity regression (ntm-math §1): the flow-matching baseline's objective."""
+"""Flow-matching velocity regression (docs/math.md §1): the flow-matching baseline's objective."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Trajectory NLL losses (end-to-end and pair-wise) and the reported numbers (ntm-math §5, §11)."""
+"""Trajectory NLL losses (end-to-end and pair-wise) and the reported numbers (docs/math.md §5, §11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The predictor interface: ``(u_t, t, s, cond) -> Gaussian(mu, log_sigma)`` over ``u_s`` (ntm-math §5).
+"""The predictor interface: ``(u_t, t, s, cond) -> Gaussian(mu, log_sigma)`` over ``u_s`` (docs/math.md §5).
 
 A predictor never sees ``u_s``. Markov predictors look at the current level
 only; a trajectory predictor (``markov = False``) also attends to every
@@ -65,7 +65,7 @@ class Predictor(nn.Module, ABC):
 
 
 class VelocityPredictor(ABC):
-    """Capability: a flow-matching velocity ``v = eps - x`` at ``x_t = (1 - t) x + t eps`` (ntm-math §1).
+    """Capability: a flow-matching velocity ``v = eps - x`` at ``x_t = (1 - t) x + t eps`` (docs/math.md §1).
 
     Implemented, next to :class:`Predictor`, by predictors built on a velocity
     model; the flow-matching loss and the ODE samplers reach it through

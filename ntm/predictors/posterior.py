@@ -1,4 +1,4 @@
-"""The analytic posterior predictor of ntm-math §4 driven by any x-hat model.
+"""The analytic posterior predictor of docs/math.md §4 driven by any x-hat model.
 
 ``mu = c_x x_hat(u_t, t) + c_t u_t`` and ``log_sigma = log sigma_tilde``, i.e. a
 K-step Gaussian reverse model read on ``u_t`` as if it were ``x_t``. With

@@ -1,4 +1,4 @@
-"""The ancestral NTM sampler (ntm-math §6)."""
+"""The ancestral NTM sampler (docs/math.md §6)."""
 
 from __future__ import annotations
 

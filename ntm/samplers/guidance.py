@@ -1,4 +1,4 @@
-"""Classifier-free guidance (ntm-math §6): the batched branch evaluation and the combination rules.
+"""Classifier-free guidance (docs/math.md §6): the batched branch evaluation and the combination rules.
 
 :func:`guided` is the one place that runs a network on the conditional and
 null-label branches at once; a sampler passes the rule that combines them:

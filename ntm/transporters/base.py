@@ -1,4 +1,4 @@
-"""The transporter interface: an invertible, same-dimension map per trajectory level (ntm-math §5)."""
+"""The transporter interface: an invertible, same-dimension map per trajectory level (docs/math.md §5)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from eval.oracle import GaussianMixture, GaussianReversePredictor
+from eval.oracle import GaussianReversePredictor, posterior_mean, trajectory_nll
+from ntm.data.mixture import GaussianMixture
 from ntm.denoisers import DENOISERS, ScoreDenoiser
 from ntm.forward import MarkovConfig
 from ntm.model import NTM
@@ -19,7 +20,7 @@ def test_score_denoising_returns_the_exact_posterior_mean_for_gaussian_data(step
     x = data.sample(4000, torch.Generator().manual_seed(0)).reshape(-1, 3, 1)
     _, traj, times = model.trajectory_nll(x, steps)
     x_hat = ScoreDenoiser()(model, traj, times)
-    exact = data.posterior_mean(traj[:steps].flatten(2), times[:steps])
+    exact = posterior_mean(data, traj[:steps].flatten(2), times[:steps])
     torch.testing.assert_close(x_hat.flatten(1), exact, rtol=1e-9, atol=1e-9)
     # and it is a real correction: closer to the clean x than the rescaled noisy sample
     assert (x_hat - x).square().mean() < (traj[0] / (1 - times[0]) - x).square().mean()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eval.metrics import energy_distance, median_pairwise_distance, mmd_rbf, oracle_log_density
-from eval.oracle import GaussianMixture
+from ntm.data.mixture import GaussianMixture
 from eval.timing import measure
 
 F64 = torch.float64

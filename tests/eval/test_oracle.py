@@ -45,13 +45,3 @@ def test_posterior_mean_of_a_mixture_is_a_responsibility_weighted_average():
     pm = posterior_mean(mix, level, times)
     assert torch.allclose(pm, mix.means[:1], atol=0.02)
 
-
-def test_transitional_oracle_mixture_methods_are_the_functions():
-    from eval.oracle import GaussianMixture as OracleMixture
-
-    mix = OracleMixture.ring(3, std=0.3)
-    assert isinstance(mix, GaussianMixture)
-    times = MarkovConfig().build().times(2, dtype=F64)
-    traj = torch.randn(3, 5, 2, dtype=F64)
-    torch.testing.assert_close(mix.trajectory_nll(traj, times), trajectory_nll(mix, traj, times))
-    torch.testing.assert_close(mix.posterior_mean(traj[:2], times[:2]), posterior_mean(mix, traj[:2], times[:2]))
