@@ -272,7 +272,10 @@ def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
         if checkpoint is None:
             raise CheckpointError(f"no checkpoint in {Path(run) / 'checkpoints'}")
     state = load_checkpoint(checkpoint, required=CHECKPOINT_KEYS)
-    check_config_matches(state["config"], exp.model_dump(mode="json"), ignore=RESUMABLE_FIELDS, path=checkpoint)
+    saved = state["config"]
+    with contextlib.suppress(pydantic.ValidationError):  # a config in an older layout, read as today's
+        saved = Experiment.model_validate(saved).model_dump(mode="json")
+    check_config_matches(saved, exp.model_dump(mode="json"), ignore=RESUMABLE_FIELDS, path=checkpoint)
     model = build_model(exp, data)
     load_sampling_weights(model, state, weights=weights, path=checkpoint)
     return exp, data, model.eval()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import pydantic
 
@@ -29,6 +29,9 @@ class EvalConfig(ComponentConfig):
     """Samples drawn for a 2-D scatter picture."""
     seed: int = 1234
     """Seed of evaluation trajectories and samples."""
+
+
+_MODEL_FIELDS = ("transporter", "predictor", "process")
 
 
 class Experiment(ComponentConfig):
@@ -61,6 +64,17 @@ class Experiment(ComponentConfig):
     """Optimisation and run settings."""
     eval: EvalConfig = EvalConfig()
     """Evaluation settings."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Read configs saved before the model's slots moved under ``model`` (and ``train.fail_at_step`` went)."""
+        if isinstance(data, dict) and "model" not in data and any(k in data for k in _MODEL_FIELDS):
+            model = {k: data[k] for k in _MODEL_FIELDS if k in data}
+            data = {**{k: v for k, v in data.items() if k not in _MODEL_FIELDS}, "model": model}
+        if isinstance(data, dict) and isinstance(data.get("train"), dict) and data["train"].get("fail_at_step", 0) is None:
+            data = {**data, "train": {k: v for k, v in data["train"].items() if k != "fail_at_step"}}
+        return data
 
     @pydantic.model_validator(mode="after")
     def _compatible(self) -> "Experiment":

@@ -316,3 +316,37 @@ def test_a_broken_plugin_fails_in_one_line_with_status_2(tmp_path):
         assert lines[0].startswith(f"ntm train: error: plugin {name!r} could not be loaded: "), lines[0]
         for part in BAD_PLUGINS[name][1]:
             assert part in lines[0], (name, part, lines[0])
+
+
+def test_a_file_plugin_inside_a_package_is_the_same_module_as_the_package(tmp_path, monkeypatch):
+    """``--plugin pkg/mod.py`` and ``--plugin pkg.mod`` import one module: loading both is not a clash."""
+    import sys as _sys
+
+    from experiments.plugins import load_plugins
+    from ntm.transporters import TRANSPORTERS
+
+    package = tmp_path / "filepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "same.py").write_text(
+        "from ntm.transporters.identity import IdentityConfig, IdentityTransporter\n"
+        "from ntm.transporters import TRANSPORTERS\n"
+        "class SameConfig(IdentityConfig):\n"
+        "    pass\n"
+        "@TRANSPORTERS.register('same-file', SameConfig)\n"
+        "class Same(IdentityTransporter):\n"
+        "    pass\n"
+    )
+    (tmp_path / "json.py").write_text("VALUE = 1\n")  # a loose file named like a stdlib module
+    monkeypatch.chdir(tmp_path)
+    try:
+        load_plugins([str(package / "same.py"), "filepkg.same", "json.py"], installed=False)
+        assert TRANSPORTERS.get("same-file").cls.__module__ == "filepkg.same"
+        import json as stdlib_json
+
+        assert hasattr(stdlib_json, "dumps") and _sys.modules["json"] is stdlib_json
+    finally:
+        if "same-file" in TRANSPORTERS:
+            TRANSPORTERS.unregister("same-file")
+        _sys.modules.pop("filepkg.same", None)
+        _sys.modules.pop("filepkg", None)

@@ -193,3 +193,11 @@ def test_shards_command_writes_readable_shards(tmp_path, capsys):
                               num_classes=1, eval_urls=str(tmp_path / "s" / "train-{000000..000001}.tar")).build()
     seen = torch.cat([b.x for b in source.eval_batches(2)])
     assert seen.shape == (5, 1, 8, 8)
+
+
+def test_a_config_saved_in_the_older_layout_loads_as_todays():
+    """config.json files written before the model's slots moved under "model" still read (sample, eval, --config)."""
+    today = PRESETS["digits-ntm"].model_dump(mode="json")
+    older = {k: v for k, v in today.items() if k != "model"} | today["model"]
+    older["train"] = {**older["train"], "fail_at_step": None}
+    assert Experiment.model_validate(older) == PRESETS["digits-ntm"]
