@@ -45,7 +45,9 @@ from experiments.plugins import PluginError, load_plugins
 from experiments.presets import PRESETS
 from ntm.data.base import DataError
 from ntm.forward import ScheduleError
-from ntm.train.checkpoint import CheckpointError, CheckpointManager, check_config_matches, load_checkpoint
+from ntm.train.checkpoint import (
+    CheckpointError, CheckpointManager, check_config_matches, load_checkpoint, load_sampling_weights,
+)
 from ntm.train.config import RESUMABLE_FIELDS
 from ntm.train.errors import NonFiniteLossError, TrainingError
 from ntm.train.loop import CHECKPOINT_KEYS, train
@@ -263,8 +265,6 @@ def train_command(args: list[str]) -> int:
 # -- loading a run ----------------------------------------------------------------
 def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
     """``(experiment, data, model)`` from a run directory (EMA weights by default)."""
-    from ntm.train.checkpoint import load_sampling_weights
-
     exp = load_experiment(Path(run) / "config.json")
     data = exp.data.build()
     if checkpoint is None:

@@ -45,6 +45,8 @@ def trained_run(tmp_path: Path, capsys, name: str = "run", steps: int = 2) -> Pa
         (["--train.batch-size", "7", "--train.grad-accum", "2"], "train.batch_size (7) must be divisible"),
         (["data:image-folder", "--data.path", "/no/such/dir"], "/no/such/dir"),
         (["predictor:trajectory", "loss:pair-wise"], "pair-wise needs a Markov predictor"),
+        (["loss:flow-matching", "predictor:posterior"], "would ignore transporter 'tarflow'; use transporter:identity"),
+        (["transporter:identity", "sampler:euler"], "velocity"),
         (["--eval.steps", "8"], "eval.steps [8] were not trained"),
         (["--process.steps", "0"], "process.steps: steps must be distinct integers >= 1"),
     ],

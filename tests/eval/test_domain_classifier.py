@@ -14,27 +14,11 @@ from eval.domain_classifier import (
     domain_classifier_key,
     load_domain_classifier,
 )
-from ntm.data.digits import Digits, DigitsConfig
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = Digits(DigitsConfig())
-    return {
-        "train_x": data.to_display(data.normalise(data.train_x)),
-        "train_y": data.train_label,
-        "eval_x": data.to_display(data.normalise(data.eval_x)),
-        "eval_y": data.eval_label,
-    }
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The digits classifier trained once into a fresh cache dir (never the user's cache)."""
-    cache = tmp_path_factory.mktemp("domain_classifiers")
-    torch.set_num_threads(1)
-    model = digits_domain_classifier(cache_dir=cache)
-    return cache, model
+def trained(digits_classifier_cache):
+    return digits_classifier_cache
 
 
 def test_domain_classifier_is_accurate_on_held_out_digits(trained, digits):

@@ -14,27 +14,14 @@ from eval.fidelity import (
     fidelity_metrics,
     to_uint8_rgb,
 )
-from ntm.data.digits import Digits, DigitsConfig
 
 FAST = {"kid_subsets": 10}  # torch-fidelity's default 100 subsets costs ~3 s of numpy per call
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = Digits(DigitsConfig())
-    return {
-        "train_x": data.to_display(data.normalise(data.train_x)),
-        "train_y": data.train_label,
-        "eval_x": data.to_display(data.normalise(data.eval_x)),
-        "eval_y": data.eval_label,
-    }
-
-
-@pytest.fixture(scope="module")
-def extractor(tmp_path_factory):
-    """``(name, kwargs)`` of the digits domain extractor, trained once into a fresh cache dir (never the user's cache)."""
-    cache = tmp_path_factory.mktemp("domain_classifiers")
-    torch.set_num_threads(1)
+def extractor(digits_classifier_cache):
+    """``(name, kwargs)`` of the digits domain extractor, from the session's trained classifier (no retraining)."""
+    cache, _ = digits_classifier_cache
     return domain_extractor_for_digits(cache_dir=cache)
 
 
