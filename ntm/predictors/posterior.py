@@ -88,7 +88,7 @@ class PosteriorPredictorConfig(PredictorConfig):
     """Add a zero-initialised projection of the x-hat model's hidden states to log sigma (§9)."""
 
     def build(self, dims: ModelDims) -> "PosteriorPredictor":
-        return PosteriorPredictor(self.xhat.build(dims), dims, learned_scale=self.learned_scale)
+        return PosteriorPredictor.over(self.xhat.build(dims), dims, learned_scale=self.learned_scale)
 
     def gives_velocity(self) -> bool:
         """Whether the x-hat model's class is a :class:`VelocityXHat` (then so is the predictor a velocity model)."""
@@ -99,12 +99,11 @@ class PosteriorPredictorConfig(PredictorConfig):
 class PosteriorPredictor(Predictor):
     """The §4 posterior read on ``u_t``; a :class:`VelocityPosteriorPredictor` when ``xhat`` is a :class:`VelocityXHat`."""
 
-    def __new__(cls, xhat: nn.Module | None = None, *args, **kwargs) -> "PosteriorPredictor":
-        # The capability follows the x-hat model: PosteriorPredictor(velocity_xhat, ...) builds the velocity subclass.
-        # (``xhat`` is None when copy/pickle recreate an instance; its class is then already the right one.)
-        if cls is PosteriorPredictor and isinstance(xhat, VelocityXHat):
-            cls = VelocityPosteriorPredictor
-        return super().__new__(cls)
+    @staticmethod
+    def over(xhat: nn.Module, dims: ModelDims, learned_scale: bool = False) -> "PosteriorPredictor":
+        """The posterior predictor over ``xhat``, with the velocity capability exactly when ``xhat`` has it."""
+        cls = VelocityPosteriorPredictor if isinstance(xhat, VelocityXHat) else PosteriorPredictor
+        return cls(xhat, dims, learned_scale=learned_scale)
 
     def __init__(self, xhat: nn.Module, dims: ModelDims, learned_scale: bool = False) -> None:
         """``xhat`` is any module ``(x_t, t, cond) -> (x_hat, hidden | None)``."""

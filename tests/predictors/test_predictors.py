@@ -135,9 +135,9 @@ def test_posterior_predictor_gives_a_velocity_exactly_when_its_xhat_model_does()
     with_velocity = PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=1, width=16)).build(dims)
     assert isinstance(with_velocity, VelocityPosteriorPredictor) and isinstance(with_velocity, VelocityPredictor)
     assert PosteriorPredictorConfig().gives_velocity()
-    direct = PosteriorPredictor(VelocityTransformerConfig(depth=1, width=16).build(dims), dims)
-    assert isinstance(direct, VelocityPredictor)  # the capability follows the x-hat model however it is built
-    plain = PosteriorPredictor(_PlainXHat(), dims)
+    direct = PosteriorPredictor.over(VelocityTransformerConfig(depth=1, width=16).build(dims), dims)
+    assert isinstance(direct, VelocityPredictor)  # the capability follows the x-hat model
+    plain = PosteriorPredictor.over(_PlainXHat(), dims)
     assert type(plain) is PosteriorPredictor and not isinstance(plain, VelocityPredictor)
     x, t = torch.randn(2, 3, 1), torch.rand(2)
     torch.testing.assert_close(with_velocity.velocity(x, t), with_velocity.xhat.velocity(x, t)[0])
