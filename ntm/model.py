@@ -56,6 +56,21 @@ class NTM(nn.Module):
         """Submodules FSDP shards as units of their own: the transporter's, then the predictor's."""
         return self.transporter.shard_units() + self.predictor.shard_units()
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups of trainable parameters: the transporter's, then the predictor's.
+
+        The trainer gives each group its own learning-rate scale and freeze
+        (``train.lr_scale``, ``train.freeze_steps``). A group name declared by
+        both components is a ``ValueError``.
+        """
+        groups = dict(self.transporter.param_groups())
+        for name, params in self.predictor.param_groups().items():
+            if name in groups:
+                raise ValueError(f"parameter group {name!r} is declared by both the transporter "
+                                 f"({type(self.transporter).__name__}) and the predictor ({type(self.predictor).__name__})")
+            groups[name] = params
+        return groups
+
     # -- transport --------------------------------------------------------
     def transport_levels(self, x_levels: Tensor, times: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         """``f`` on ``L`` levels at once: ``(L, B, N, d)``, ``(L,)`` -> ``u (L, B, N, d)``, ``logdet (L, B)``."""

@@ -63,6 +63,15 @@ class Predictor(nn.Module, ABC):
         """
         return [m for m in self.modules() if getattr(type(m), "fsdp_unit", False)]
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups of trainable parameters (``train.lr_scale`` and ``train.freeze_steps`` address them).
+
+        Default: one group ``"predictor"`` holding every parameter with ``requires_grad``.
+        An override must put each trainable parameter in exactly one group and none
+        that is frozen; its names must not clash with the transporter's.
+        """
+        return {"predictor": [p for p in self.parameters() if p.requires_grad]}
+
 
 class VelocityPredictor(ABC):
     """Capability: a flow-matching velocity ``v = eps - x`` at ``x_t = (1 - t) x + t eps`` (docs/math.md §1).

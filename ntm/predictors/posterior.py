@@ -128,6 +128,21 @@ class PosteriorPredictor(Predictor):
             log_sigma = log_sigma + self.scale(hidden).to(dtype)
         return Gaussian(mu, log_sigma)
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"backbone"``: the x-hat model's trainable parameters; ``"scale"``: the learned-scale head's
+        (only with ``learned_scale``); ``"predictor"``: any other trainable parameter (only if there is one).
+
+        Frozen parameters (``requires_grad=False``) are in no group.
+        """
+        groups = {"backbone": [p for p in self.xhat.parameters() if p.requires_grad]}
+        if self.scale is not None:
+            groups["scale"] = [p for p in self.scale.parameters() if p.requires_grad]
+        claimed = {id(p) for params in groups.values() for p in params}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        if rest:
+            groups["predictor"] = rest
+        return groups
+
 
 class VelocityPosteriorPredictor(PosteriorPredictor, VelocityPredictor):
     """The posterior predictor over a :class:`VelocityXHat`: also gives the flow-matching velocity."""

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Any, Literal, NoReturn
 
 import pydantic
 
 from registry import ComponentConfig
+
+
+class FrozenDict(dict):
+    """A read-only, hashable ``dict``: how a config holds a mapping (configs are frozen and hashable,
+    and the command line's mirror dataclasses take only hashable defaults)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a config's mapping is read-only; build a new config with replace()")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type, tuple[dict]]:  # copy and pickle without __setitem__
+        return type(self), (dict(self),)
+
+
+def _group_lr_scales(value: dict[str, float]) -> FrozenDict:
+    bad = {k: v for k, v in value.items() if not 0 < v < math.inf}
+    if bad:
+        raise ValueError(f"learning-rate scales must be finite and > 0, got {', '.join(f'{k}={v}' for k, v in bad.items())}")
+    return FrozenDict(value)
+
+
+def _group_freeze_steps(value: dict[str, int]) -> FrozenDict:
+    bad = {k: v for k, v in value.items() if v < 0}
+    if bad:
+        raise ValueError(f"freeze steps must be >= 0, got {', '.join(f'{k}={v}' for k, v in bad.items())}")
+    return FrozenDict(value)
 
 
 class TrainConfig(ComponentConfig):
@@ -27,6 +58,12 @@ class TrainConfig(ComponentConfig):
     ``steps``) or a fraction of ``steps`` (a float in (0, 1), rounded to the nearest step)."""
     min_lr_ratio: float = pydantic.Field(0.1, ge=0, le=1)
     """Cosine decay floor as a fraction of the peak learning rate."""
+    lr_scale: Annotated[dict[str, float], pydantic.AfterValidator(_group_lr_scales)] = FrozenDict()
+    """Learning-rate multiplier (> 0) per parameter group of the model, e.g. 'backbone 0.1 scale 10'
+    (groups: the model's param_groups(), e.g. transporter, predictor; posterior predictor: backbone, scale)."""
+    freeze_steps: Annotated[dict[str, int], pydantic.AfterValidator(_group_freeze_steps)] = FrozenDict()
+    """Initial steps with learning rate 0 per parameter group, e.g. 'backbone 500'; the group then
+    continues on the schedule at that step (no second warm-up)."""
     grad_clip: float | None = pydantic.Field(1.0, gt=0)
     """Clip the global gradient norm to this value (None: no clipping)."""
     ema_decay: float = pydantic.Field(0.999, ge=0, le=1)

@@ -58,6 +58,12 @@ class TrainJob:
     resume: bool = False
     preview: Callable[[nn.Module, int], Tensor] | None = None
     """``(ema_model, step) -> image (C, H, W) in [0, 1]`` for the periodic sample grid."""
+    initialize: Callable[[nn.Module], None] | None = None
+    """Sets the freshly built model's weights in place (e.g. from a pretrained run). Called on a fresh start
+    only, never when resuming (the checkpoint holds the weights then), on every rank, with the bare model right
+    after ``build_model()``: before it moves to the device and is wrapped, and before the optimizer and the EMA
+    are made, so the EMA starts from these weights. It must give the same weights on every rank; parameters it
+    sets to ``requires_grad=False`` stay out of every parameter group and the optimizer."""
 
 
 @dataclasses.dataclass
@@ -75,16 +81,133 @@ def noise_generator(device: torch.device, seed: int, step: int, chunk: int) -> t
     return torch.Generator(device=device).manual_seed(key % (2**63 - 1))
 
 
+WARMUP_START = 1e-3
+"""The warm-up's first learning rate, as a fraction of the peak."""
+
+
+def lr_factor(step: int, warmup: int, horizon: int, min_lr_ratio: float) -> float:
+    """The schedule as a multiple of the peak learning rate at ``step`` (0-based): linear from
+    ``WARMUP_START`` over ``warmup`` steps, then a cosine over ``horizon`` steps down to ``min_lr_ratio``
+    (the closed form of the chained schedulers of :func:`make_scheduler`; past the horizon it rises
+    again, as ``CosineAnnealingLR`` does)."""
+    if step < warmup:
+        return WARMUP_START + (1.0 - WARMUP_START) * step / warmup
+    return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * (step - warmup) / horizon)) / 2.0
+
+
+class GroupSchedule:
+    """One parameter group's learning-rate multiplier at a step (a ``LambdaLR`` lambda): 0 during the
+    group's first ``freeze`` steps, else ``scale`` times :func:`lr_factor`. A group leaving its freeze
+    takes the schedule's value at that step (the warm-up does not restart).
+
+    Its attributes are plain numbers, which ``LambdaLR`` saves in its state dict and restores on resume:
+    a resumed run keeps the horizon it started with, as the default scheduler keeps its ``T_max``.
+    """
+
+    def __init__(self, cfg: TrainConfig, scale: float = 1.0, freeze: int = 0) -> None:
+        self.warmup = cfg.warmup_count
+        self.horizon = max(cfg.steps - self.warmup, 1)
+        self.min_lr_ratio = cfg.min_lr_ratio
+        self.scale = float(scale)
+        self.freeze = int(freeze)
+
+    def unscaled(self, step: int) -> float:
+        """The multiplier of an unscaled, unfrozen group."""
+        return lr_factor(step, self.warmup, self.horizon, self.min_lr_ratio)
+
+    def __call__(self, step: int) -> float:
+        return 0.0 if step < self.freeze else self.scale * self.unscaled(step)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over ``cfg.warmup_count`` steps, then cosine decay to ``min_lr_ratio * lr``."""
+    """Linear warm-up over ``cfg.warmup_count`` steps, then cosine decay to ``min_lr_ratio * lr``.
+
+    With ``cfg.lr_scale`` or ``cfg.freeze_steps`` set, a ``LambdaLR`` with one :class:`GroupSchedule` per
+    optimizer param group, matched by the group's ``"name"`` key: the same schedule times the group's
+    scale, 0 during its freeze steps. Otherwise the chained ``LinearLR``/``CosineAnnealingLR`` of earlier
+    versions (their loss curves and checkpoints stay bit-identical).
+    """
+    if cfg.lr_scale or cfg.freeze_steps:
+        names = [group.get("name") for group in optimizer.param_groups]
+        lambdas = [GroupSchedule(cfg, cfg.lr_scale.get(n, 1.0), cfg.freeze_steps.get(n, 0)) for n in names]
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     warmup_steps = cfg.warmup_count
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(cfg.steps - warmup_steps, 1), eta_min=cfg.lr * cfg.min_lr_ratio
     )
     if warmup_steps == 0:
         return cosine
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup_steps)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START, total_iters=warmup_steps)
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def _some(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def param_group_names(model: nn.Module) -> dict[str, list[str]]:
+    """The model's named parameter groups, each as the names ``model.named_parameters()`` gives its parameters.
+
+    The groups are ``model.param_groups()`` (e.g. :meth:`ntm.model.NTM.param_groups`); a model without
+    that method is one group ``"all"``. Names, not tensors, so that the groups survive wrapping (FSDP2
+    replaces the parameters by DTensors under the same names). Raises :class:`TrainingError` unless the
+    groups partition the trainable parameters: each in exactly one group, none frozen
+    (``requires_grad=False``) or foreign. Empty groups are kept (their names are valid settings).
+    """
+    named = list(model.named_parameters())
+    name_of = {id(p): n for n, p in named}
+    declare = getattr(model, "param_groups", None)
+    groups = declare() if declare is not None else {"all": [p for _, p in named if p.requires_grad]}
+    where = f"{type(model).__name__}.param_groups()"
+    owner: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
+    for group, params in groups.items():
+        out[group] = []
+        for p in params:
+            name = name_of.get(id(p))
+            if name is None:
+                raise TrainingError(f"{where}: group {group!r} holds a parameter that is not the model's")
+            if not p.requires_grad:
+                raise TrainingError(f"{where}: group {group!r} holds the frozen parameter {name}")
+            if name in owner:
+                raise TrainingError(f"{where}: parameter {name} is in group {owner[name]!r} and in group {group!r}")
+            owner[name] = group
+            out[group].append(name)
+    missing = [n for n, p in named if p.requires_grad and n not in owner]
+    if missing:
+        raise TrainingError(f"{where}: trainable parameters in no group: {_some(missing)}")
+    return out
+
+
+def check_group_settings(cfg: TrainConfig, groups: dict[str, list[str]]) -> None:
+    """One-line :class:`TrainingError` if ``train.lr_scale`` or ``train.freeze_steps`` names a group the model lacks."""
+    problems = []
+    for field in ("lr_scale", "freeze_steps"):
+        unknown = [name for name in getattr(cfg, field) if name not in groups]
+        if unknown:
+            problems.append(f"train.{field} names unknown parameter group{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(repr, unknown))}")
+    if problems:
+        raise TrainingError(f"{'; '.join(problems)}; the model's groups: {', '.join(groups)}")
+
+
+def make_optimizer(model: nn.Module, groups: dict[str, list[str]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over ``model``'s parameters found by name: pass the wrapped (possibly sharded) module.
+
+    With ``cfg.lr_scale`` or ``cfg.freeze_steps`` set, one param group per non-empty named group (its
+    ``"name"`` key holds the group's name, for :func:`make_scheduler`); otherwise one group ``"all"`` of
+    every trainable parameter in the model's order, as in earlier versions (their checkpoints resume).
+    """
+    params = dict(model.named_parameters())
+    absent = [n for names in groups.values() for n in names if n not in params]
+    if absent:
+        raise TrainingError(f"parameters of the model's groups are missing after wrapping: {_some(absent)}")
+    if cfg.lr_scale or cfg.freeze_steps:
+        param_groups = [{"params": [params[n] for n in names], "name": g} for g, names in groups.items() if names]
+    else:
+        grouped = {n for names in groups.values() for n in names}
+        param_groups = [{"params": [p for n, p in params.items() if n in grouped], "name": "all"}]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def train(job: TrainJob) -> TrainResult:
@@ -104,27 +227,33 @@ def train(job: TrainJob) -> TrainResult:
     micro = per_rank // cfg.grad_accum
     run_dir = Path(job.run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
-    logger = RunLogger(run_dir, enabled=ctx.is_main)
+    existing = checkpoints.latest_path()
+    if existing is not None and not job.resume:
+        raise TrainingError(f"{run_dir} already holds checkpoints ({existing.name}); pass --resume or another run_dir")
+    resuming = job.resume and existing is not None
 
-    # -- build, wrap, optimise ------------------------------------------------
+    # -- build, initialise, wrap, optimise ----------------------------------------
+    # (nothing is written before the model's parameter groups and the settings naming them check out)
     torch.manual_seed(cfg.seed)
-    model = job.build_model().to(ctx.device)
-    model = D.wrap(model, ctx, cfg.parallel)
+    model = job.build_model()
+    if job.initialize is not None and not resuming:
+        job.initialize(model)
+    groups = param_group_names(model)
+    check_group_settings(cfg, groups)
+    model = D.wrap(model.to(ctx.device), ctx, cfg.parallel)
     inner = D.unwrap(model)
-    optimizer = torch.optim.AdamW(inner.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(inner, groups, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     ema = EMA(inner, decay=cfg.ema_decay, warmup=True)
     if cfg.compile:
         model = torch.compile(model)
+    logger = RunLogger(run_dir, enabled=ctx.is_main)
 
     # -- resume -----------------------------------------------------------------
     start_step = 0
-    existing = checkpoints.latest_path()
-    if existing is not None and not job.resume:
-        raise TrainingError(f"{run_dir} already holds checkpoints ({existing.name}); pass --resume or another run_dir")
-    if job.resume and existing is not None:
+    if resuming:
         path, state = checkpoints.load_latest(required=CHECKPOINT_KEYS)
-        check_config_matches(state["config"], job.config, ignore=RESUMABLE_FIELDS, path=path)
+        check_config_matches(_with_added_train_defaults(state["config"]), job.config, ignore=RESUMABLE_FIELDS, path=path)
         D.load_full_state_dict(model, state["model"])
         D.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -214,7 +343,7 @@ def train(job: TrainJob) -> TrainResult:
                 scalars = {
                     "loss": window_loss / window_count,
                     "grad_norm": grad_norm.item(),
-                    "lr": scheduler.get_last_lr()[0],
+                    **_logged_lrs(scheduler),
                     "examples_per_s": window_examples / max(elapsed, 1e-9),
                     **_metric_means(metrics, ctx),
                     "step_loss": loss_value,
@@ -243,6 +372,28 @@ def train(job: TrainJob) -> TrainResult:
         last_loss=last_loss,
         ema_model=ema_model,
     )
+
+
+def _logged_lrs(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, float]:
+    """``lr``: the schedule's learning rate for the next step; with per-group schedules also ``lr/<group>``,
+    each group's own (scaled; 0 while frozen)."""
+    lrs = scheduler.get_last_lr()
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas or not isinstance(lambdas[0], GroupSchedule):
+        return {"lr": lrs[0]}
+    base = scheduler.base_lrs[0] * lambdas[0].unscaled(scheduler.last_epoch)
+    names = [group.get("name", str(i)) for i, group in enumerate(scheduler.optimizer.param_groups)]
+    return {"lr": base, **{f"lr/{name}": lr for name, lr in zip(names, lrs)}}
+
+
+def _with_added_train_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the train fields added since earlier versions (``lr_scale``,
+    ``freeze_steps``) at their defaults when absent: runs written before them resume."""
+    train = saved.get("train")
+    if not isinstance(train, dict):
+        return saved
+    added = {key: {} for key in ("lr_scale", "freeze_steps") if key not in train}
+    return {**saved, "train": {**train, **added}} if added else saved
 
 
 def _metric_tensor(value: float | Tensor, device: torch.device) -> Tensor:

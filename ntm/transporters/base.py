@@ -37,6 +37,15 @@ class Transporter(nn.Module, ABC):
         """
         return [m for m in self.modules() if getattr(type(m), "fsdp_unit", False)]
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups of trainable parameters (``train.lr_scale`` and ``train.freeze_steps`` address them).
+
+        Default: one group ``"transporter"`` holding every parameter with ``requires_grad``.
+        An override must put each trainable parameter in exactly one group and none
+        that is frozen; its names must not clash with the predictor's.
+        """
+        return {"transporter": [p for p in self.parameters() if p.requires_grad]}
+
 
 class TransporterConfig(ComponentConfig):
     def build(self, dims: ModelDims) -> Transporter:  # pragma: no cover - interface
