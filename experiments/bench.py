@@ -28,7 +28,7 @@ from eval.metrics import energy_distance, mmd_rbf, oracle_log_density
 from eval.nll import heldout_nll
 from eval.oracle import oracle_gap
 from eval.timing import measure
-from experiments.build import build_model, layout_for, picture, train_job
+from experiments.build import build_denoiser, build_model, layout_for, picture, train_job
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.data.base import DataSource
@@ -185,7 +185,7 @@ def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: in
     sampler_cfg = (point.sampler if point.sampler is not None else exp.sampler).replace(num_steps=point.steps)
     sampler_cfg.check_model(exp.model)
     sampler = sampler_cfg.build()
-    denoiser = exp.denoiser.build()
+    denoiser = build_denoiser(exp)
     layout = layout_for(exp, data)
     labels = None
     if model.dims.num_classes:
@@ -193,8 +193,8 @@ def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: in
 
     def run() -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(seed)
-        out = sampler(model, n, labels, generator=gen, return_trajectory=True)
-        x = denoiser(model, out.x_trajectory, out.times, labels)
+        out = sampler(model, n, labels, generator=gen, return_trajectory=denoiser.trajectory_request())
+        x = denoiser.denoise(model, out, labels)  # decodes only what the denoiser reads
         return layout.from_tokens(x.detach()).float().cpu()
 
     return run, labels

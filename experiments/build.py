@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from experiments.config import Experiment
 from ntm.conditioning import CONDITIONERS
 from ntm.data.base import DataSource
+from ntm.denoisers import Denoiser, DenoiserConfig
 from ntm.model import NTM
 from ntm.nn.tokens import TokenLayout
 from ntm.samplers.base import SamplerConfig
@@ -33,6 +34,14 @@ def build_model(exp: Experiment, data: DataSource) -> NTM:
     return exp.model.build(dims_for(exp, data))
 
 
+def build_denoiser(exp: Experiment, config: DenoiserConfig | None = None) -> Denoiser:
+    """The run's denoiser (or ``config``), finding trained weights of its own under the run directory."""
+    config = config or exp.denoiser
+    if isinstance(config, DenoiserConfig):
+        config = config.for_run(Path(exp.resolved_run_dir))
+    return config.build()
+
+
 def sample(
     exp: Experiment,
     model: NTM,
@@ -42,20 +51,22 @@ def sample(
     labels: Tensor | None = None,
     sampler: SamplerConfig | None = None,
     denoise: bool = True,
+    denoiser: DenoiserConfig | None = None,
     seed: int | None = None,
 ) -> Tensor:
     """Draw ``n`` samples in data space ``(n, *shape)`` (normalised), denoised by the configured denoiser.
 
-    ``sampler`` replaces the experiment's sampler config (e.g. ``exp.sampler.replace(num_steps=2)``).
+    ``sampler`` and ``denoiser`` replace the experiment's configs (e.g. ``exp.sampler.replace(num_steps=2)``).
+    The sampler decodes only what the denoiser reads (nothing for one that reads ``u_0``).
     """
     layout = layout_for(exp, data)
     device = next(model.parameters()).device
+    built = build_denoiser(exp, denoiser) if denoise else None  # before sampling: missing weights fail fast
     gen = torch.Generator(device=device).manual_seed(exp.eval.seed if seed is None else seed)
     cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
-    out = (sampler or exp.sampler).build()(model, n, cond, generator=gen, return_trajectory=denoise)
-    x = out.x
-    if denoise:
-        x = exp.denoiser.build()(model, out.x_trajectory, out.times, cond)
+    request = built.trajectory_request() if built is not None else False
+    out = (sampler or exp.sampler).build()(model, n, cond, generator=gen, return_trajectory=request)
+    x = out.x if built is None else built.denoise(model, out, cond)
     return layout.from_tokens(x.detach()).float().cpu()
 
 

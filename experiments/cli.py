@@ -7,6 +7,7 @@
     ntm train digits-ntm --resume                           # continue after a crash
     ntm sample --run runs/digits-ntm --guidance 1.5 --steps 4
     ntm eval --run runs/digits-ntm
+    ntm distill --run runs/digits-ntm && ntm sample --run runs/digits-ntm --denoiser learned   # one-pass denoiser
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
     ntm shards write --folder images/ --out 'shards/train-%06d.tar'
     ntm --plugin my_pkg.my_module train toy-ntm transporter:shift   # a variant from your own module
@@ -44,6 +45,8 @@ from experiments.config import Experiment
 from experiments.plugins import PluginError, load_plugins
 from experiments.presets import PRESETS
 from ntm.data.base import DataError
+from ntm.denoisers import DENOISERS, DenoiserConfig
+from ntm.denoisers.learned import DenoiserNotTrained
 from ntm.forward import ScheduleError
 from ntm.train.checkpoint import (
     CheckpointError, CheckpointManager, check_config_matches, load_checkpoint, load_sampling_weights,
@@ -237,7 +240,11 @@ def train_command(args: list[str]) -> int:
     except DataError as e:
         print(f"ntm train: note: no held-out NLL: {e}", file=sys.stderr)
         nll = {}
-    image, samples, labels = sample_picture(exp, model, data)
+    try:
+        image, samples, labels = sample_picture(exp, model, data)
+    except DenoiserNotTrained as e:  # e.g. denoiser:learned, distilled after training
+        print(f"ntm train: note: final samples not denoised: {e}", file=sys.stderr)
+        image, samples, labels = sample_picture(exp, model, data, denoise=False)
     save_png(image, run_dir / "samples" / "final.png")
     np.save(run_dir / "samples" / "final.npy", samples.numpy())
     if labels is not None:
@@ -297,6 +304,8 @@ class SampleArgs:
     """Sampling temperature (sampler.temperature; default: the run's sampler setting)."""
     denoise: bool = True
     """Apply the run's denoiser to x_{t_0}."""
+    denoiser: str | None = None
+    """Denoiser to apply instead of the run's: a registered name (none, score, learned: the run's distilled one)."""
     seed: int | None = None
     """Sampling seed (default: the run's eval seed)."""
     out: Path | None = None
@@ -323,11 +332,20 @@ def sample_command(args: list[str]) -> int:
         schedule = exp.model.process.schedule.build()
         if not schedule.supports(a.steps):
             raise UsageError(f"--steps {a.steps}: the schedule does not define K = {a.steps}")
+    denoiser = exp.denoiser
+    if a.denoiser is not None:  # the run's own config when it names the same variant, else that variant's defaults
+        if not a.denoise:
+            raise UsageError("--denoiser and --no-denoise exclude each other")
+        entry = DENOISERS.get(a.denoiser)
+        denoiser = exp.denoiser if type(exp.denoiser) is entry.config_cls else entry.config_cls()
+    if isinstance(denoiser, DenoiserConfig):  # trained weights under --run, wherever the run directory moved
+        denoiser = denoiser.for_run(Path(a.run))
     if a.dry_run:
         print(json.dumps(exp.replace(sampler=sampler).model_dump(mode="json")["sampler"], indent=2))
         return 0
     exp, data, model = load_run(a.run, a.checkpoint, a.weights)
-    image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise, seed=a.seed)
+    image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise, denoiser=denoiser,
+                                            seed=a.seed)
     out = a.out or Path(a.run) / "samples" / "sample.png"
     save_png(image, out)
     np.save(out.with_suffix(".npy"), samples.numpy())
@@ -438,6 +456,7 @@ def shards_command(args: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "sample": sample_command, "eval": eval_command, "bench": bench_command,
     "shards": shards_command,
+    "distill": lambda a: __import__("experiments.distill", fromlist=["_"]).distill_command(a),
 }
 
 

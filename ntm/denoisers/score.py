@@ -5,24 +5,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ntm.denoisers.base import DENOISERS, ComponentConfig, Denoiser
+from ntm.denoisers.base import DENOISERS, Denoiser, DenoiserConfig
 from ntm.forward import interpolant as I
 
 
-class NoDenoiserConfig(ComponentConfig):
+class NoDenoiserConfig(DenoiserConfig):
     def build(self) -> "NoDenoiser":
         return NoDenoiser()
 
 
 @DENOISERS.register("none", NoDenoiserConfig)
 class NoDenoiser(Denoiser):
-    """Returns ``x_{t_0}`` unchanged (it still carries the noise floor)."""
+    """Returns ``x_{t_0}`` unchanged (it still carries the noise floor).
+
+    From a sampled ``u_0`` it decodes that level only (what the sampler itself does by default).
+    """
+
+    needs_x_trajectory = False
 
     def __call__(self, model, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
         return trajectory[0]
 
+    @torch.no_grad()
+    def from_u0(self, model, u0: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
+        return model.decode_levels(u0[None], times[:1], cond)[0]
 
-class ScoreDenoiserConfig(ComponentConfig):
+
+class ScoreDenoiserConfig(DenoiserConfig):
     def build(self) -> "ScoreDenoiser":
         return ScoreDenoiser()
 

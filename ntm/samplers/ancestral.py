@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pydantic
 import torch
@@ -29,7 +29,10 @@ class AncestralConfig(SamplerConfig):
 
 @SAMPLERS.register("ancestral", AncestralConfig)
 class AncestralSampler(Sampler):
-    """``u_K ~ N(0, tau^2)``; ``u_{k-1} = mu + sigma tau z`` with guided ``(mu, sigma)``; ``x_{t_0} = f^{-1}(u_0)``."""
+    """``u_K ~ N(0, tau^2)``; ``u_{k-1} = mu + sigma tau z`` with guided ``(mu, sigma)``; ``x_{t_0} = f^{-1}(u_0)``.
+
+    ``return_trajectory="u"`` stops before ``f^{-1}``: the u-trajectory alone, nothing decoded.
+    """
 
     config: AncestralConfig
 
@@ -44,7 +47,7 @@ class AncestralSampler(Sampler):
         cond: Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
+        return_trajectory: bool | Literal["u"] = False,
     ) -> SampleOutput:
         num_steps = self.config.num_steps or max(model.process.steps)
         tau = self.config.temperature
@@ -66,6 +69,8 @@ class AncestralSampler(Sampler):
             u = (g.mu + g.sigma * tau * z).to(dtype)
             levels.append(u)
         u_traj = torch.stack(levels[::-1])  # u_0 .. u_K
+        if return_trajectory == "u":  # the caller decodes what it needs (e.g. a denoiser that reads u_0)
+            return SampleOutput(x=None, times=times, u_trajectory=u_traj, cond=cond)
         decoded = num_steps if return_trajectory else 1  # x-space decoding, batched over levels
         x_lo = model.decode_levels(u_traj[:decoded], times[:decoded], cond)
         out = SampleOutput(x=x_lo[0], times=times, cond=cond)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class SampleOutput:
-    x: Tensor
-    """Samples ``x_{t_0}`` as tokens ``(B, N, d)`` (still carrying noise floor t_0)."""
+    x: Tensor | None
+    """Samples ``x_{t_0}`` as tokens ``(B, N, d)`` (still carrying noise floor t_0); ``None`` when the call
+    asked for the u-trajectory only (``return_trajectory="u"``: nothing decoded)."""
     times: Tensor
     """``(K + 1,)`` levels used."""
     u_trajectory: Tensor | None = None
@@ -56,9 +57,14 @@ class Sampler(ABC):
         cond: Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
-        return_trajectory: bool = False,
+        return_trajectory: bool | Literal["u"] = False,
     ) -> SampleOutput:
-        """``n`` samples of ``model``; ``cond`` is ``(n,)`` labels or ``None``; ``generator`` drives all noise."""
+        """``n`` samples of ``model``; ``cond`` is ``(n,)`` labels or ``None``; ``generator`` drives all noise.
+
+        ``return_trajectory``: ``True`` adds the u- and x-space trajectories; ``"u"`` returns the u-trajectory
+        alone and decodes nothing (``x`` is ``None``); a sampler that runs in x-space has no u-trajectory and
+        treats ``"u"`` as ``True``. The noise drawn does not depend on it.
+        """
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
