@@ -15,6 +15,7 @@ from ntm.model import NTM
 from ntm.nn.tokens import TokenLayout
 from ntm.samplers.base import SamplerConfig
 from ntm.spec import ModelDims
+from ntm.train.init import initialize_from
 from ntm.train.loop import TrainJob
 from ntm.viz import image_grid, scatter_density
 
@@ -116,4 +117,5 @@ def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJ
         config=exp.model_dump(mode="json"),
         resume=resume,
         preview=preview,
+        initialize=None if exp.init is None else (lambda model: initialize_from(model, exp.init)),
     )

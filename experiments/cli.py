@@ -5,6 +5,7 @@
     ntm train digits-ntm predictor:transformer --dry-run   # print the resolved config, touch nothing
     ntm train --config runs/digits-ntm/config.json          # reproduce a run (into a new run directory)
     ntm train digits-ntm --resume                           # continue after a crash
+    ntm finetune --from runs/digits-flow-matching           # an NTM started from a flow-matching teacher
     ntm sample --run runs/digits-ntm --guidance 1.5 --steps 4
     ntm eval --run runs/digits-ntm
     ntm distill --run runs/digits-ntm && ntm sample --run runs/digits-ntm --denoiser learned   # one-pass denoiser
@@ -218,13 +219,17 @@ def parse_experiment(args: list[str]) -> TrainRequest:
 
 
 def train_command(args: list[str]) -> int:
-    request = parse_experiment(args)
+    return run_request(parse_experiment(args), "train")
+
+
+def run_request(request: TrainRequest, command: str) -> int:
+    """Train ``request.experiment`` (or print it for ``--dry-run``), then score and sample it: a run like any other."""
     exp = request.experiment
     if request.dry_run:
         print(json.dumps(exp.model_dump(mode="json"), indent=2))
         return 0
     if request.note:
-        print(f"ntm train: {request.note}", flush=True)
+        print(f"ntm {command}: {request.note}", flush=True)
     data = exp.data.build()
     job = train_job(exp, data, resume=request.resume)
     result = train(job)
@@ -238,12 +243,12 @@ def train_command(args: list[str]) -> int:
         nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
                           max_examples=exp.eval.num_examples, seed=exp.eval.seed)
     except DataError as e:
-        print(f"ntm train: note: no held-out NLL: {e}", file=sys.stderr)
+        print(f"ntm {command}: note: no held-out NLL: {e}", file=sys.stderr)
         nll = {}
     try:
         image, samples, labels = sample_picture(exp, model, data)
     except DenoiserNotTrained as e:  # e.g. denoiser:learned, distilled after training
-        print(f"ntm train: note: final samples not denoised: {e}", file=sys.stderr)
+        print(f"ntm {command}: note: final samples not denoised: {e}", file=sys.stderr)
         image, samples, labels = sample_picture(exp, model, data, denoise=False)
     save_png(image, run_dir / "samples" / "final.png")
     np.save(run_dir / "samples" / "final.npy", samples.numpy())
@@ -452,10 +457,16 @@ def shards_command(args: list[str]) -> int:
     return 0
 
 
+def finetune_command(args: list[str]) -> int:
+    from experiments.finetune import finetune_command as run
+
+    return run(args)
+
+
 # -- entry point ----------------------------------------------------------------------
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": train_command, "sample": sample_command, "eval": eval_command, "bench": bench_command,
-    "shards": shards_command,
+    "train": train_command, "finetune": finetune_command, "sample": sample_command, "eval": eval_command,
+    "bench": bench_command, "shards": shards_command,
     "distill": lambda a: __import__("experiments.distill", fromlist=["_"]).distill_command(a),
 }
 

@@ -13,6 +13,7 @@ from ntm.losses import LOSSES, EndToEndConfig
 from ntm.model import NTMConfig
 from ntm.samplers import SAMPLERS, AncestralConfig
 from ntm.train.config import TrainConfig
+from ntm.train.init import InitConfig
 from registry import ComponentConfig, Inline
 
 
@@ -64,6 +65,8 @@ class Experiment(ComponentConfig):
     """Optimisation and run settings."""
     eval: EvalConfig = EvalConfig()
     """Evaluation settings."""
+    init: InitConfig | None = None
+    """Start from another run's weights (set by `ntm finetune`; applied on a fresh start, never on resume)."""
 
     @pydantic.model_validator(mode="before")
     @classmethod

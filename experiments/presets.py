@@ -8,7 +8,14 @@ from ntm.data import DigitsConfig, EightGaussiansConfig, WebDatasetConfig
 from ntm.denoisers import NoDenoiserConfig, ScoreDenoiserConfig
 from ntm.forward import MarkovConfig, UniformConfig
 from ntm.model import NTMConfig
-from ntm.predictors import TrajectoryPredictorConfig, TransformerPredictorConfig
+from ntm.losses import FinetuneConfig, FlowMatchingConfig
+from ntm.predictors import (
+    PosteriorPredictorConfig,
+    TrajectoryPredictorConfig,
+    TransformerPredictorConfig,
+    VelocityTransformerConfig,
+)
+from ntm.samplers import EulerConfig
 from ntm.train.config import TrainConfig
 from ntm.transporters import IdentityConfig, TarFlowConfig
 
@@ -39,11 +46,39 @@ _DIGITS = Experiment(
     train=TrainConfig(steps=1200, batch_size=64, lr=1e-3, warmup_steps=100, sample_every=400, checkpoint_every=200),
 )
 
+
+
+def _flow_matching(base: Experiment, name: str, depth: int, width: int) -> Experiment:
+    """The flow-matching baseline on ``base``'s data: identity transporter, a velocity network, Euler@64."""
+    velocity = PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=depth, width=width, num_heads=4))
+    return base.replace(
+        name=name, model=base.model.replace(transporter=IdentityConfig(), predictor=velocity),
+        loss=FlowMatchingConfig(), sampler=EulerConfig(num_steps=64), denoiser=NoDenoiserConfig(),
+    )
+
+
+def _finetune(base: Experiment, name: str, steps: int, lr: float) -> Experiment:
+    """Finetuning ``base``'s NTM from a flow-matching teacher (``ntm finetune --from RUN`` fills in the teacher).
+
+    TarFlow at exact identity, the posterior predictor over the teacher's velocity network with a
+    zero-initialised scale head and a frozen copy, NLL + cosine-annealed mean alignment.
+    """
+    predictor = PosteriorPredictorConfig(learned_scale=True, reference=True)
+    return base.replace(
+        name=name, model=base.model.replace(predictor=predictor), loss=FinetuneConfig(),
+        train=base.train.replace(steps=steps, lr=lr, warmup_steps=0.05),
+    )
+
+
 PRESETS: dict[str, Experiment] = {
     "toy-ntm": _TOY,
     "toy-gaussian": _TOY.replace(name="toy-gaussian", model=_TOY.model.replace(transporter=IdentityConfig())),
     "digits-ntm": _DIGITS,
     "digits-gaussian": _DIGITS.replace(name="digits-gaussian", model=_DIGITS.model.replace(transporter=IdentityConfig())),
+    "toy-flow-matching": _flow_matching(_TOY, "toy-flow-matching", depth=4, width=64),
+    "digits-flow-matching": _flow_matching(_DIGITS, "digits-flow-matching", depth=4, width=96),
+    "toy-finetune": _finetune(_TOY, "toy-finetune", steps=500, lr=5e-4),
+    "digits-finetune": _finetune(_DIGITS, "digits-finetune", steps=600, lr=3e-4),
     # GPU-sized, mirroring the paper's from-scratch setting: transporter 2 blocks x 4 layers, a 24-layer
     # predictor over the whole trajectory, K = 4, 10% condition dropout. Point data.urls at ImageNet shards.
     "imagenet-paper": Experiment(

@@ -10,10 +10,12 @@ tokens ``(B, N, d)``; trajectories carry a leading level axis.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
-from ntm.distributions import sum_except_batch
+from ntm.distributions import Gaussian, sum_except_batch
 from ntm.forward import FORWARD_PROCESSES, MarkovConfig, MarkovProcess
 from ntm.predictors import PREDICTORS, Predictor, TransformerPredictorConfig
 from ntm.spec import ModelDims
@@ -31,6 +33,23 @@ class NTMConfig(ComponentConfig):
 
     def build(self, dims: ModelDims) -> "NTM":
         return NTM(self.transporter.build(dims), self.predictor.build(dims), self.process.build(), dims)
+
+
+@dataclasses.dataclass
+class StepTerms:
+    """Per-step pieces of a trajectory's likelihood (``K`` steps, batch ``B``)."""
+
+    u: Tensor
+    """``(K + 1, B, N, d)``: ``u_0 .. u_K`` (``u_K = x_{t_K}``)."""
+    logdet: Tensor
+    """``(K, B)``: ``log|det df(x_{t_k})/dx|`` for ``k < K``."""
+    gaussian: Gaussian
+    """``(K, B, N, d)``: entry ``k - 1`` is the predictor's Gaussian over ``u_{k-1}`` from level ``k``."""
+
+    def step_nlls(self) -> Tensor:
+        """``l_1 .. l_K`` in nats, ``(B, K)``."""
+        nll = sum_except_batch(self.gaussian.nll(self.u[:-1]), batch_dims=2) - self.logdet  # (K, B)
+        return nll.transpose(0, 1)
 
 
 class NTM(nn.Module):
@@ -88,8 +107,8 @@ class NTM(nn.Module):
         return self.transporter.inverse(u_levels.flatten(0, 1), t, c).unflatten(0, (n_levels, b))
 
     # -- likelihood -------------------------------------------------------
-    def step_nlls(self, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Exact per-step NLLs ``l_1 .. l_K`` in nats, ``(B, K)``, end-to-end over one trajectory.
+    def step_terms(self, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> "StepTerms":
+        """The pieces of the per-step NLLs of one trajectory: u-levels, log-dets and predicted Gaussians.
 
         ``trajectory`` is ``(K + 1, B, N, d)`` = ``x_{t_0} .. x_{t_K}``; ``times`` is ``(K + 1,)``.
         """
@@ -97,8 +116,11 @@ class NTM(nn.Module):
         u_lo, logdet = self.transport_levels(trajectory[:num_steps], times[:num_steps], cond)
         u = torch.cat([u_lo, trajectory[num_steps:]], dim=0)  # u_K = x_{t_K}
         g = self.predictor.forward_trajectory(u[1:], times, cond)  # entry k-1 predicts u_{k-1}
-        nll = sum_except_batch(g.nll(u[:-1]), batch_dims=2) - logdet  # (K, B)
-        return nll.transpose(0, 1)
+        return StepTerms(u, logdet, g)
+
+    def step_nlls(self, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Exact per-step NLLs ``l_1 .. l_K`` in nats, ``(B, K)``, end-to-end over one trajectory (docs/math.md §5)."""
+        return self.step_terms(trajectory, times, cond).step_nlls()
 
     def pair_nll(
         self, x_s: Tensor, x_t: Tensor, s: Tensor, t: Tensor, cond: Tensor | None = None

@@ -1,6 +1,7 @@
 """Training losses and reported likelihood numbers. Each loss registers in ``LOSSES``."""
 
 from ntm.losses.base import LOSSES, Loss, LossConfig, LossOutput
+from ntm.losses.finetune import FinetuneConfig, FinetuneLoss
 from ntm.losses.flow_matching import FlowMatchingConfig, FlowMatchingLoss
 from ntm.losses.nll import (
     EndToEndConfig,
@@ -13,6 +14,6 @@ from ntm.losses.nll import (
 )
 
 __all__ = [
-    "LOSSES", "EndToEndConfig", "EndToEndLoss", "FlowMatchingConfig", "FlowMatchingLoss", "Loss", "LossConfig",
+    "LOSSES", "EndToEndConfig", "EndToEndLoss", "FinetuneConfig", "FinetuneLoss", "FlowMatchingConfig", "FlowMatchingLoss", "Loss", "LossConfig",
     "LossOutput", "PairWiseConfig", "PairWiseLoss", "forward_log_prob", "nll_traj_bpd", "x0_bound_nats",
 ]

@@ -33,6 +33,13 @@ class Loss(ABC):
     ) -> LossOutput:
         """``x`` is a batch of clean tokens ``(B, N, d)``; ``cond`` ``(B,)`` labels or ``None``."""
 
+    def at_step(self, step: int, total_steps: int) -> None:
+        """Told by the training loop before each optimizer step (0-based) of ``total_steps``.
+
+        For losses whose terms follow a schedule (e.g. an annealed weight); the
+        default ignores it. Derived from the step alone, so a resumed run agrees.
+        """
+
 
 class LossConfig(ComponentConfig):
     """Base of every loss config."""

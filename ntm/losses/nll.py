@@ -79,14 +79,35 @@ class EndToEndLoss(Loss):
         per_dim = torch.zeros(b, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         bound = torch.zeros_like(per_dim)
         metrics: dict[str, Tensor] = {}
+        extra = None
         for k, idx in _group_by_steps(num_steps):
-            step_nlls, trajectory, times = model.trajectory_nll(x[idx], k, _take(cond, idx), generator)
+            step_nlls, trajectory, times, group_extra = self.score_group(model, x[idx], k, _take(cond, idx), generator)
             per_dim[idx] = step_nlls.sum(-1) / (k * dim)
             bound[idx] = x0_bound_nats(step_nlls.detach(), trajectory, times) / dim
             metrics[f"nll_bpd/K{k}"] = (per_dim[idx].detach().mean() / LN2).double()
+            if group_extra is not None:
+                extra = torch.zeros_like(per_dim) if extra is None else extra
+                extra[idx] = group_extra
         loss = per_dim.mean()
         metrics.update(nll_traj_bpd=_bits(loss), bound_bpd=_bits(bound.mean()))
+        if extra is not None:
+            loss = loss + self.extra_term(extra.mean(), metrics)
         return LossOutput(loss, metrics)
+
+    def score_group(
+        self, model: "NTM", x: Tensor, num_steps: int, cond: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One K-group: ``(step_nlls (B, K), trajectory, times, extra (B,) | None)``.
+
+        Subclasses that add a per-example term to the NLL (e.g. finetuning's mean
+        alignment) return it as ``extra``, computed from the same trajectory, and
+        weigh it in :meth:`extra_term`.
+        """
+        return (*model.trajectory_nll(x, num_steps, cond, generator), None)
+
+    def extra_term(self, extra_mean: Tensor, metrics: dict[str, Tensor]) -> Tensor:
+        """The scalar added to the loss for the batch mean of ``extra`` (may log into ``metrics``)."""
+        return extra_mean
 
 
 class PairWiseConfig(LossConfig):

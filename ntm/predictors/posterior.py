@@ -12,6 +12,7 @@ predictor built on it is then a :class:`~ntm.predictors.base.VelocityPredictor`.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 import pydantic
@@ -86,9 +87,12 @@ class PosteriorPredictorConfig(PredictorConfig):
     """The x-hat model read on u_t."""
     learned_scale: bool = False
     """Add a zero-initialised projection of the x-hat model's hidden states to log sigma (§9)."""
+    reference: bool = False
+    """Keep a frozen copy of the x-hat model (the finetuning teacher) for the mean-alignment loss (§9)."""
 
     def build(self, dims: ModelDims) -> "PosteriorPredictor":
-        return PosteriorPredictor.over(self.xhat.build(dims), dims, learned_scale=self.learned_scale)
+        return PosteriorPredictor.over(self.xhat.build(dims), dims, learned_scale=self.learned_scale,
+                                       reference=self.reference)
 
     def gives_velocity(self) -> bool:
         """Whether the x-hat model's class is a :class:`VelocityXHat` (then so is the predictor a velocity model)."""
@@ -100,15 +104,22 @@ class PosteriorPredictor(Predictor):
     """The §4 posterior read on ``u_t``; a :class:`VelocityPosteriorPredictor` when ``xhat`` is a :class:`VelocityXHat`."""
 
     @staticmethod
-    def over(xhat: nn.Module, dims: ModelDims, learned_scale: bool = False) -> "PosteriorPredictor":
+    def over(xhat: nn.Module, dims: ModelDims, learned_scale: bool = False, reference: bool = False) -> "PosteriorPredictor":
         """The posterior predictor over ``xhat``, with the velocity capability exactly when ``xhat`` has it."""
         cls = VelocityPosteriorPredictor if isinstance(xhat, VelocityXHat) else PosteriorPredictor
-        return cls(xhat, dims, learned_scale=learned_scale)
+        return cls(xhat, dims, learned_scale=learned_scale, reference=reference)
 
-    def __init__(self, xhat: nn.Module, dims: ModelDims, learned_scale: bool = False) -> None:
-        """``xhat`` is any module ``(x_t, t, cond) -> (x_hat, hidden | None)``."""
+    def __init__(self, xhat: nn.Module, dims: ModelDims, learned_scale: bool = False, reference: bool = False) -> None:
+        """``xhat`` is any module ``(x_t, t, cond) -> (x_hat, hidden | None)``.
+
+        ``reference``: keep a frozen copy of ``xhat`` (no gradients, never trained) whose
+        posterior means :meth:`reference_trajectory` gives, read from x-space.
+        """
         super().__init__()
         self.xhat = xhat
+        self.reference = None
+        if reference:
+            self.reference = copy.deepcopy(xhat).requires_grad_(False)
         self.scale = None
         if learned_scale:
             hidden = getattr(xhat, "hidden_dim", 0)
@@ -143,16 +154,35 @@ class PosteriorPredictor(Predictor):
             groups["predictor"] = rest
         return groups
 
+    @torch.no_grad()
+    def reference_trajectory(self, x_levels: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The frozen copy's posterior means ``mu~(x_hat_ref(x_{t_k}), x_{t_k})`` of §4, read in x-space.
+
+        ``x_levels`` is ``(K, B, N, d)`` holding ``x_{t_1} .. x_{t_K}``; returns ``(K, B, N, d)``
+        whose entry ``k - 1`` is the teacher's mean of ``x_{t_{k-1}}`` (the target of §9's alignment).
+        """
+        if self.reference is None:
+            raise ValueError("this posterior predictor keeps no frozen reference (predictor.reference is off)")
+        k, b = x_levels.shape[:2]
+        t = times[1:].to(x_levels.dtype).repeat_interleave(b)
+        s = times[:-1].to(x_levels.dtype).repeat_interleave(b)
+        c = None if cond is None else cond.repeat(k)
+        x_t = x_levels.flatten(0, 1)
+        x_hat, _ = self.reference(x_t, t, c)
+        dtype = torch.promote_types(x_t.dtype, torch.float32)
+        c_x, c_t, _ = I.posterior(s.to(dtype).reshape(-1, 1, 1), t.to(dtype).reshape(-1, 1, 1))
+        return (c_x * x_hat.to(dtype) + c_t * x_t.to(dtype)).unflatten(0, (k, b))
+
 
 class VelocityPosteriorPredictor(PosteriorPredictor, VelocityPredictor):
     """The posterior predictor over a :class:`VelocityXHat`: also gives the flow-matching velocity."""
 
     xhat: VelocityXHat
 
-    def __init__(self, xhat: VelocityXHat, dims: ModelDims, learned_scale: bool = False) -> None:
+    def __init__(self, xhat: VelocityXHat, dims: ModelDims, learned_scale: bool = False, reference: bool = False) -> None:
         if not isinstance(xhat, VelocityXHat):
             raise TypeError(f"VelocityPosteriorPredictor needs a VelocityXHat, got {type(xhat).__name__}")
-        super().__init__(xhat, dims, learned_scale=learned_scale)
+        super().__init__(xhat, dims, learned_scale=learned_scale, reference=reference)
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """``x_t`` ``(B, N, d)``, ``t`` ``(B,)`` -> ``v`` ``(B, N, d)``."""

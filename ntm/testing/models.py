@@ -14,11 +14,12 @@ MODEL_DIMS = ModelDims(3, 2, 3)
 
 
 def tiny_model_configs() -> list:
-    """Candidate ``NTMConfig`` s, simplest first: a tiny TarFlow + Markov transformer NTM, then a velocity model.
+    """Candidate ``NTMConfig`` s, simplest first: a tiny TarFlow + Markov transformer NTM, a velocity model, a finetuned one.
 
     The velocity model (identity transporter, posterior predictor over a
     velocity transformer) is what flow-matching losses and the Euler/Heun
-    samplers need. The forward process is left at ``NTMConfig``'s default.
+    samplers need; the finetuned one (with a frozen reference copy) is what
+    the finetuning loss needs. The forward process is left at ``NTMConfig``'s default.
     """
     from ntm.model import NTMConfig
     from ntm.predictors import PosteriorPredictorConfig, TransformerPredictorConfig, VelocityTransformerConfig
@@ -32,6 +33,11 @@ def tiny_model_configs() -> list:
         NTMConfig(
             transporter=IdentityConfig(),
             predictor=PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=1, width=16, num_heads=2)),
+        ),
+        NTMConfig(  # a finetuned model: TarFlow + the velocity posterior with a scale head and a frozen copy
+            transporter=TarFlowConfig(width=16, num_heads=2, num_blocks=1, use_condition=True),
+            predictor=PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=1, width=16, num_heads=2),
+                                               learned_scale=True, reference=True),
         ),
     ]
 

@@ -117,6 +117,7 @@ RESUMABLE_FIELDS = frozenset(
         "train.device",
         "train.threads",
         "run_dir",
+        "init",
         "eval",
         "sampler",
         "denoiser",

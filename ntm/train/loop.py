@@ -301,6 +301,8 @@ def train(job: TrainJob) -> TrainResult:
             labels_all = None if batch.label is None else batch.label.to(ctx.device)
             model.train()
             step_loss = torch.zeros((), device=ctx.device)
+            if hasattr(job.objective, "at_step"):  # losses with a schedule (e.g. an annealed weight)
+                job.objective.at_step(step, cfg.steps)
             metrics = {}  # this step's sums over micro-batches (float64, on the device) and counts
             for m in range(cfg.grad_accum):
                 chunk = ctx.rank * cfg.grad_accum + m

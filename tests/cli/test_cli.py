@@ -22,10 +22,15 @@ QUICK = ["--train.warmup-steps", "0", "--train.log-every", "1", "--eval.num-exam
 
 
 def small(preset: str) -> list[str]:
-    """Flags shrinking a preset's networks for fast tests."""
-    flags = ["--predictor.width", "32", "--predictor.depth", "2"]
-    if PRESETS[preset].model.transporter.registry_name == "tarflow":
-        flags += ["--transporter.width", "16", "--transporter.num-heads", "2"]
+    """Flags shrinking a preset's networks for fast tests (whatever width/depth fields its components have)."""
+    model = PRESETS[preset].model
+    flags = []
+    for prefix, cfg in (("predictor", model.predictor), ("predictor.xhat", getattr(model.predictor, "xhat", None)),
+                        ("transporter", model.transporter)):
+        fields = type(cfg).model_fields if cfg is not None else {}
+        flags += [f"--{prefix}.width", "16" if prefix == "transporter" else "32"] if "width" in fields else []
+        flags += [f"--{prefix}.depth", "2"] if "depth" in fields else []
+        flags += [f"--{prefix}.num-heads", "2"] if prefix == "transporter" and "num_heads" in fields else []
     return flags
 
 

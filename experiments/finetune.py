@@ -1,0 +1,106 @@
+"""``ntm finetune --from RUN_OR_CHECKPOINT [PRESET] [overrides]``: an NTM started from a flow-matching teacher.
+
+The teacher is a run (or checkpoint) whose model is the flow-matching
+baseline: identity transporter and ``predictor:posterior`` over a velocity
+x-hat model. The finetuned experiment is a ``*-finetune`` preset with the
+teacher's data, patching, conditioning and velocity network; its ``init``
+copies the teacher's backbone (EMA weights) into the predictor *and* into its
+frozen copy, so at step 0 the model is exactly the teacher's Gaussian-posterior
+sampler (docs/math.md §9). Everything else is a run like any other.
+
+    ntm train digits-flow-matching                                   # the teacher
+    ntm finetune --from runs/digits-flow-matching                    # digits-finetune, 600 steps
+    ntm finetune --from runs/digits-flow-matching --loss.align-schedule linear --process.steps 2 4 8
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+
+from experiments.cli import TrainRequest, UsageError, _check_preset, _pop_flag, _pop_value, run_request, run_tyro
+from experiments.config import Experiment
+from experiments.presets import PRESETS
+from ntm.predictors import PREDICTORS, PosteriorPredictorConfig
+from ntm.train.checkpoint import load_checkpoint
+from ntm.train.init import InitConfig, checkpoint_path
+from ntm.transporters import TRANSPORTERS, IdentityConfig
+from registry.cli import config_error, parse
+
+TEACHER_MAPPING = {"predictor.xhat.": ("predictor.xhat.", "predictor.reference.")}
+"""The teacher's velocity network initialises the finetuned backbone and its frozen copy."""
+
+
+def finetune_presets() -> dict[str, Experiment]:
+    return {name: exp for name, exp in PRESETS.items() if name.endswith("-finetune")}
+
+
+def load_teacher(source: str) -> Experiment:
+    """The experiment of a run directory or checkpoint file, checked to be a flow-matching model."""
+    path = Path(source)
+    if path.is_dir():
+        from experiments.cli import load_experiment
+
+        teacher = load_experiment(path / "config.json")
+        checkpoint_path(path)  # the run must hold trained weights
+    else:
+        state = load_checkpoint(checkpoint_path(path))
+        try:
+            teacher = Experiment.model_validate(state["config"])
+        except pydantic.ValidationError as e:
+            raise UsageError(f"--from {source}: its config does not load: {config_error(e).problems[0][1]}") from None
+    predictor, transporter = teacher.model.predictor, teacher.model.transporter
+    if not (isinstance(transporter, IdentityConfig) and isinstance(predictor, PosteriorPredictorConfig)
+            and predictor.gives_velocity()):
+        raise UsageError(
+            f"--from {source} is not a flow-matching model (transporter '{TRANSPORTERS.name_of(transporter)}', "
+            f"predictor '{PREDICTORS.name_of(predictor)}'); finetuning starts from transporter:identity and "
+            "predictor:posterior over a velocity x-hat model (e.g. a run of digits-flow-matching)"
+        )
+    return teacher
+
+
+def finetune_base(teacher: Experiment, source: str, preset: Experiment) -> Experiment:
+    """``preset`` with the teacher's data, patching, conditioning and velocity network, initialised from it."""
+    predictor = preset.model.predictor.replace(xhat=teacher.model.predictor.xhat)
+    return preset.replace(
+        name=f"{teacher.name}-finetune", data=teacher.data, patch_size=teacher.patch_size,
+        conditioner=teacher.conditioner, model=preset.model.replace(predictor=predictor),
+        init=InitConfig(path=str(source), mapping=TEACHER_MAPPING),
+    )
+
+
+def _default_preset(teacher: Experiment, presets: dict[str, Experiment]) -> str:
+    same_data = [name for name, exp in presets.items() if type(exp.data) is type(teacher.data)]
+    if not same_data:
+        raise UsageError(f"name a finetune preset for this teacher's data: {', '.join(presets)}")
+    return same_data[0]
+
+
+def parse_finetune(args: list[str]) -> TrainRequest:
+    args = list(args)
+    source = _pop_value(args, "--from")
+    if source is None:
+        raise UsageError("--from RUN_OR_CHECKPOINT is required: the flow-matching teacher to start from")
+    resume = _pop_flag(args, "--resume")
+    dry_run = _pop_flag(args, "--dry-run")
+    teacher = load_teacher(source)
+    presets = finetune_presets()
+    name = args.pop(0) if args and not args[0].startswith("-") and ":" not in args[0] else _default_preset(teacher, presets)
+    if name not in presets:
+        _check_preset([name])  # did-you-mean over every preset
+        raise UsageError(f"{name!r} is not a finetune preset; finetune presets: {', '.join(presets)}")
+    base = finetune_base(teacher, source, presets[name])
+    description = (f"Finetune an NTM from the flow-matching teacher {source} (preset {name}). Extra flags: "
+                   "--resume, --dry-run.")
+    exp = run_tyro(parse, Experiment, default=base, prog=f"ntm finetune --from {source} {name}", argv=args,
+                   description=description)
+    return TrainRequest(exp, resume, dry_run)
+
+
+def finetune_command(args: list[str]) -> int:
+    return run_request(parse_finetune(args), "finetune")
+
+
+__all__ = ["TEACHER_MAPPING", "finetune_base", "finetune_command", "load_teacher", "parse_finetune"]
