@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from experiments.config import Experiment
 from ntm.conditioning import CONDITIONERS
-from ntm.data.base import DataSource
+from ntm.data.base import DataError, DataSource
 from ntm.denoisers import Denoiser, DenoiserConfig
 from ntm.model import NTM
 from ntm.nn.tokens import TokenLayout
@@ -79,17 +79,59 @@ def grid_labels(exp: Experiment, data: DataSource, model: NTM) -> Tensor | None:
     return torch.arange(rows).repeat_interleave(exp.eval.grid_columns)
 
 
-def picture(exp: Experiment, data: DataSource, samples: Tensor) -> Tensor:
-    """Samples -> ``(C, H, W)`` in [0, 1]: an image grid, or a 2-D scatter density."""
+def real_examples(exp: Experiment, data: DataSource) -> Tensor | None:
+    """A row of held-out images for the sample figure: one per class (classes 0.., at most a row), else the first ones.
+
+    ``None`` for points or when the source has no held-out split.
+    """
+    if data.spec.kind != "images":
+        return None
+    columns = exp.eval.grid_columns
+    wanted = list(range(min(data.spec.num_classes, columns))) if data.spec.num_classes else []
+    picked: dict[int, Tensor] = {}
+    rows: list[Tensor] = []
+    try:
+        for batch in data.eval_batches(256):
+            for i in range(batch.x.shape[0]):
+                if wanted and batch.label is not None:
+                    label = int(batch.label[i])
+                    if label in wanted and label not in picked:
+                        picked[label] = batch.x[i]
+                elif len(rows) < columns:
+                    rows.append(batch.x[i])
+            if (wanted and len(picked) == len(wanted)) or (not wanted and len(rows) == columns):
+                break
+    except DataError:
+        return None
+    chosen = [picked[k] for k in sorted(picked)] if wanted else rows
+    return torch.stack(chosen) if chosen else None
+
+
+def picture(exp: Experiment, data: DataSource, samples: Tensor, real: Tensor | None = None) -> Tensor:
+    """Samples -> ``(C, H, W)`` in [0, 1]: an image grid, or a 2-D scatter density.
+
+    ``real`` (images only): a row of real images shown below the samples, after a blank row.
+    """
     shown = data.to_display(samples)
     if data.spec.kind == "images":
         upscale = max(1, 64 // data.spec.shape[-1])
-        return image_grid(shown.clamp(0, 1), nrow=exp.eval.grid_columns, upscale=upscale)
+        columns = exp.eval.grid_columns
+        images = shown.clamp(0, 1)
+        if real is not None:
+            pad = (-images.shape[0]) % columns  # finish the last row of samples
+            blank = torch.ones(pad + columns, *images.shape[1:], dtype=images.dtype)
+            images = torch.cat([images, blank, data.to_display(real).clamp(0, 1)[:columns].to(images.dtype)])
+        return image_grid(images, nrow=columns, upscale=upscale)
     return scatter_density(shown[:, :2])
 
 
-def sample_picture(exp: Experiment, model: NTM, data: DataSource, **kwargs) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(picture, samples, labels)`` for the run's standard sample figure."""
+def sample_picture(
+    exp: Experiment, model: NTM, data: DataSource, *, with_real: bool = False, **kwargs
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(picture, samples, labels)`` for the run's standard sample figure.
+
+    ``with_real``: add a row of real held-out images below the samples (the final figure of a run).
+    """
     labels = grid_labels(exp, data, model)
     if labels is not None:
         n = labels.numel()
@@ -98,7 +140,8 @@ def sample_picture(exp: Experiment, model: NTM, data: DataSource, **kwargs) -> t
     else:
         n = exp.eval.num_points
     samples = sample(exp, model, data, n, labels=labels, **kwargs)
-    return picture(exp, data, samples), samples, labels
+    real = real_examples(exp, data) if with_real else None
+    return picture(exp, data, samples, real), samples, labels
 
 
 def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJob:

@@ -246,10 +246,10 @@ def run_request(request: TrainRequest, command: str) -> int:
         print(f"ntm {command}: note: no held-out NLL: {e}", file=sys.stderr)
         nll = {}
     try:
-        image, samples, labels = sample_picture(exp, model, data)
+        image, samples, labels = sample_picture(exp, model, data, with_real=True)
     except DenoiserNotTrained as e:  # e.g. denoiser:learned, distilled after training
         print(f"ntm {command}: note: final samples not denoised: {e}", file=sys.stderr)
-        image, samples, labels = sample_picture(exp, model, data, denoise=False)
+        image, samples, labels = sample_picture(exp, model, data, denoise=False, with_real=True)
     save_png(image, run_dir / "samples" / "final.png")
     np.save(run_dir / "samples" / "final.npy", samples.numpy())
     if labels is not None:
@@ -350,7 +350,7 @@ def sample_command(args: list[str]) -> int:
         return 0
     exp, data, model = load_run(a.run, a.checkpoint, a.weights)
     image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise, denoiser=denoiser,
-                                            seed=a.seed)
+                                            seed=a.seed, with_real=True)
     out = a.out or Path(a.run) / "samples" / "sample.png"
     save_png(image, out)
     np.save(out.with_suffix(".npy"), samples.numpy())

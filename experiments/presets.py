@@ -15,7 +15,7 @@ from ntm.predictors import (
     TransformerPredictorConfig,
     VelocityTransformerConfig,
 )
-from ntm.samplers import EulerConfig
+from ntm.samplers import AncestralConfig, EulerConfig
 from ntm.train.config import TrainConfig
 from ntm.transporters import IdentityConfig, TarFlowConfig
 
@@ -42,6 +42,8 @@ _DIGITS = Experiment(
         process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
     ),
     conditioner=ClassLabelConfig(dropout=0.1),
+    # guidance 1.5: domain FID 5.24 -> 4.03 at unchanged recall on this preset (docs/results.md)
+    sampler=AncestralConfig(guidance=1.5),
     denoiser=ScoreDenoiserConfig(),
     train=TrainConfig(steps=1200, batch_size=64, lr=1e-3, warmup_steps=100, sample_every=400, checkpoint_every=200),
 )

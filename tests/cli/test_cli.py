@@ -80,6 +80,11 @@ def test_digits_grid_has_one_row_per_digit(tmp_path, capsys):
     samples = np.load(run_dir / "samples" / "final.npy")
     assert samples.shape == (100, 1, 8, 8)
     assert (labels.reshape(10, 10) == np.arange(10)[:, None]).all()
+    # the figure: 10 rows of samples, a blank row, then a row of real held-out digits 0..9
+    from PIL import Image
+
+    cell = 8 * 8 + 1  # 8x8 digits upscaled 8x, 1 px padding
+    assert Image.open(run_dir / "samples" / "final.png").size == (10 * cell + 1, 12 * cell + 1)
 
 
 def test_config_file_reproduces_the_run(tmp_path, capsys):
