@@ -3,13 +3,21 @@
 A suite is a list of :class:`BenchModel` s (an experiment each, all built from
 the same preset with the same training budget and seed) and, per model, the
 evaluation points (a sampler setting: K for NTM-style models, ODE steps for
-flow matching). For each model the bench trains (or reuses a finished run
-with the identical config), then scores likelihood, sample quality and cost.
+flow matching; optionally a guidance weight and a denoiser). For each model the
+bench trains (or reuses a finished run with the identical config), then scores
+likelihood, sample quality and cost.
+
+A model may start from an earlier model's weights (``init_from``: the
+finetuned NTMs start from the suite's flow-matching model, the teacher), have
+its learned one-pass denoiser distilled in-process (``distill_steps``), and be
+evaluated along its training (``curve``: kept intermediate checkpoints, step 0
+being the initialised model).
 
 Outputs in ``DIR``: ``results.json`` (a list of rows
-``{suite, dataset, model, K, nfe, seed, train_steps, metrics, wall_ms_per_sample}``),
-``results.md``, plots of quality vs NFE and vs wall time, one sample figure per
-model, and for 2-D suites ``mixture.json`` plus ``samples_<model>_K<k>.npy``.
+``{suite, dataset, model, K, nfe, guidance, denoiser, seed, train_steps, metrics, wall_ms_per_sample}``;
+curve rows add ``finetune_steps`` or ``teacher_steps``), ``results.md``, plots of
+quality vs NFE and vs wall time and along the curves, one sample figure per row,
+and for 2-D suites ``mixture.json`` plus ``samples_<model>_K<k>.npy``.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -32,11 +41,13 @@ from experiments.build import build_denoiser, build_model, layout_for, picture, 
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.data.base import DataSource
-from ntm.denoisers import NoDenoiserConfig, ScoreDenoiserConfig
+from ntm.denoisers import DENOISERS, DenoiserConfig, LearnedDenoiserConfig, NoDenoiserConfig, ScoreDenoiserConfig
+from ntm.denoisers.learned import DENOISER_DIR
 from ntm.losses import FlowMatchingConfig
 from ntm.predictors import PosteriorPredictorConfig, PredictorConfig, VelocityTransformerConfig
-from ntm.samplers import EulerConfig, HeunConfig, ODEConfig, SamplerConfig
+from ntm.samplers import AncestralConfig, EulerConfig, HeunConfig, ODEConfig, SamplerConfig
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint, load_sampling_weights
+from ntm.train.init import initialize_from
 from ntm.train.logging import Progress
 from ntm.train.loop import train
 from ntm.transporters import IdentityConfig, TransporterConfig
@@ -54,7 +65,31 @@ class EvalPoint:
     sampler: SamplerConfig | None = None
     """Sampler override (e.g. ``HeunConfig(num_steps=4)``); None: the experiment's sampler."""
     label: str = ""
-    """Suffix for the row's model name (e.g. ``heun``)."""
+    """Suffix for the row's model name (e.g. ``heun``, ``w1.5``, ``learned-w1.5``)."""
+    guidance: float = 0.0
+    """Classifier-free guidance weight the sampler runs with; set on every point (the digits presets' own
+    sampler configs guide by default), so rows without a ``w<weight>`` label are unguided."""
+    denoiser: DenoiserConfig | None = None
+    """Denoiser override (``LearnedDenoiserConfig(...)``: the run's distilled one, needs the model's
+    ``distill_steps``; ``NoDenoiserConfig()``: none); None: the experiment's denoiser."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """A model evaluated along its training: one row per kept checkpoint."""
+
+    name: str
+    """The rows' model name (e.g. ``finetuned-curve``)."""
+    key: str
+    """The row field holding the checkpoint's step count (e.g. ``finetune_steps``); ``train_steps`` holds it too."""
+    fractions: tuple[float, ...]
+    """Fractions of the model's ``train.steps``; 0 is the initialised model (``exp.init``) before any step."""
+    point: EvalPoint
+    """The evaluation point of every row."""
+
+    def steps(self, total: int) -> tuple[int, ...]:
+        """The checkpoint steps: each fraction of ``total`` rounded (at least 1 unless 0), without repeats."""
+        return _curve_steps(total, self.fractions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +98,15 @@ class BenchModel:
     experiment: Experiment
     points: tuple[EvalPoint, ...]
     likelihood: bool = True
-    """Score held-out trajectory NLL at each K (models with an NTM likelihood)."""
+    """Score held-out trajectory NLL at each K (models with an NTM likelihood; unguided points only)."""
+    init_from: str | None = None
+    """The experiment name of an earlier model of the suite whose trained weights initialise this one:
+    ``experiment.init.path`` is set to that run's final checkpoint before training (finetuning)."""
+    distill_steps: int | None = None
+    """Distill the run's learned denoiser (in-process ``ntm distill``) for this many steps into
+    ``<run>/denoiser/`` before evaluating (the architecture: the first learned-denoiser point's config)."""
+    curve: Curve | None = None
+    """Rows along training, from checkpoints the experiment keeps (see :func:`_keeping`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +116,8 @@ class Suite:
     num_samples: int
     """Samples drawn per evaluation point."""
     image_metrics: Literal["none", "domain-digits", "inception"] = "none"
-    """FID/KID/precision/recall features: a domain classifier trained on digits, or Inception (local weights)."""
+    """FID/KID/precision/recall features: a domain classifier trained on digits, or Inception (local weights);
+    "none" on images: no sample-quality metrics (smoke tests)."""
     reference_size: int = 1500
     """Reference images for image metrics (drawn from the training split)."""
 
@@ -109,15 +153,44 @@ def _variant(base: Experiment, name: str, *, steps: tuple[int, ...], train_steps
     return base.replace(name=name, model=net, train=train, eval=evaluation, **updates)
 
 
+def _curve_steps(total: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
+    return tuple(sorted({0 if f == 0 else min(total, max(1, round(f * total))) for f in fractions}))
+
+
+def _keeping(exp: Experiment, fractions: tuple[float, ...]) -> Experiment:
+    """``exp`` saving and keeping a checkpoint at each positive step of the curve ``fractions`` (and its last)."""
+    total = exp.train.steps
+    every = math.gcd(total, *(s for s in _curve_steps(total, fractions) if s > 0))
+    return exp.replace(train=exp.train.replace(checkpoint_every=every, keep_checkpoints=total // every))
+
+
 def _ode_point(sampler: ODEConfig, label: str) -> EvalPoint:
     """An evaluation point of an ODE sampler: ``sampler.num_steps`` steps, NFE counted by the sampler class."""
     return EvalPoint(sampler.num_steps, sampler.build().nfe(sampler.num_steps), sampler, label)
 
 
+def _with_guidance(point: EvalPoint, guidance: tuple[float, ...]) -> tuple[EvalPoint, ...]:
+    """``point`` unguided and at each weight of ``guidance`` (label suffix ``w<weight>``)."""
+    guided = [dataclasses.replace(point, guidance=w, label="-".join(filter(None, (point.label, f"w{w:g}"))))
+              for w in guidance]
+    return (point, *guided)
+
+
+CURVE_FRACTIONS = (0.0, 0.25, 0.5, 1.0)
+"""Where the finetune curve is evaluated, as fractions of the finetune budget (0: the initialised model)."""
+TEACHER_CURVE_FRACTIONS = (0.25, 0.5, 1.0)
+"""Where the teacher-convergence curve (flow matching, Euler at the most steps) is evaluated."""
+
+
 def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bool, ar_blocks: int,
             ks: tuple[int, ...], multi_ks: tuple[int, ...], ode_steps: tuple[int, ...], heun_steps: tuple[int, ...],
-            gaussian_ks: tuple[int, ...]) -> tuple[BenchModel, ...]:
-    """The models of one suite, from one preset: NTM per K, Gaussian baselines, flow matching, AR flow, multi-K."""
+            gaussian_ks: tuple[int, ...], teacher_steps: int | None = None,
+            teacher_curve: tuple[float, ...] = ()) -> tuple[BenchModel, ...]:
+    """The models of one suite, from one preset: NTM per K, Gaussian baselines, flow matching, AR flow, multi-K.
+
+    Flow matching trains for ``teacher_steps`` (default ``train_steps``): it is also the finetuning teacher; with
+    ``teacher_curve`` it keeps checkpoints and gets ``flow-matching-curve`` rows (Euler at the most ODE steps).
+    """
     v = lambda name, steps, **u: _variant(base, f"{prefix}-{name}", steps=steps, train_steps=train_steps,  # noqa: E731
                                           seed=seed, tiny=tiny, **u)
     predictor = base.model.predictor
@@ -131,11 +204,17 @@ def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bo
     # flow matching: a velocity network of the predictor's size on x directly, sampled by an ODE solver
     velocity = PosteriorPredictorConfig(learned_scale=False, xhat=VelocityTransformerConfig(
         depth=predictor.depth, width=predictor.width, num_heads=predictor.num_heads, mlp_ratio=predictor.mlp_ratio))
-    fm = v("flow-matching", (max(ks),), transporter=IdentityConfig(), predictor=velocity,
-           loss=FlowMatchingConfig(), sampler=EulerConfig(num_steps=max(ode_steps)), denoiser=NoDenoiserConfig())
+    fm = _variant(base, f"{prefix}-flow-matching", steps=(max(ks),), train_steps=teacher_steps or train_steps,
+                  seed=seed, tiny=tiny, transporter=IdentityConfig(), predictor=velocity, loss=FlowMatchingConfig(),
+                  sampler=EulerConfig(num_steps=max(ode_steps)), denoiser=NoDenoiserConfig())
+    curve = None
+    if teacher_curve:
+        fm = _keeping(fm, teacher_curve)
+        curve = Curve("flow-matching-curve", "teacher_steps", teacher_curve,
+                      _ode_point(EulerConfig(num_steps=max(ode_steps)), ""))
     points = [_ode_point(EulerConfig(num_steps=n), "euler") for n in ode_steps]
     points += [_ode_point(HeunConfig(num_steps=n), "heun") for n in heun_steps]
-    models.append(BenchModel("flow-matching", fm, tuple(points), likelihood=False))
+    models.append(BenchModel("flow-matching", fm, tuple(points), likelihood=False, curve=curve))
     # K = 1 with a deeper transporter: one AR flow on x_{t_0}; NFE counts its sequential AR steps
     ar = v("ar-flow", (1,), transporter=base.model.transporter.replace(num_blocks=ar_blocks),
            predictor=predictor.replace(depth=1), denoiser=ScoreDenoiserConfig())
@@ -143,25 +222,108 @@ def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bo
     return tuple(models)
 
 
-def toy_suite(train_steps: int = 400, seed: int = 0, tiny: bool = False, num_samples: int = 4000) -> Suite:
+def _finetune_family(family: tuple[BenchModel, ...], prefix: str, preset: Experiment, *, finetune_steps: int,
+                     seed: int, tiny: bool, posterior_ks: tuple[int, ...], finetune_k: int,
+                     multi_ks: tuple[int, ...], guidance: tuple[float, ...],
+                     distill_steps: int | None) -> tuple[BenchModel, ...]:
+    """``family`` plus the teacher's posterior sampler and NTMs finetuned from it (``ntm finetune``).
+
+    - ``teacher-posterior``: the flow-matching model sampled as a Gaussian-posterior NTM (ancestral sampler, no
+      transporter, no denoiser) at each K of ``posterior_ks``, with its trajectory NLL;
+    - ``finetuned``: ``finetune_base(teacher, its run, preset)`` at K = ``finetune_k`` for ``finetune_steps``, with the
+      preset's denoiser (and, with ``distill_steps``, the distilled learned denoiser: ``finetuned-learned``), plus
+      ``finetuned-curve`` rows at :data:`CURVE_FRACTIONS` of the budget (undenoised, as the teacher posterior);
+    - ``finetuned-multi-k``: one finetuned model for every K of ``multi_ks``;
+    - with ``distill_steps``: the from-scratch NTM at ``finetune_k`` with its own distilled denoiser (``ntm-learned``).
+
+    Every new NTM-style point is also evaluated at each weight of ``guidance`` (``-w<weight>`` rows).
+    """
+    from experiments.finetune import finetune_base
+
+    models = list(family)
+    fm = next(m for m in models if m.name == "flow-matching")
+    teacher = fm.experiment
+    learned = None
+    if distill_steps is not None:
+        learned = LearnedDenoiserConfig(**({k: _TINY[k] for k in ("width", "depth", "num_heads")} if tiny else {}))
+    # the from-scratch NTM at K = finetune_k: guided, and with its own distilled denoiser
+    i, ntm = next((i, m) for i, m in enumerate(models)
+                  if m.name == "ntm" and m.experiment.model.process.steps == (finetune_k,))
+    points = _with_guidance(ntm.points[0], guidance)
+    if learned is not None:
+        points += _with_guidance(EvalPoint(finetune_k, finetune_k, label="learned", denoiser=learned), guidance)
+    models[i] = dataclasses.replace(ntm, points=points, distill_steps=distill_steps)
+    posterior = tuple(p for k in posterior_ks for p in _with_guidance(EvalPoint(k, k, AncestralConfig(num_steps=k)),
+                                                                      guidance))
+    models.append(BenchModel("teacher-posterior", teacher, posterior))
+    # the teacher's final checkpoint replaces this source path in run_suite, once the teacher is trained
+    base = finetune_base(teacher, teacher.resolved_run_dir, preset)
+
+    def ft(name: str, steps: tuple[int, ...]) -> Experiment:
+        return _variant(base, f"{prefix}-{name}", steps=steps, train_steps=finetune_steps, seed=seed, tiny=tiny)
+
+    points = _with_guidance(EvalPoint(finetune_k, finetune_k), guidance)
+    if learned is not None:
+        points += _with_guidance(EvalPoint(finetune_k, finetune_k, label="learned", denoiser=learned), guidance)
+    curve = Curve("finetuned-curve", "finetune_steps", CURVE_FRACTIONS,
+                  EvalPoint(finetune_k, finetune_k, denoiser=NoDenoiserConfig()))
+    models.append(BenchModel("finetuned", _keeping(ft(f"finetuned-K{finetune_k}", (finetune_k,)), CURVE_FRACTIONS),
+                             points, init_from=teacher.name, distill_steps=distill_steps, curve=curve))
+    multi = tuple(p for k in multi_ks for p in _with_guidance(EvalPoint(k, k), guidance))
+    models.append(BenchModel("finetuned-multi-k", ft("finetuned-multi-k", multi_ks), multi, init_from=teacher.name))
+    return tuple(models)
+
+
+def toy_suite(train_steps: int = 400, seed: int = 0, tiny: bool = False, num_samples: int = 4000,
+              finetune_steps: int | None = None, distill_steps: int | None = None,
+              teacher_steps: int | None = None) -> Suite:
+    """The 2-D mixture. ``finetune_steps`` default ``train_steps // 2``, ``teacher_steps`` default ``train_steps``;
+    ``distill_steps`` is not used (toy models have no denoiser; no learned-denoiser rows)."""
     base = PRESETS["toy-ntm"]
-    return Suite("toy", _family(base, "toy", train_steps, seed, tiny, ar_blocks=4, ks=(1, 2, 4, 8), multi_ks=(1, 2, 4, 8),
-                               ode_steps=(1, 2, 4, 8, 16, 64), heun_steps=(2, 4, 8), gaussian_ks=(2, 4)), num_samples)
+    teacher_steps = teacher_steps or train_steps
+    family = _family(base, "toy", train_steps, seed, tiny, ar_blocks=4, ks=(1, 2, 4, 8), multi_ks=(1, 2, 4, 8),
+                     ode_steps=(1, 2, 4, 8, 16, 64), heun_steps=(2, 4, 8), gaussian_ks=(2, 4),
+                     teacher_steps=teacher_steps, teacher_curve=TEACHER_CURVE_FRACTIONS)
+    models = _finetune_family(family, "toy", PRESETS["toy-finetune"],
+                              finetune_steps=finetune_steps or max(1, train_steps // 2), seed=seed, tiny=tiny,
+                              posterior_ks=(2, 4), finetune_k=4, multi_ks=(2, 4, 8), guidance=(), distill_steps=None)
+    return Suite("toy", models, num_samples)
 
 
-def digits_suite(train_steps: int = 1200, seed: int = 0, tiny: bool = False, num_samples: int = 1000) -> Suite:
+def digits_suite(train_steps: int = 1200, seed: int = 0, tiny: bool = False, num_samples: int = 1000,
+                 finetune_steps: int | None = None, distill_steps: int | None = None,
+                 teacher_steps: int | None = None) -> Suite:
+    """Digits with a domain FID. Defaults: ``finetune_steps = train_steps // 2`` (600: the digits-finetune preset),
+    ``distill_steps = train_steps // 2``, ``teacher_steps = 4 * train_steps``: flow matching is cheap to train
+    (about 20 steps/s on 2 CPU cores) and its Euler@64 FID still falls several-fold from 1,200 to 2,400 steps on
+    digits, so the teacher trains on; its curve (Euler@64 at 25/50/100 %, the 25 % point at the from-scratch
+    budget) shows how far it has converged."""
     base = PRESETS["digits-ntm"]
-    return Suite("digits", _family(base, "digits", train_steps, seed, tiny, ar_blocks=4, ks=(4,), multi_ks=(1, 2, 4, 8),
-                                   ode_steps=(4, 16, 64), heun_steps=(4,), gaussian_ks=(4,)),
-                 num_samples, image_metrics="domain-digits")
+    family = _family(base, "digits", train_steps, seed, tiny, ar_blocks=4, ks=(4,), multi_ks=(1, 2, 4, 8),
+                     ode_steps=(4, 16, 64), heun_steps=(4,), gaussian_ks=(4,),
+                     teacher_steps=teacher_steps or 4 * train_steps, teacher_curve=TEACHER_CURVE_FRACTIONS)
+    models = _finetune_family(family, "digits", PRESETS["digits-finetune"],
+                              finetune_steps=finetune_steps or max(1, train_steps // 2), seed=seed, tiny=tiny,
+                              posterior_ks=(4,), finetune_k=4, multi_ks=(2, 4, 8), guidance=(1.5,),
+                              distill_steps=distill_steps or max(1, train_steps // 2))
+    return Suite("digits", models, num_samples, image_metrics="domain-digits")
 
 
-def paper_suite(train_steps: int = 100_000, seed: int = 0, tiny: bool = False, num_samples: int = 10_000) -> Suite:
-    """GPU-sized: the imagenet-paper preset's family; Inception FID from a local weights file (not run in CI)."""
+def paper_suite(train_steps: int = 100_000, seed: int = 0, tiny: bool = False, num_samples: int = 10_000,
+                finetune_steps: int | None = None, distill_steps: int | None = None,
+                teacher_steps: int | None = None) -> Suite:
+    """GPU-sized: the imagenet-paper preset's family; Inception FID from a local weights file (not run in CI).
+
+    No finetuned or learned-denoiser rows (there is no imagenet finetune preset); ``teacher_steps`` sets flow
+    matching's budget."""
+    if finetune_steps is not None or distill_steps is not None:
+        from experiments.cli import UsageError
+
+        raise UsageError("the paper suite has no finetuned or distilled models: drop --finetune-steps/--distill-steps")
     base = PRESETS["imagenet-paper"]
-    return Suite("paper", _family(base, "paper", train_steps, seed, tiny, ar_blocks=8, ks=(4,), multi_ks=(1, 2, 4, 8),
-                                  ode_steps=(4, 16, 64), heun_steps=(4,), gaussian_ks=(4,)),
-                 num_samples, image_metrics="inception")
+    family = _family(base, "paper", train_steps, seed, tiny, ar_blocks=8, ks=(4,), multi_ks=(1, 2, 4, 8),
+                     ode_steps=(4, 16, 64), heun_steps=(4,), gaussian_ks=(4,), teacher_steps=teacher_steps)
+    return Suite("paper", family, num_samples, image_metrics="inception")
 
 
 SUITES: dict[str, Callable[..., Suite]] = {"toy": toy_suite, "digits": digits_suite, "paper": paper_suite}
@@ -181,15 +343,57 @@ def train_or_reuse(exp: Experiment, data: DataSource) -> torch.nn.Module:
     return result.ema_model
 
 
+def distill_or_reuse(exp: Experiment, steps: int, network: LearnedDenoiserConfig,
+                     device: str = "auto") -> dict[str, Any] | None:
+    """The run's learned denoiser, distilled in-process (``ntm distill``) for ``steps`` into ``<run>/denoiser/``.
+
+    A distillation there from the run's newest checkpoint with the same network is reused when it has ``steps``
+    (its ``final.json`` is returned) and resumed when shorter; any other (a stale one: the run trained on since,
+    another network) is removed and distilled again. Returns what ``final.json`` holds.
+    """
+    from experiments.distill import DistillArgs, distill
+
+    run = Path(exp.resolved_run_dir)
+    teacher = CheckpointManager(run / "checkpoints").latest_path()
+    out = run / DENOISER_DIR
+    latest = CheckpointManager(out / "checkpoints").latest_path()
+    args = DistillArgs(run=run, steps=steps, width=network.width, depth=network.depth, num_heads=network.num_heads,
+                       device=device, num_eval=min(512, exp.eval.num_examples or 512))
+    if latest is not None:
+        state = load_checkpoint(latest)
+        saved = state.get("config") or {}
+        same = (teacher is not None and saved.get("teacher") == teacher.name
+                and {k: v for k, v in (saved.get("network") or {}).items() if k != "weights"} == network.architecture())
+        if same and state["step"] >= steps and (out / "final.json").is_file():
+            return json.loads((out / "final.json").read_text())
+        if same:
+            return distill(dataclasses.replace(args, resume=True))
+        print(f"bench: {out} was distilled from another checkpoint or network; distilling again", flush=True)
+        shutil.rmtree(out)
+    return distill(args)
+
+
+def _sampler_config(exp: Experiment, point: EvalPoint) -> SamplerConfig:
+    cfg = (point.sampler if point.sampler is not None else exp.sampler).replace(num_steps=point.steps)
+    if "guidance" in type(cfg).model_fields:
+        return cfg.replace(guidance=point.guidance)
+    if point.guidance:
+        raise ValueError(f"{exp.name}: sampler {type(cfg).__name__} has no guidance setting")
+    return cfg
+
+
+def _labels(model, n: int, device: torch.device) -> torch.Tensor | None:
+    """Class-balanced labels ``0, 1, ..., C - 1, 0, ...`` for a conditional model; None otherwise."""
+    return torch.arange(n, device=device) % model.dims.num_classes if model.dims.num_classes else None
+
+
 def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: int, device: torch.device, seed: int):
-    sampler_cfg = (point.sampler if point.sampler is not None else exp.sampler).replace(num_steps=point.steps)
+    sampler_cfg = _sampler_config(exp, point)
     sampler_cfg.check_model(exp.model)
     sampler = sampler_cfg.build()
-    denoiser = build_denoiser(exp)
+    denoiser = build_denoiser(exp, point.denoiser)
     layout = layout_for(exp, data)
-    labels = None
-    if model.dims.num_classes:
-        labels = torch.arange(n, device=device) % model.dims.num_classes
+    labels = _labels(model, n, device)
 
     def run() -> torch.Tensor:
         gen = torch.Generator(device=device).manual_seed(seed)
@@ -200,11 +404,111 @@ def _sample_fn(exp: Experiment, model, data: DataSource, point: EvalPoint, n: in
     return run, labels
 
 
+def psnr_learned_vs_score(exp: Experiment, model, data: DataSource, point: EvalPoint, n: int, device: torch.device,
+                          seed: int) -> float:
+    """PSNR (dB) of the learned denoiser's output against the score denoiser's, both applied to ONE sampler output
+    (the same ``u_0`` and trajectory: the row's samples), in display space; the peak is the range of the
+    score-denoised images (as ``ntm distill``'s ``final.json``)."""
+    sampler = _sampler_config(exp, point).build()
+    labels = _labels(model, n, device)
+    out = sampler(model, n, labels, generator=torch.Generator(device=device).manual_seed(seed), return_trajectory=True)
+    learned = build_denoiser(exp, point.denoiser).denoise(model, out, labels)
+    score = build_denoiser(exp, ScoreDenoiserConfig()).denoise(model, out, labels)
+    layout = layout_for(exp, data)
+    target, estimate = (data.to_display(layout.from_tokens(x.detach().float().cpu())) for x in (score, learned))
+    peak = (target.max() - target.min()).item()
+    mse = (estimate - target).square().mean().item()
+    return 10 * math.log10(max(peak, 1e-12) ** 2 / max(mse, 1e-30))
+
+
+@dataclasses.dataclass
+class _Scoring:
+    """What every evaluation of one model shares: the suite, the data, its reference set and feature extractor."""
+
+    suite: Suite
+    data: DataSource
+    reference: torch.Tensor
+    extractor: Any
+
+
+def _evaluate(sc: _Scoring, exp: Experiment, model, point: EvalPoint, likelihood: bool,
+              nll_cache: dict[int, dict[str, float]] | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+    """One row's ``(fields, samples)``: likelihood (unguided points), sample quality, cost, and the learned
+    denoiser's PSNR against score denoising."""
+    data, dev = sc.data, next(model.parameters()).device
+    layout = layout_for(exp, data)
+    sampler_cfg = _sampler_config(exp, point)
+    guidance = getattr(sampler_cfg, "guidance", 0.0)
+    metrics: dict[str, float] = {}
+    if likelihood and not guidance:  # the model's likelihood at K; guided samples do not come from it
+        cache = {} if nll_cache is None else nll_cache
+        if point.steps not in cache:
+            nll = heldout_nll(model, data, layout, [point.steps], batch_size=exp.eval.batch_size,
+                              max_examples=exp.eval.num_examples, seed=exp.eval.seed)[point.steps]
+            found = {"nll_traj_bpd": nll["nll_traj_bpd"], "bound_bpd": nll["bound_bpd"]}
+            mixture = getattr(data, "mixture", None)
+            if mixture is not None:
+                gap = oracle_gap(model, mixture, point.steps, num_examples=8192, seed=exp.eval.seed)
+                found.update(oracle_gap_bpd=gap["gap_bpd"], oracle_nll_bpd=gap["oracle_bpd"])
+            cache[point.steps] = found
+        metrics.update(cache[point.steps])
+    n = sc.suite.num_samples
+    run, _ = _sample_fn(exp, model, data, point, n, dev, exp.eval.seed)
+    samples = run()  # also the warm-up of the timed call below
+    cost = measure(run, repeats=1, warmup=0, device=dev, n=n)
+    metrics.update(_quality(sc.suite, data, samples, sc.reference, sc.extractor))
+    denoiser = point.denoiser or exp.denoiser
+    if isinstance(denoiser, LearnedDenoiserConfig):
+        metrics["psnr_learned_vs_score_db"] = psnr_learned_vs_score(exp, model, data, point, n, dev, exp.eval.seed)
+    metrics["peak_mem_mb"] = cost["peak_mem_mb"]
+    fields = {
+        "suite": sc.suite.name, "dataset": data.__class__.__name__.lower(), "K": point.steps,
+        "nfe": point.nfe if point.nfe is not None else layout.num_tokens * exp.model.transporter.num_blocks,
+        "guidance": guidance, "denoiser": DENOISERS.name_of(denoiser), "seed": exp.train.seed,
+        "train_steps": exp.train.steps, "metrics": metrics, "wall_ms_per_sample": cost["wall_ms_per_sample"],
+    }
+    return fields, samples
+
+
+def _setting(exp: Experiment, point: EvalPoint) -> tuple:
+    """What an evaluation of one model depends on: K, the sampler and the denoiser as resolved (not the label)."""
+    return point.steps, point.nfe, _sampler_config(exp, point), point.denoiser or exp.denoiser
+
+
+def _snapshot(exp: Experiment, data: DataSource, step: int, device: torch.device) -> torch.nn.Module:
+    """The run's sampling model at ``step``: its kept checkpoint, or at step 0 the initialised model (``exp.init``)."""
+    model = build_model(exp, data)
+    if step == 0:
+        if exp.init is None:
+            raise ValueError(f"{exp.name}: a curve point at step 0 needs a model initialised from a run (exp.init)")
+        initialize_from(model, exp.init)
+    else:
+        path = CheckpointManager(Path(exp.resolved_run_dir) / "checkpoints").path_for(step)
+        if not path.is_file():
+            raise FileNotFoundError(f"{exp.name}: no checkpoint at step {step} ({path}); the curve needs "
+                                    "train.checkpoint_every and keep_checkpoints to keep it")
+        load_sampling_weights(model, path)
+    return model.to(device).eval()
+
+
+def _check_order(suite: Suite) -> None:
+    """Every ``init_from`` names an earlier model, whose experiment has an ``init`` to point at it."""
+    seen: set[str] = set()
+    for bm in suite.models:
+        if bm.init_from is not None:
+            if bm.init_from not in seen:
+                raise ValueError(f"suite {suite.name}: {bm.name} starts from {bm.init_from!r}, which is not an "
+                                 "earlier model of the suite")
+            if bm.experiment.init is None:
+                raise ValueError(f"suite {suite.name}: {bm.name} has init_from but its experiment has no init")
+        seen.add(bm.experiment.name)
+
+
 def run_suite(
-    suite: Suite, out: Path, *, device: str = "auto", progress: bool = True, data_overrides: dict[str, Any] | None = None,
-    inception_weights: Path | None = None,
+    suite: Suite, out: Path, *, device: str = "auto", progress: bool = True,
+    data_overrides: dict[str, Any] | None = None, inception_weights: Path | None = None,
 ) -> list[dict]:
-    """Train-or-reuse and evaluate every model of ``suite`` under ``out``; returns the result rows.
+    """Train-or-reuse and evaluate every model of ``suite`` under ``out``, in order; returns the result rows.
 
     ``data_overrides`` update every model's data config (e.g. shard URLs for the paper suite);
     ``inception_weights`` is the local Inception file for ``image_metrics="inception"``.
@@ -212,22 +516,35 @@ def run_suite(
     if suite.image_metrics == "inception" and (inception_weights is None or not Path(inception_weights).is_file()):
         raise FileNotFoundError(f"suite {suite.name} needs --inception-weights: a local Inception weights file "
                                 f"(got {inception_weights}); nothing is downloaded")
+    _check_order(suite)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     figures: dict[str, torch.Tensor] = {}
+    finals: dict[str, Path] = {}  # experiment name -> its run's final checkpoint
     bar = Progress(len(suite.models), desc=f"bench {suite.name}", enabled=progress, print_every=1)
     extractor = None
     for bm in suite.models:
         exp = bm.experiment.replace(run_dir=str(out / "runs" / bm.experiment.name),
                                     data=bm.experiment.data.replace(**(data_overrides or {})),
                                     train=bm.experiment.train.replace(device=device))
+        if bm.init_from is not None:
+            exp = exp.replace(init=exp.init.replace(path=str(finals[bm.init_from])))
         data = exp.data.build()
         started = time.monotonic()
         model = train_or_reuse(exp, data)
         train_seconds = time.monotonic() - started
+        finals[exp.name] = CheckpointManager(Path(exp.resolved_run_dir) / "checkpoints").latest_path()
+        extra: dict[str, Any] = {"train_seconds": train_seconds}
+        distilled_steps = None
+        if bm.distill_steps is not None:
+            network = next((p.denoiser for p in bm.points if isinstance(p.denoiser, LearnedDenoiserConfig)),
+                           LearnedDenoiserConfig())
+            started = time.monotonic()
+            final = distill_or_reuse(exp, bm.distill_steps, network, device) or {}
+            extra["distill_seconds"] = time.monotonic() - started
+            distilled_steps = final.get("steps", bm.distill_steps)
         dev = next(model.parameters()).device
-        layout = layout_for(exp, data)
         if suite.image_metrics == "domain-digits" and extractor is None:
             from eval.fidelity import domain_extractor_for_digits
 
@@ -238,31 +555,28 @@ def run_suite(
             reference = next(data.train_batches(suite.reference_size, seed=10_000)).x
         else:
             reference = torch.cat([b.x for b in data.eval_batches(4096)])
+        sc = _Scoring(suite, data, reference, extractor)
+        nll_cache: dict[int, dict[str, float]] = {}
+        done: dict[tuple, tuple[dict[str, Any], torch.Tensor]] = {}  # the final model's evaluations, by setting
         for point in bm.points:
-            metrics: dict[str, float] = {}
-            if bm.likelihood:
-                nll = heldout_nll(model, data, layout, [point.steps], batch_size=exp.eval.batch_size,
-                                  max_examples=exp.eval.num_examples, seed=exp.eval.seed)[point.steps]
-                metrics.update(nll_traj_bpd=nll["nll_traj_bpd"], bound_bpd=nll["bound_bpd"])
-                mixture = getattr(data, "mixture", None)
-                if mixture is not None:
-                    gap = oracle_gap(model, mixture, point.steps, num_examples=8192, seed=exp.eval.seed)
-                    metrics.update(oracle_gap_bpd=gap["gap_bpd"], oracle_nll_bpd=gap["oracle_bpd"])
-            run, _ = _sample_fn(exp, model, data, point, suite.num_samples, dev, exp.eval.seed)
-            samples = run()  # also the warm-up of the timed call below
-            cost = measure(run, repeats=1, warmup=0, device=dev, n=suite.num_samples)
-            metrics.update(_quality(suite, data, samples, reference, extractor))
-            metrics["peak_mem_mb"] = cost["peak_mem_mb"]
+            fields, samples = _evaluate(sc, exp, model, point, bm.likelihood, nll_cache)
+            done[_setting(exp, point)] = (fields, samples)
             name = bm.name + (f"-{point.label}" if point.label else "")
-            rows.append({
-                "suite": suite.name, "dataset": data.__class__.__name__.lower(), "model": name, "K": point.steps,
-                "nfe": point.nfe if point.nfe is not None else layout.num_tokens * exp.model.transporter.num_blocks,
-                "seed": exp.train.seed, "train_steps": exp.train.steps, "metrics": metrics,
-                "wall_ms_per_sample": cost["wall_ms_per_sample"], "train_seconds": train_seconds,
-            })
-            if data.spec.kind == "points":
-                np.save(out / f"samples_{name}_K{point.steps}.npy", samples.numpy())
-            figures[f"{name}_K{point.steps}"] = picture(exp, data, samples[: 100 if data.spec.kind == "images" else None])
+            if fields["denoiser"] == "learned":
+                fields = {**fields, "distill_steps": distilled_steps}
+            rows.append({"model": name, **fields, **extra})
+            _keep_samples(out, figures, exp, data, f"{name}_K{point.steps}", samples)
+        if bm.curve is not None:
+            for step in bm.curve.steps(exp.train.steps):
+                if step == exp.train.steps and _setting(exp, bm.curve.point) in done:  # the same row, measured above
+                    fields, samples = done[_setting(exp, bm.curve.point)]
+                    fields = {**fields, "metrics": dict(fields["metrics"])}
+                else:
+                    snapshot = model if step == exp.train.steps else _snapshot(exp, data, step, dev)
+                    fields, samples = _evaluate(sc, exp, snapshot, bm.curve.point, bm.likelihood)
+                fields.update(train_steps=step)
+                rows.append({"model": bm.curve.name, bm.curve.key: step, **fields, **extra})
+                _keep_samples(out, figures, exp, data, f"{bm.curve.name}_K{bm.curve.point.steps}_step{step}", samples)
         bar.update(1, model=bm.name)
         if hasattr(data, "mixture") and not (out / "mixture.json").exists():
             _write_mixture(out, data, suite)
@@ -275,7 +589,15 @@ def run_suite(
     return rows
 
 
-def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: torch.Tensor, extractor) -> dict[str, float]:
+def _keep_samples(out: Path, figures: dict[str, torch.Tensor], exp: Experiment, data: DataSource, key: str,
+                  samples: torch.Tensor) -> None:
+    if data.spec.kind == "points":
+        np.save(out / f"samples_{key}.npy", samples.numpy())
+    figures[key] = picture(exp, data, samples[: 100 if data.spec.kind == "images" else None])
+
+
+def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: torch.Tensor,
+             extractor) -> dict[str, float]:
     if data.spec.kind == "points":
         ref = reference[: samples.shape[0]]
         out = {"energy_distance": energy_distance(samples, ref), "mmd": mmd_rbf(samples, ref)}
@@ -283,6 +605,8 @@ def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: t
         if mixture is not None:
             out["oracle_log_density"] = oracle_log_density(samples, mixture)
         return out
+    if extractor is None:  # image_metrics="none"
+        return {}
     from eval.fidelity import fidelity_metrics
 
     name, kwargs = extractor
@@ -300,12 +624,30 @@ def _write_mixture(out: Path, data, suite: Suite) -> None:
 
 
 # -- reporting -----------------------------------------------------------------------
+CURVE_KEYS = ("finetune_steps", "teacher_steps")
+"""Row fields that mark a curve row (and hold its checkpoint's step)."""
+
+
+def _curve_key(row: dict) -> str | None:
+    return next((k for k in CURVE_KEYS if k in row), None)
+
+
 def results_table(rows: list[dict]) -> str:
+    """The main table (one line per model and evaluation point), then one table per curve."""
+    main = [r for r in rows if _curve_key(r) is None]
+    text = _table(main, ("model", "K", "nfe", "train_steps"))
+    for key in CURVE_KEYS:
+        for name in dict.fromkeys(r["model"] for r in rows if key in r):
+            text += f"\n{name} ({key}):\n\n" + _table([r for r in rows if r["model"] == name], (key, "K", "nfe"))
+    return text
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
     keys = sorted({k for r in rows for k in r["metrics"]})
-    head = ["model", "K", "nfe", *keys, "ms/sample"]
+    head = [*columns, *keys, "ms/sample"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r["model"], str(r["K"]), str(r["nfe"])]
+        vals = [str(r[c]) for c in columns]
         vals += [_fmt(r["metrics"].get(k)) for k in keys]
         vals.append(_fmt(r["wall_ms_per_sample"]))
         lines.append("| " + " | ".join(vals) + " |")
@@ -326,20 +668,22 @@ def quality_key(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> None:
-    """Quality vs NFE and vs wall time, one line per model family."""
+    """Quality vs NFE and vs wall time, one line per model family; quality along each curve
+    (``<quality>_vs_finetune_steps.png``, ``<quality>_vs_teacher_steps.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     key = quality_key(rows)
+    main = [r for r in rows if _curve_key(r) is None]
     for xkey, fname, xlabel in (("nfe", "quality_vs_nfe.png", "NFE"),
                                 ("wall_ms_per_sample", "quality_vs_wall.png", "wall ms per sample")):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         families: dict[str, list[tuple[float, float]]] = {}
-        for r in rows:
+        for r in main:
             if key in r["metrics"]:
-                families.setdefault(r["model"], []).append((r[xkey] if xkey == "nfe" else r[xkey], r["metrics"][key]))
+                families.setdefault(r["model"], []).append((r[xkey], r["metrics"][key]))
         for family, pts in sorted(families.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=family)
@@ -351,4 +695,25 @@ def plot(rows: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / fname)
+        plt.close(fig)
+    for ckey in CURVE_KEYS:
+        curve = sorted((r[ckey], r["metrics"][key]) for r in rows if ckey in r and key in r["metrics"])
+        if not curve:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.plot([p[0] for p in curve], [p[1] for p in curve], marker="o",
+                label=next(r["model"] for r in rows if ckey in r))
+        if ckey == "finetune_steps":  # the references: the teacher's posterior sampler and its ODE at the most steps
+            for ref in ("teacher-posterior", "flow-matching-euler"):
+                found = [r for r in main if r["model"] == ref and key in r["metrics"]]
+                if found:
+                    best = max(found, key=lambda r: r["K"])
+                    ax.axhline(best["metrics"][key], ls="--", lw=1, color="grey" if ref == "teacher-posterior" else "k",
+                               label=f"{ref} @{best['K']}")
+        ax.set_xlabel(ckey.replace("_", " "))
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"{key}_vs_{ckey}.png")
         plt.close(fig)

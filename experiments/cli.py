@@ -387,11 +387,17 @@ def eval_command(args: list[str]) -> int:
 @dataclasses.dataclass(frozen=True)
 class BenchArgs:
     suite: tyro.conf.Positional[Literal["toy", "digits", "paper"]]
-    """toy (2-D mixture, < 10 min on CPU), digits (< 45 min on CPU) or paper (GPU, imagenet-paper family)."""
+    """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores) or paper (GPU, imagenet-paper family)."""
     out: Path = Path("runs/bench")
     """Output directory (results.json, results.md, plots, figures, runs/)."""
     train_steps: int | None = None
     """Training steps per model (default: the suite's budget)."""
+    finetune_steps: int | None = None
+    """Steps of the NTMs finetuned from the flow-matching teacher (default: train-steps // 2)."""
+    distill_steps: int | None = None
+    """Steps of each distilled learned denoiser (digits; default: train-steps // 2)."""
+    teacher_steps: int | None = None
+    """Steps of the flow-matching model, the finetuning teacher (default: toy train-steps, digits 4 x train-steps)."""
     num_samples: int | None = None
     """Samples per evaluation point (default: the suite's)."""
     seed: int = 0
@@ -415,8 +421,9 @@ def bench_command(args: list[str]) -> int:
     kwargs = {"seed": a.seed, "tiny": a.tiny}
     if a.train_steps is not None:
         kwargs["train_steps"] = a.train_steps
-    if a.num_samples is not None:
-        kwargs["num_samples"] = a.num_samples
+    for key in ("num_samples", "finetune_steps", "distill_steps", "teacher_steps"):
+        if getattr(a, key) is not None:
+            kwargs[key] = getattr(a, key)
     started = time.monotonic()
     overrides = {k: v for k, v in (("urls", a.data_urls), ("eval_urls", a.eval_urls)) if v is not None}
     rows = run_suite(SUITES[a.suite](**kwargs), a.out, device=a.device, data_overrides=overrides,

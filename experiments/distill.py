@@ -132,6 +132,15 @@ def _apply_flags(cfg: DistillConfig, args: DistillArgs, teacher: str) -> Distill
 def distill_command(args: list[str]) -> int:
     a = run_tyro(tyro.cli, DistillArgs, prog="ntm distill", argv=args,
                  description="Distill the run's learned one-pass denoiser (docs/math.md §8) into <run>/denoiser/.")
+    distill(a)
+    return 0
+
+
+def distill(a: DistillArgs) -> dict[str, Any] | None:
+    """``ntm distill`` in-process: train ``a.run``'s learned denoiser into ``<run>/denoiser/``.
+
+    Returns what ``final.json`` holds (``None`` on ranks other than 0); raises :class:`UsageError` like the command.
+    """
     run = Path(a.run)
     exp, data, teacher = load_run(run, a.checkpoint)  # one-line errors when the run has no config or no trained NTM
     checkpoint = a.checkpoint or CheckpointManager(run / "checkpoints").latest_path()
@@ -159,7 +168,7 @@ def distill_command(args: list[str]) -> int:
     )
     result = train(job)
     if result.ema_model is None:  # not rank 0
-        return 0
+        return None
     started = time.monotonic()
     distilled: Distillation = result.ema_model
     try:
@@ -189,7 +198,7 @@ def distill_command(args: list[str]) -> int:
         print(f"sampled K={sampled['K']}: D vs score-denoised PSNR {sampled['psnr_db']:.2f} dB from the same u_0 "
               f"({sampled['examples']} samples)")
     print(f"sample with: ntm sample --run {run} --denoiser learned")
-    return 0
+    return final
 
 
 # -- evaluation ---------------------------------------------------------------------
@@ -280,4 +289,7 @@ def sampled_errors(exp: Experiment, distilled: Distillation, data: DataSource, l
     return {"K": times.numel() - 1, **errors.report(done)}
 
 
-__all__ = ["DistillArgs", "DistillConfig", "DistillEvalConfig", "distill_command", "heldout_errors", "sampled_errors"]
+__all__ = [
+    "DistillArgs", "DistillConfig", "DistillEvalConfig", "distill", "distill_command", "heldout_errors",
+    "sampled_errors",
+]
