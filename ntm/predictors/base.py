@@ -15,9 +15,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ntm.distributions import Gaussian
+from ntm.nn.component import TrainableComponent
 from ntm.spec import ModelDims
 from registry import ComponentConfig, Registry
 
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
     from ntm.model import NTM
 
 
-class Predictor(nn.Module, ABC):
+class Predictor(TrainableComponent, ABC):
     markov: ClassVar[bool] = True
+    param_group: ClassVar[str] = "predictor"
 
     @abstractmethod
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
@@ -54,23 +56,6 @@ class Predictor(nn.Module, ABC):
     def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: Any) -> Gaussian:
         """One sampling step; levels arrive from ``t_K`` down to ``t_1``."""
         return self(u_t, t, s, cond)
-
-    def shard_units(self) -> list[nn.Module]:
-        """Submodules FSDP shards as units of their own, e.g. transformer blocks.
-
-        Default: every submodule whose class sets ``fsdp_unit = True`` (as
-        :class:`ntm.nn.layers.AdaLNBlock` does). Override to choose others.
-        """
-        return [m for m in self.modules() if getattr(type(m), "fsdp_unit", False)]
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Named groups of trainable parameters (``train.lr_scale`` and ``train.freeze_steps`` address them).
-
-        Default: one group ``"predictor"`` holding every parameter with ``requires_grad``.
-        An override must put each trainable parameter in exactly one group and none
-        that is frozen; its names must not clash with the transporter's.
-        """
-        return {"predictor": [p for p in self.parameters() if p.requires_grad]}
 
 
 class VelocityPredictor(ABC):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from ntm.nn.component import TrainableComponent
 from ntm.spec import ModelDims
 from registry import ComponentConfig, Registry
 
 
-class Transporter(nn.Module, ABC):
+class Transporter(TrainableComponent, ABC):
     """``f(x; t, c)``: tokens ``(B, N, d)`` -> ``(u, log|det du/dx|)`` with ``logdet`` of shape ``(B,)``.
 
     ``t`` is ``(B,)``; ``cond`` is ``None`` or ``(B,)`` int64 labels (null label
@@ -21,6 +22,7 @@ class Transporter(nn.Module, ABC):
     checks each against the default.
     """
 
+    param_group: ClassVar[str] = "transporter"
     inverse_methods: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
@@ -28,23 +30,6 @@ class Transporter(nn.Module, ABC):
 
     @abstractmethod
     def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None, method: str | None = None) -> Tensor: ...
-
-    def shard_units(self) -> list[nn.Module]:
-        """Submodules FSDP shards as units of their own, e.g. transformer blocks.
-
-        Default: every submodule whose class sets ``fsdp_unit = True`` (as
-        :class:`ntm.nn.layers.AdaLNBlock` does). Override to choose others.
-        """
-        return [m for m in self.modules() if getattr(type(m), "fsdp_unit", False)]
-
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Named groups of trainable parameters (``train.lr_scale`` and ``train.freeze_steps`` address them).
-
-        Default: one group ``"transporter"`` holding every parameter with ``requires_grad``.
-        An override must put each trainable parameter in exactly one group and none
-        that is frozen; its names must not clash with the predictor's.
-        """
-        return {"transporter": [p for p in self.parameters() if p.requires_grad]}
 
 
 class TransporterConfig(ComponentConfig):
