@@ -386,8 +386,10 @@ def eval_command(args: list[str]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BenchArgs:
-    suite: tyro.conf.Positional[Literal["toy", "digits", "paper"]]
-    """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores) or paper (GPU, imagenet-paper family)."""
+    suite: tyro.conf.Positional[Literal["toy", "digits", "paper", "latency"]]
+    """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores), paper (GPU, imagenet-paper family) or
+    latency (time to one image and batched throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the
+    same size and flow matching, random weights, ~3 min on CPU)."""
     out: Path = Path("runs/bench")
     """Output directory (results.json, results.md, plots, figures, runs/)."""
     train_steps: int | None = None
@@ -412,12 +414,16 @@ class BenchArgs:
     """Held-out shards for the paper suite."""
     inception_weights: Path | None = None
     """Local Inception weights file for the paper suite's FID (nothing is downloaded)."""
+    batch: int = 64
+    """Batch size of the latency suite's throughput measurement."""
 
 
 def bench_command(args: list[str]) -> int:
     from experiments.bench import SUITES, run_suite
 
     a = run_tyro(tyro.cli, BenchArgs, prog="ntm bench", argv=args)
+    if a.suite == "latency":
+        return _latency(a)
     kwargs = {"seed": a.seed, "tiny": a.tiny}
     if a.train_steps is not None:
         kwargs["train_steps"] = a.train_steps
@@ -430,6 +436,24 @@ def bench_command(args: list[str]) -> int:
                      inception_weights=a.inception_weights)
     print((a.out / "results.md").read_text())
     print(f"bench {a.suite}: {len(rows)} rows in {time.monotonic() - started:.0f}s -> {a.out}")
+    return 0
+
+
+def _latency(a: BenchArgs) -> int:
+    from experiments.latency import run_latency
+
+    unused = [f"--{k.replace('_', '-')}" for k in ("train_steps", "finetune_steps", "distill_steps", "teacher_steps",
+                                                  "num_samples", "data_urls", "eval_urls", "inception_weights")
+              if getattr(a, k) is not None]
+    if unused:
+        raise UsageError(f"the latency suite trains nothing and scores no samples: drop {', '.join(unused)}")
+    if a.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {a.batch}")
+    from ntm.train.distributed import resolve_device
+
+    run_latency(a.out, batch=a.batch, tiny=a.tiny, device=str(resolve_device(a.device)), seed=a.seed,
+                repeats=1 if a.tiny else 5)
+    print((a.out / "latency.md").read_text())
     return 0
 
 

@@ -29,6 +29,10 @@ class TarFlowConfig(TransporterConfig):
     """Affine AR blocks; block j scans left-to-right when j is even, right-to-left when odd."""
     layers_per_block: int = pydantic.Field(2, ge=1)
     """Transformer layers inside each block."""
+    deep_layers: int | None = pydantic.Field(None, ge=1)
+    """Layers of the last block (the one nearest the prior, decoded first when sampling); None: layers_per_block.
+    With a few shallow blocks this is the deep-shallow form of a single AR flow (one deep block carries most
+    of the parameters, the shallow ones alternate the scan direction)."""
     width: int = pydantic.Field(64, ge=8)
     """Hidden width of every block."""
     num_heads: int = pydantic.Field(4, ge=1)
@@ -62,6 +66,7 @@ class TarFlowConfig(TransporterConfig):
             cls(width=32, num_heads=2, jacobi_tol=0.0),
             cls(width=32, num_heads=2, num_blocks=3, use_condition=True, jacobi_tol=0.0),
             cls(width=32, num_heads=2, soft_clip=None, layers_per_block=1, inverse_method="jacobi", jacobi_tol=0.0),
+            cls(width=32, num_heads=2, num_blocks=3, layers_per_block=1, deep_layers=3, jacobi_tol=0.0),
         ]
 
 
@@ -72,7 +77,7 @@ def _affine_dtype(x: Tensor) -> torch.dtype:
 class CausalAffineBlock(nn.Module):
     """One causal affine AR block over ``(B, N, d)`` tokens in a fixed scan order."""
 
-    def __init__(self, config: TarFlowConfig, dims: ModelDims, reverse: bool) -> None:
+    def __init__(self, config: TarFlowConfig, dims: ModelDims, reverse: bool, num_layers: int | None = None) -> None:
         super().__init__()
         self.reverse = reverse
         self.soft_clip = config.soft_clip
@@ -81,7 +86,7 @@ class CausalAffineBlock(nn.Module):
         self.start = nn.Parameter(torch.zeros(1, 1, w))
         self.pos = nn.Parameter(torch.randn(1, dims.num_tokens, w) * 0.02)
         self.layers = nn.ModuleList(
-            AdaLNBlock(w, config.num_heads, w, config.mlp_ratio, layer_index=i) for i in range(config.layers_per_block)
+            AdaLNBlock(w, config.num_heads, w, config.mlp_ratio, layer_index=i) for i in range(num_layers or config.layers_per_block)
         )
         self.out = FinalLayer(w, w, 2 * dims.token_dim)
 
@@ -168,7 +173,11 @@ class TarFlow(Transporter):
         self.config = config
         self.time_embed = TimeEmbedding(config.width)
         self.cond_embed = ConditionEmbedding(dims.num_classes if config.use_condition else 0, config.width)
-        self.blocks = nn.ModuleList(CausalAffineBlock(config, dims, reverse=bool(j % 2)) for j in range(config.num_blocks))
+        last = config.num_blocks - 1
+        self.blocks = nn.ModuleList(
+            CausalAffineBlock(config, dims, reverse=bool(j % 2), num_layers=config.deep_layers if j == last else None)
+            for j in range(config.num_blocks)
+        )
 
     def _context(self, t: Tensor, cond: Tensor | None, like: Tensor) -> Tensor:
         c = self.time_embed(t)

@@ -45,3 +45,21 @@ def test_config_errors_name_the_field():
         TarFlowConfig(width=30, num_heads=4)
     with pytest.raises(ValueError, match="num_blocks"):
         TarFlowConfig(num_blocks=0)
+
+
+def test_deep_layers_deepen_only_the_block_nearest_the_prior():
+    dims = ModelDims(num_tokens=6, token_dim=3)
+    plain = TarFlowConfig(width=32, num_heads=2, num_blocks=3, layers_per_block=1).build(dims)
+    deep = TarFlowConfig(width=32, num_heads=2, num_blocks=3, layers_per_block=1, deep_layers=4).build(dims)
+    assert [len(b.layers) for b in plain.blocks] == [1, 1, 1]
+    assert [len(b.layers) for b in deep.blocks] == [1, 1, 4]
+    per_layer = sum(p.numel() for p in plain.blocks[0].layers[0].parameters())
+    extra = sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 3 * per_layer
+    # the deep block is decoded first: inverting the last block alone undoes its forward map
+    perturb_(deep, scale=0.1, seed=0)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    deep = deep.double()
+    c = deep._context(torch.full((2,), 0.5, dtype=torch.float64), None, x)
+    u, _ = deep.blocks[-1](x, c)
+    torch.testing.assert_close(deep.blocks[-1].inverse_sequential(u, c), x)
