@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -103,7 +103,7 @@ def candidates(geometry: Geometry, *, tiny: bool = False, device: torch.device |
     ntm_exp, fm_exp, ft_exp = PRESETS["digits-ntm"], PRESETS["digits-flow-matching"], PRESETS["digits-finetune"]
     learned_cfg = LearnedDenoiserConfig()
     if tiny:
-        small = dict(width=16, num_heads=2)
+        small = {"width": 16, "num_heads": 2}
         tiny_transporter = ntm_exp.model.transporter.replace(**small, layers_per_block=1)
         ntm_exp = ntm_exp.replace(model=ntm_exp.model.replace(
             transporter=tiny_transporter, predictor=ntm_exp.model.predictor.replace(**small, depth=1)))
@@ -181,8 +181,8 @@ def run_latency(out: Path, *, batch: int = 64, repeats: int = 5, tiny: bool = Fa
     for geometry in geometries:
         block = []
         for cand in candidates(geometry, tiny=tiny, device=device, seed=seed):
-            one = measure(lambda: cand.sample(1), repeats=repeats, device=device, track_memory=False)
-            many = measure(lambda: cand.sample(batch), repeats=max(1, repeats // 2), device=device, track_memory=False)
+            one = measure(lambda cand=cand: cand.sample(1), repeats=repeats, device=device, track_memory=False)
+            many = measure(lambda cand=cand: cand.sample(batch), repeats=max(1, repeats // 2), device=device, track_memory=False)
             row = {"geometry": geometry.name, "tokens": geometry.dims.num_tokens, "model": cand.name,
                    "params": cand.params, "note": cand.note, "sequential_steps": cand.sequential_steps,
                    "latency_ms": one["wall_ms"], "batch": batch,

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from experiments.cli import main
-from experiments.latency import GEOMETRIES, Geometry, candidates, count_params, deep_shallow_ar
+from experiments.latency import (
+    GEOMETRIES,
+    Geometry,
+    candidates,
+    count_params,
+    deep_shallow_ar,
+)
 from ntm.spec import ModelDims
 from ntm.transporters import TarFlow
 
