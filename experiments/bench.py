@@ -51,7 +51,7 @@ from ntm.train.init import initialize_from
 from ntm.train.logging import Progress
 from ntm.train.loop import train
 from ntm.transporters import IdentityConfig, TransporterConfig
-from ntm.viz import save_png
+from ntm.viz import load_png, save_png, titled_row
 from registry import ComponentConfig
 
 
@@ -120,6 +120,9 @@ class Suite:
     "none" on images: no sample-quality metrics (smoke tests)."""
     reference_size: int = 1500
     """Reference images for image metrics (drawn from the training split)."""
+    comparison: tuple[tuple[str, str], ...] = ()
+    """``(figure key, title)`` panels of ``figures/compare.png``, side by side (keys: ``<row model>_K<steps>``);
+    written when every panel's samples exist."""
 
 
 # -- suites ---------------------------------------------------------------------
@@ -306,7 +309,9 @@ def digits_suite(train_steps: int = 1200, seed: int = 0, tiny: bool = False, num
                               finetune_steps=finetune_steps or max(1, train_steps // 2), seed=seed, tiny=tiny,
                               posterior_ks=(4,), finetune_k=4, multi_ks=(2, 4, 8), guidance=(1.5,),
                               distill_steps=distill_steps or max(1, train_steps // 2))
-    return Suite("digits", models, num_samples, image_metrics="domain-digits")
+    comparison = (("teacher-posterior_K4", "teacher posterior @4"), ("finetuned_K4", "finetuned @4"),
+                  ("finetuned-learned_K4", "finetuned @4 + learned"), ("flow-matching-euler_K64", "flow matching @64"))
+    return Suite("digits", models, num_samples, image_metrics="domain-digits", comparison=comparison)
 
 
 def paper_suite(train_steps: int = 100_000, seed: int = 0, tiny: bool = False, num_samples: int = 10_000,
@@ -585,8 +590,18 @@ def run_suite(
     (out / "results.md").write_text(results_table(rows))
     for key, image in figures.items():
         save_png(image, out / "figures" / f"samples_{key}.png")
+    write_comparison(out, suite.comparison)
     plot(rows, out)
     return rows
+
+
+def write_comparison(out: Path, panels: tuple[tuple[str, str], ...]) -> Path | None:
+    """``out/figures/compare.png`` from the bench's per-row sample figures (None when one is missing)."""
+    paths = [out / "figures" / f"samples_{key}.png" for key, _ in panels]
+    if not panels or not all(p.is_file() for p in paths):
+        return None
+    return save_png(titled_row([(title, load_png(p)) for (_, title), p in zip(panels, paths)]),
+                    out / "figures" / "compare.png")
 
 
 def _keep_samples(out: Path, figures: dict[str, torch.Tensor], exp: Experiment, data: DataSource, key: str,

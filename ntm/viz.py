@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,3 +49,36 @@ def save_png(image: Tensor, path: str | os.PathLike[str]) -> Path:
     Image.fromarray(arr).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def load_png(path: str | os.PathLike[str]) -> Tensor:
+    """A PNG as ``(C, H, W)`` in [0, 1] (C = 1 or 3)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L" if img.mode in ("L", "1", "I", "I;16") else "RGB"), dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr.copy())
+    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+def titled_row(panels: list[tuple[str, Tensor]], gap: int = 12, title_height: int = 16) -> Tensor:
+    """Pictures ``(C, H, W)`` in [0, 1] side by side on white, each under its title -> ``(3, H', W')``."""
+    from PIL import Image, ImageDraw
+
+    if not panels:
+        raise ValueError("titled_row needs at least one panel")
+    images = [img.expand(3, -1, -1) if img.shape[0] == 1 else img for _, img in panels]
+    height = title_height + max(img.shape[1] for img in images)
+    width = sum(img.shape[2] for img in images) + gap * (len(images) + 1)
+    canvas = torch.ones(3, height + gap, width)
+    x = gap
+    for img in images:
+        canvas[:, title_height + gap // 2 : title_height + gap // 2 + img.shape[1], x : x + img.shape[2]] = img
+        x += img.shape[2] + gap
+    pil = Image.fromarray((canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+    draw = ImageDraw.Draw(pil)
+    x = gap
+    for (title, _), img in zip(panels, images):
+        draw.text((x, 2), title, fill=(0, 0, 0))
+        x += img.shape[2] + gap
+    return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()

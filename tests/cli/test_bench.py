@@ -8,6 +8,7 @@ import pytest
 
 from experiments.bench import Suite, digits_suite, run_suite, toy_suite
 from experiments.cli import main
+from ntm.viz import load_png
 
 
 def _quality(row):
@@ -81,9 +82,11 @@ def test_digits_learned_denoiser_and_guided_rows(tmp_path, capsys):
     models = []
     for m in full.models:
         if m.name in keep:
-            points = m.points[-1:] if m.name == "flow-matching" else m.points  # Euler@64 is the curve's point
+            points = m.points
+            if m.name == "flow-matching":  # Euler@64 alone (also the curve's point)
+                points = tuple(p for p in m.points if (p.label, p.steps) == ("euler", 64))
             models.append(dataclasses.replace(m, points=points))
-    suite = Suite("digits-mini", tuple(models), num_samples=20)
+    suite = Suite("digits-mini", tuple(models), num_samples=20, comparison=full.comparison)
     rows = run_suite(suite, tmp_path, device="cpu", progress=False)
     names = [r["model"] for r in rows]
     assert {"ntm", "ntm-w1.5", "ntm-learned", "ntm-learned-w1.5", "teacher-posterior", "teacher-posterior-w1.5",
@@ -100,6 +103,11 @@ def test_digits_learned_denoiser_and_guided_rows(tmp_path, capsys):
             assert np.isfinite(r["metrics"]["psnr_learned_vs_score_db"]) and r["distill_steps"] == 2
     for run in ("digits-ntm-K4", "digits-finetuned-K4"):
         assert (tmp_path / "runs" / run / "denoiser" / "final.json").is_file()
+    # teacher@4 | finetuned@4 | finetuned@4 + learned | flow matching@64, side by side
+    panels = [load_png(tmp_path / "figures" / f"samples_{key}.png") for key, _ in full.comparison]
+    compare = load_png(tmp_path / "figures" / "compare.png")
+    assert len(panels) == 4 and compare.shape[0] == 3
+    assert compare.shape[2] > sum(p.shape[2] for p in panels) and compare.shape[1] > max(p.shape[1] for p in panels)
     curve = {r["finetune_steps"]: r for r in rows if r["model"] == "finetuned-curve"}
     assert sorted(curve) == [0, 1, 2] and all(r["denoiser"] == "none" for r in curve.values())
     teacher = next(r for r in rows if r["model"] == "teacher-posterior")

@@ -1,0 +1,26 @@
+"""PNG round trip and the titled side-by-side figure."""
+
+import pytest
+import torch
+
+from ntm.viz import load_png, save_png, titled_row
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_round_trip_to_8_bits(tmp_path, channels):
+    img = torch.rand(channels, 7, 9, generator=torch.Generator().manual_seed(0))
+    back = load_png(save_png(img, tmp_path / "a.png"))
+    assert back.shape == img.shape
+    assert (back - img).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_titled_row_places_each_panel_under_its_title():
+    a, b = torch.zeros(1, 10, 12), torch.zeros(3, 20, 5)  # black panels
+    row = titled_row([("first", a), ("second", b)], gap=4, title_height=16)
+    assert row.shape == (3, 16 + 20 + 4, 12 + 5 + 3 * 4)
+    assert (row[:, 16 + 2 : 16 + 2 + 10, 4 : 4 + 12] == 0).all()  # panel a, expanded to RGB
+    assert (row[:, 16 + 2 : 16 + 2 + 20, 20 : 20 + 5] == 0).all()  # panel b
+    assert (row[:, :16] < 1).any()  # the titles are drawn
+    assert (row[:, 16 + 2 + 10 :, 4 : 4 + 12] == 1).all()  # white below the shorter panel
+    with pytest.raises(ValueError, match="at least one panel"):
+        titled_row([])
