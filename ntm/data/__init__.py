@@ -8,6 +8,7 @@ running it with ``python -m`` does not load it twice.
 from ntm.data.base import DATA_SOURCES, Batch, DataError, DataSource, DataSpec
 from ntm.data.digits import Digits, DigitsConfig
 from ntm.data.folder import ImageFolder, ImageFolderConfig
+from ntm.data.shapes import Shapes, ShapesConfig
 from ntm.data.streaming import CorruptSampleWarning, WebDatasetConfig, WebDatasetSource
 from ntm.data.streams import InMemorySource, derive_seed
 from ntm.data.toys import (
@@ -30,5 +31,6 @@ __all__ = [
     "DATA_SOURCES", "Batch", "Checkerboard", "CheckerboardConfig", "CorruptSampleWarning", "DataError",
     "DataSource", "DataSpec", "Digits", "DigitsConfig", "EightGaussians", "EightGaussiansConfig", "ImageFolder",
     "ImageFolderConfig", "InMemorySource", "Mixture", "MixtureConfig", "MixtureSource", "Moons", "MoonsConfig",
-    "Spirals", "SpiralsConfig", "ToyConfig", "ToySource", "WebDatasetConfig", "WebDatasetSource", "derive_seed",
+    "Shapes", "ShapesConfig", "Spirals", "SpiralsConfig", "ToyConfig", "ToySource", "WebDatasetConfig",
+    "WebDatasetSource", "derive_seed",
 ]

@@ -40,6 +40,9 @@ class Batch:
     """``(B,)`` int64 class labels, or ``None``."""
     caption: list[str] | None = None
     """Captions, for text-conditioned sources."""
+    annotation: list[dict] | None = None
+    """Structured, JSON-serialisable annotations, one per example, for sources that have them (``shapes``:
+    category, objects, relation)."""
 
 
 class DataSource(ABC):
