@@ -1,7 +1,9 @@
 """``webdataset``: images (and optional labels / captions) streamed from tar shards.
 
-Shards hold samples ``{"__key__", "png" | "jpg" | "jpeg" | "webp", "cls"?, "txt"?}``
-(:func:`ntm.data.shards.write_shards` writes them). Images are decoded with
+Shards hold samples ``{"__key__", "png" | "jpg" | "jpeg" | "webp", "cls"?, "txt"?, "json"?}``
+(:func:`ntm.data.shards.write_shards` and ``write_source_shards`` write them); a
+``json`` entry (e.g. a ``shapes`` scene's annotation) comes back as
+``Batch.annotation``. Images are decoded with
 PIL, converted to ``channels``, resized (shorter side) and centre-cropped to
 ``image_size`` and normalised ``x / 255 * 2 - 1``.
 
@@ -102,7 +104,8 @@ def _split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[A
 
 
 def _to_example(sample: dict, image_size: int, channels: int, num_classes: int) -> dict:
-    """Decoded wds sample -> ``{"x": (C, S, S) uint8, "label": int | None, "caption": str | None}``."""
+    """Decoded wds sample -> ``{"x": (C, S, S) uint8, "label": int | None, "caption": str | None,
+    "annotation": dict | None}``."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise DataError(f"sample {sample.get('__key__')!r} has no image ({'/'.join(IMAGE_KEYS)})")
@@ -114,8 +117,10 @@ def _to_example(sample: dict, image_size: int, channels: int, num_classes: int) 
         if not 0 <= label < num_classes:
             raise DataError(f"sample {sample.get('__key__')!r}: label {label} outside 0..{num_classes - 1}")
     caption = sample.get("txt")
+    annotation = sample.get("json")
     return {"x": pil_to_uint8(sample[key], image_size, channels), "label": label,
-            "caption": None if caption is None else str(caption)}
+            "caption": None if caption is None else str(caption),
+            "annotation": annotation if isinstance(annotation, dict) else None}
 
 
 def _shuffled(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
@@ -141,7 +146,7 @@ def _chunk(examples: list[dict], skipped: int, errors: list[str]) -> dict:
     labels = [e["label"] for e in examples]
     label = torch.tensor(labels, dtype=torch.long) if examples and labels[0] is not None else None
     return {"x": x, "label": label, "caption": [e["caption"] for e in examples],
-            "skipped": skipped, "errors": errors}
+            "annotation": [e["annotation"] for e in examples], "skipped": skipped, "errors": errors}
 
 
 @dataclasses.dataclass
@@ -197,6 +202,7 @@ class _Rebatcher:
         self._xs: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._captions: list[str | None] = []
+        self._annotations: list[dict | None] = []
 
     def add(self, chunk: dict) -> None:
         if chunk["x"] is None:
@@ -205,6 +211,7 @@ class _Rebatcher:
         if chunk["label"] is not None:
             self._labels.append(chunk["label"])
         self._captions.extend(chunk["caption"])
+        self._annotations.extend(chunk["annotation"])
         self.examples += chunk["x"].shape[0]
 
     def pop(self, n: int) -> Batch:
@@ -213,11 +220,13 @@ class _Rebatcher:
         self._xs = [x[n:]] if x.shape[0] > n else []
         self._labels = [label[n:]] if label is not None and label.shape[0] > n else []
         captions, self._captions = self._captions[:n], self._captions[n:]
+        annotations, self._annotations = self._annotations[:n], self._annotations[n:]
         self.examples -= min(n, x.shape[0])
         return Batch(
             x=uint8_to_unit(x[:n]),
             label=None if label is None else label[:n],
             caption=None if all(c is None for c in captions) else [c or "" for c in captions],
+            annotation=None if all(a is None for a in annotations) else [a or {} for a in annotations],
         )
 
     def full_batches(self) -> Iterator[Batch]:
@@ -250,7 +259,8 @@ class WebDatasetSource(DataSource):
     """Batches of ``x (B, channels, image_size, image_size)`` float32 in ``[-1, 1]``.
 
     ``label (B,)`` int64 when ``num_classes > 0``; ``caption`` (``B`` strings,
-    ``""`` where missing) in batches where some sample carries ``txt``.
+    ``""`` where missing) in batches where some sample carries ``txt``, and
+    ``annotation`` (``B`` dicts, ``{}`` where missing) where some carries ``json``.
     ``skipped`` counts samples (or shard read errors) skipped as corrupt so far,
     in this process and its DataLoader workers; ``skip_messages`` keeps the
     first ``MAX_LOGGED_ERRORS`` reasons.
@@ -346,7 +356,8 @@ def _truncate(batch: Batch, n: int) -> Batch:
     if batch.x.shape[0] <= n:
         return batch
     return Batch(x=batch.x[:n], label=None if batch.label is None else batch.label[:n],
-                 caption=None if batch.caption is None else batch.caption[:n])
+                 caption=None if batch.caption is None else batch.caption[:n],
+                 annotation=None if batch.annotation is None else batch.annotation[:n])
 
 
 __all__ = ["CorruptSampleWarning", "WebDatasetConfig", "WebDatasetSource", "expand_urls"]
