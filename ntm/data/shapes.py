@@ -5,10 +5,13 @@ A scene is 1 to 4 flat objects on a plain dark-grey background
 (:data:`SHAPES`) x 6 colours (:data:`COLOURS`) x 2 sizes (:data:`SIZES`:
 half-extent 0.10 or 0.16 of the image side). Objects never overlap (their
 boxes are at least :data:`GAP` apart) and keep :data:`BORDER` from the edges;
-placement is rejection sampling with a fixed retry budget and a fixed grid
-layout as the last resort, all drawn from the scene's own seeded generator.
-Rendering is anti-aliased: a coverage mask supersampled 4x per axis, averaged
-per pixel, composited over the background and rounded to uint8.
+centres lie on a ``1 / 256`` grid. Placement is rejection sampling with a
+fixed retry budget (64 tries per object, 16 restarts, then a fixed quadrant
+layout), position scenes are drawn directly, all from the scene's own
+generator seeded by ``(seed, split, index)``. Rendering is anti-aliased: each
+pixel is the mean of 4 x 4 point samples of the shape (precomputed per shape,
+size and sub-pixel phase), blending its colour over the background, rounded
+to uint8.
 
 Every scene belongs to one of GenEval's six categories and carries a caption
 from a small grammar (:func:`parse_caption` reads it back)::
@@ -43,8 +46,9 @@ training object has such a pair at all. Three splits:
 
 * ``train``: ``train_size`` scenes of seen pairs only;
 * ``seen``: ``eval_size`` held-out scenes from the training distribution;
-* ``unseen``: ``eval_size`` held-out scenes of the colour-bearing categories in
-  which at least one object has a held-out pair.
+* ``unseen``: ``eval_size`` held-out scenes of the colour-bearing categories
+  (weighted as in training; uniformly if none of them is trained on) in which
+  at least one object has a held-out pair, and every held-out pair can occur.
 
 ``eval_batches`` serves ``config.eval_split`` (``"seen"`` by default);
 :meth:`Shapes.split_batches` serves any split. Scene ``i`` of a split is a pure
@@ -418,7 +422,7 @@ class _Pools:
         self.categories = {k: [c for c in CATEGORIES if w.get(c, 0) > 0] for k, w in self.weights.items()}
         self.cumulative = {k: list(itertools.accumulate(self.weights[k][c] for c in cs))
                            for k, cs in self.categories.items()}
-        for split in ("train", "unseen"):
+        for split in ("train", "unseen") if held else ("train",):  # no held-out pairs: the unseen split refuses
             for category, pool in [*self.single[split].items(), *self.double[split].items()]:
                 if not pool and self.weights[split].get(category, 0) > 0:
                     raise DataError(f"shapes: no {category} scene is possible in the {split} split with "
@@ -477,19 +481,13 @@ def _place(rng: random.Random, halves: list[float]) -> list[tuple[float, float]]
     return cells[: len(halves)]
 
 
-def _relation_holds(a: tuple[float, float], ha: float, b: tuple[float, float], hb: float, relation: str) -> bool:
-    """``a`` (subject) stands in ``relation`` to ``b``: apart along the axis, and that axis dominates."""
-    axis = 0 if relation in ("left of", "right of") else 1
-    d = (b[axis] - a[axis]) if relation in ("left of", "above") else (a[axis] - b[axis])
-    return d >= ha + hb + GAP and abs(a[1 - axis] - b[1 - axis]) <= d
-
-
 def _place_relation(rng: random.Random, ha: float, hb: float, relation: str) -> list[tuple[float, float]]:
-    """Centres of a subject (half-extent ``ha``) and a reference (``hb``) satisfying :func:`_relation_holds`.
+    """Centres of a subject (half-extent ``ha``) and a reference (``hb``) standing in ``relation``.
 
-    Drawn directly, without rejection: along the relation's axis the lower object first, then the
-    upper one at least ``ha + hb + GAP`` beyond it; across the axis the subject anywhere, then the
-    reference within the axis distance of it.
+    Along the relation's axis the centres are at least ``d = ha + hb + GAP`` apart (the boxes do not
+    meet along it), across it at most ``d`` (the relation's axis dominates). Drawn directly, without
+    rejection: along the axis the lower object first, then the upper one at least ``d`` beyond it;
+    across the axis the subject anywhere, then the reference within the axis distance of it.
     """
     axis = 0 if relation in ("left of", "right of") else 1
     low_is_subject = relation in ("left of", "above")
