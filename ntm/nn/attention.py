@@ -76,3 +76,33 @@ class Attention(nn.Module):
             raise ValueError(f"unknown attention mask {mask!r}")
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.proj(out.transpose(1, 2).reshape(b, length, dim))
+
+
+class CrossAttention(nn.Module):
+    """Queries ``(B, L, dim)`` attend to context tokens ``(B, M, dim)`` where ``mask`` ``(B, M)`` is True.
+
+    The keys and values come from the context alone, which is fixed per example:
+    no causal mask and no KV cache apply (a causal or cached self-attention next to
+    it is unaffected). The output projection starts at zero, so a fresh sublayer
+    adds nothing. Every example must have at least one unmasked context token.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        b, length, dim = x.shape
+        m = context.shape[1]
+        heads, hd = self.num_heads, dim // self.num_heads
+        q = self.q(x).reshape(b, length, heads, hd).transpose(1, 2)
+        k, v = self.kv(context.to(x.dtype)).reshape(b, m, 2, heads, hd).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).reshape(b, length, dim))

@@ -58,14 +58,50 @@ class LabelEmbedding(nn.Module):
 
 
 class ConditionEmbedding(nn.Module):
-    """``cond`` -> ``(B, dim)`` or zeros when the model is unconditional."""
+    """``cond`` -> the ``(B, dim)`` condition part of a component's adaLN context (zeros without a condition).
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+    ``cond`` is ``None``, ``(B,)`` int64 labels or a :class:`~ntm.conditioning.condition.Condition`:
+
+    * labels go through the :class:`LabelEmbedding` table (``num_classes > 0``), exactly as
+      class-conditional models always did; ``None`` is the null label;
+    * a Condition's ``pooled`` ``(B, cond_dim)`` goes through a Linear (``cond_dim > 0``);
+    * a Condition's ``tokens`` ``(B, L, cond_dim)`` are projected to ``dim`` by :meth:`tokens`
+      (``cond_len > 0``) for the cross-attention sublayers of :class:`~ntm.nn.layers.AdaLNBlock`.
+
+    With ``cond_dim = cond_len = 0`` no module beyond the label table is created, so
+    class-label and unconditional components keep their parameters (and their
+    initialisation's random draws) exactly. A condition the embedding was not built
+    for is read as "no condition" (zeros), as unconditional models always ignored labels;
+    ``None`` on a text-conditioned component is that zero condition too (an
+    :class:`~ntm.model.NTM` never passes it: it encodes ``None`` as its learned null).
+    """
+
+    def __init__(self, num_classes: int, dim: int, cond_dim: int = 0, cond_len: int = 0) -> None:
         super().__init__()
         self.dim = dim
         self.labels = LabelEmbedding(num_classes, dim) if num_classes > 0 else None
+        self.pooled = nn.Linear(cond_dim, dim) if cond_dim > 0 else None
+        self.token_proj = nn.Linear(cond_dim, dim) if cond_dim > 0 and cond_len > 0 else None
 
-    def forward(self, cond: Tensor | None, batch: int, like: Tensor) -> Tensor:
+    @property
+    def has_tokens(self) -> bool:
+        """Whether :meth:`tokens` gives context tokens (the blocks then carry cross-attention)."""
+        return self.token_proj is not None
+
+    def forward(self, cond, batch: int, like: Tensor) -> Tensor:
+        if cond is not None and not isinstance(cond, Tensor):  # an encoded Condition
+            if self.pooled is None:
+                return torch.zeros(batch, self.dim, dtype=like.dtype, device=like.device)
+            return self.pooled(cond.pooled.to(self.pooled.weight.dtype)).to(like.dtype)
+        if cond is not None and cond.ndim != 1:
+            raise TypeError(f"cond must be (B,) labels or an encoded Condition, got a tensor of shape {tuple(cond.shape)} "
+                            "(encode token ids with NTM.encode first)")
         if self.labels is None:
             return torch.zeros(batch, self.dim, dtype=like.dtype, device=like.device)
         return self.labels(cond, batch).to(like.dtype)
+
+    def tokens(self, cond) -> tuple[Tensor, Tensor] | None:
+        """``(tokens (B, L, dim), mask (B, L) bool)`` of an encoded Condition with tokens; ``None`` otherwise."""
+        if self.token_proj is None or cond is None or isinstance(cond, Tensor) or cond.tokens is None:
+            return None
+        return self.token_proj(cond.tokens.to(self.token_proj.weight.dtype)), cond.mask

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from ntm.nn.attention import Attention, KVCache, MaskKind
+from ntm.nn.attention import Attention, CrossAttention, KVCache, MaskKind
 
 
 class MLP(nn.Module):
@@ -30,12 +30,21 @@ class AdaLNBlock(nn.Module):
     ``c`` is ``(B, 1, cond_dim)`` (one vector per example) or ``(B, L, cond_dim)``
     (one per token, e.g. a per-level time in a trajectory). The modulation
     projection is zero-initialised, so a fresh block is the identity map.
+
+    ``cross_attention=True`` adds a sublayer between self-attention and the MLP
+    in which the tokens attend to condition tokens (``context = (tokens (B, M, dim),
+    mask (B, M))``, e.g. an encoded caption); its output projection is
+    zero-initialised too. Without it (the default) the block has exactly the
+    parameters it always had; ``context=None`` skips the sublayer.
     """
 
     fsdp_unit: ClassVar[bool] = True
     """FSDP shards each block as a unit of its own (see ``Transporter.shard_units``)."""
 
-    def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, layer_index: int = 0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, layer_index: int = 0,
+        cross_attention: bool = False,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, layer_index=layer_index)
@@ -44,10 +53,21 @@ class AdaLNBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
+        if cross_attention:  # created last: blocks without it draw their initial weights exactly as before
+            self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+            self.cross = CrossAttention(dim, num_heads)
+        else:
+            self.cross = None
 
-    def forward(self, x: Tensor, c: Tensor, mask: MaskKind | Tensor = "full", cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, c: Tensor, mask: MaskKind | Tensor = "full", cache: KVCache | None = None,
+        context: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask=mask, cache=cache)
+        if self.cross is not None and context is not None:
+            tokens, token_mask = context
+            x = x + self.cross(self.norm_cross(x), tokens, token_mask)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 

@@ -1,5 +1,9 @@
 """The predictor interface: ``(u_t, t, s, cond) -> Gaussian(mu, log_sigma)`` over ``u_s`` (docs/math.md §5).
 
+``cond`` is ``None``, ``(B,)`` int64 labels or an encoded
+:class:`~ntm.conditioning.condition.Condition` (whose batch operations match
+the labels': ``cond.repeat(k)`` tiles it over levels).
+
 A predictor never sees ``u_s``. Markov predictors look at the current level
 only; a trajectory predictor (``markov = False``) also attends to every
 noisier level of the same trajectory, which it keeps in a cache while

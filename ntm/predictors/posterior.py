@@ -75,10 +75,11 @@ class VelocityTransformer(VelocityXHat):
         self.net = TokenTransformer(
             dims.token_dim, dims.num_tokens, dims.token_dim, width=config.width, depth=config.depth,
             num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=dims.num_classes, num_times=1,
+            cond_dim=dims.cond_dim, cond_len=dims.cond_len,
         )
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        v, h = self.net(x_t, self.net.context((t,), cond)[:, None], return_hidden=True)
+        v, h = self.net(x_t, self.net.context((t,), cond)[:, None], return_hidden=True, cond=cond)
         return v.to(x_t.dtype), h
 
 

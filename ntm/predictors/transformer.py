@@ -4,8 +4,10 @@
 ``trajectory`` also attends to every noisier level of the same trajectory
 through a block-causal mask: one teacher-forced pass trains all K steps, and
 a KV cache carries the noisier levels while sampling. Both are conditioned on
-``t``, ``s`` (so one model serves every K) and a class label with a learned
-null label.
+``t``, ``s`` (so one model serves every K) and the condition: a class label
+with a learned null label, or an encoded Condition (pooled vector in the adaLN
+context, tokens through cross-attention, whose keys are the same for every
+level and never enter the KV cache).
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ class TransformerPredictor(Predictor):
         self.net = TokenTransformer(
             dims.token_dim, dims.num_tokens, 2 * dims.token_dim, width=config.width, depth=config.depth,
             num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=dims.num_classes, num_times=2,
+            cond_dim=dims.cond_dim, cond_len=dims.cond_len,
         )
 
     def _context(self, t: Tensor, s: Tensor, cond: Tensor | None) -> Tensor:
         return self.net.context((t, s), cond)
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
-        raw = self.net(u_t, self._context(t, s, cond)[:, None])
+        raw = self.net(u_t, self._context(t, s, cond)[:, None], cond=cond)
         return gaussian_head(raw, u_t, t, s, self.config.parameterization, self.config.sigma)
 
 
@@ -90,7 +93,7 @@ class TrajectoryPredictor(TransformerPredictor):
         c = c.repeat_interleave(n, dim=1)  # (B, K*N, W): each token gets its level's context
         level = torch.arange(k, device=u_levels.device).repeat_interleave(n)
         mask = level[:, None] >= level[None, :]  # see own level and every noisier one
-        raw = self.net(seq, c, mask=mask).reshape(b, k, n, 2 * d).permute(1, 0, 2, 3).flip(0)
+        raw = self.net(seq, c, mask=mask, cond=cond).reshape(b, k, n, 2 * d).permute(1, 0, 2, 3).flip(0)
         t_all = times[1:].to(u_levels.dtype).repeat_interleave(b)
         s_all = times[:-1].to(u_levels.dtype).repeat_interleave(b)
         g = gaussian_head(raw.flatten(0, 1), u_levels.flatten(0, 1), t_all, s_all, self.config.parameterization, self.config.sigma)
@@ -100,7 +103,7 @@ class TrajectoryPredictor(TransformerPredictor):
         return KVCache()
 
     def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: KVCache) -> Gaussian:
-        raw = self.net(u_t, self._context(t, s, cond)[:, None], mask="full", cache=cache)
+        raw = self.net(u_t, self._context(t, s, cond)[:, None], mask="full", cache=cache, cond=cond)
         return gaussian_head(raw, u_t, t, s, self.config.parameterization, self.config.sigma)
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:

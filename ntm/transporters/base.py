@@ -15,8 +15,8 @@ from registry import ComponentConfig, Registry
 class Transporter(TrainableComponent, ABC):
     """``f(x; t, c)``: tokens ``(B, N, d)`` -> ``(u, log|det du/dx|)`` with ``logdet`` of shape ``(B,)``.
 
-    ``t`` is ``(B,)``; ``cond`` is ``None`` or ``(B,)`` int64 labels (null label
-    allowed). ``inverse(forward(x)[0]) == x`` up to float error.
+    ``t`` is ``(B,)``; ``cond`` is ``None``, ``(B,)`` int64 labels (null label
+    allowed) or an encoded :class:`~ntm.conditioning.condition.Condition`. ``inverse(forward(x)[0]) == x`` up to float error.
     ``inverse_methods`` names alternative inverse algorithms a variant offers
     (selected with ``inverse(..., method=name)``); the conformance suite
     checks each against the default.

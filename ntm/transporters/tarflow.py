@@ -4,7 +4,10 @@ Each block scans the tokens in one order (alternating between blocks) and
 maps token ``i`` by ``u_i = (x_i - mu_i) * exp(-a_i)`` where ``(mu_i, a_i)``
 come from a causal transformer over the tokens *before* ``i`` (a learned
 start token stands in front, carrying the level's time and, optionally, the
-condition). The Jacobian is triangular: ``log|det| = -sum a``.
+condition). The Jacobian is triangular: ``log|det| = -sum a``. An encoded
+condition with tokens (a caption) is read by cross-attention in every layer:
+its keys are the same for every token of the scan, so the causal mask, the
+start token and the KV cache of the sequential inverse are as without it.
 
 Output projections are zero-initialised, so a new transporter is the
 identity. The affine math runs in float32 (or wider) even under autocast,
@@ -19,6 +22,7 @@ import pydantic
 import torch
 from torch import Tensor, nn
 
+from ntm.conditioning.condition import Cond
 from ntm.nn import AdaLNBlock, ConditionEmbedding, FinalLayer, KVCache, TimeEmbedding
 from ntm.spec import ModelDims
 from ntm.transporters.base import TRANSPORTERS, Transporter, TransporterConfig
@@ -40,7 +44,7 @@ class TarFlowConfig(TransporterConfig):
     mlp_ratio: float = pydantic.Field(4.0, gt=0)
     """MLP hidden size as a multiple of width."""
     use_condition: bool = False
-    """Condition the blocks on the class label as well as on the time."""
+    """Condition the blocks on the condition (class label, or encoded caption) as well as on the time."""
     soft_clip: float | None = pydantic.Field(3.0, gt=0)
     """Bound log-scales smoothly to (-c, c) with c*tanh(a/c); None disables (unsafe: can diverge)."""
     inverse_method: Literal["sequential", "jacobi"] = "sequential"
@@ -70,6 +74,11 @@ class TarFlowConfig(TransporterConfig):
         ]
 
 
+Context = tuple[Tensor, "tuple[Tensor, Tensor] | None"]
+"""What a block reads besides the tokens: the adaLN context ``(B, 1, width)`` and the condition tokens
+``(tokens (B, M, width), mask (B, M))`` for cross-attention, or ``None``."""
+
+
 def _affine_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
@@ -77,7 +86,10 @@ def _affine_dtype(x: Tensor) -> torch.dtype:
 class CausalAffineBlock(nn.Module):
     """One causal affine AR block over ``(B, N, d)`` tokens in a fixed scan order."""
 
-    def __init__(self, config: TarFlowConfig, dims: ModelDims, reverse: bool, num_layers: int | None = None) -> None:
+    def __init__(
+        self, config: TarFlowConfig, dims: ModelDims, reverse: bool, num_layers: int | None = None,
+        cross_attention: bool = False,
+    ) -> None:
         super().__init__()
         self.reverse = reverse
         self.soft_clip = config.soft_clip
@@ -86,16 +98,18 @@ class CausalAffineBlock(nn.Module):
         self.start = nn.Parameter(torch.zeros(1, 1, w))
         self.pos = nn.Parameter(torch.randn(1, dims.num_tokens, w) * 0.02)
         self.layers = nn.ModuleList(
-            AdaLNBlock(w, config.num_heads, w, config.mlp_ratio, layer_index=i) for i in range(num_layers or config.layers_per_block)
+            AdaLNBlock(w, config.num_heads, w, config.mlp_ratio, layer_index=i, cross_attention=cross_attention)
+            for i in range(num_layers or config.layers_per_block)
         )
         self.out = FinalLayer(w, w, 2 * dims.token_dim)
 
     def _order(self, x: Tensor) -> Tensor:
         return x.flip(1) if self.reverse else x
 
-    def _params(self, h: Tensor, c: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+    def _params(self, h: Tensor, c: Context, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+        c, context = c
         for layer in self.layers:
-            h = layer(h, c, mask="causal", cache=cache)
+            h = layer(h, c, mask="causal", cache=cache, context=context)
         mu, a = self.out(h, c).chunk(2, dim=-1)
         return mu, a
 
@@ -110,19 +124,19 @@ class CausalAffineBlock(nn.Module):
         prefix = self.in_proj(xs[:, :-1])
         return torch.cat([self.start.expand(b, -1, -1).to(prefix.dtype), prefix], dim=1) + self.pos
 
-    def affine_params(self, xs: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    def affine_params(self, xs: Tensor, c: Context) -> tuple[Tensor, Tensor]:
         """``(mu, a)`` for every token of ``xs`` (scan order), in float32 or wider."""
         mu, a = self._params(self._inputs(xs), c)
         dtype = _affine_dtype(xs)
         return mu.to(dtype), self._clip(a.to(dtype))
 
-    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, c: Context) -> tuple[Tensor, Tensor]:
         xs = self._order(x)
         mu, a = self.affine_params(xs, c)
         u = (xs.to(mu.dtype) - mu) * torch.exp(-a)
         return self._order(u.to(x.dtype)), -a.flatten(1).sum(-1)
 
-    def inverse_sequential(self, u: Tensor, c: Tensor) -> Tensor:
+    def inverse_sequential(self, u: Tensor, c: Context) -> Tensor:
         """Decode token by token; the KV cache makes each step one token's work."""
         us = self._order(u)
         b, n, _ = us.shape
@@ -138,7 +152,7 @@ class CausalAffineBlock(nn.Module):
                 h = self.in_proj(out[-1]) + self.pos[:, i + 1 : i + 2]
         return self._order(torch.cat(out, dim=1))
 
-    def inverse_naive(self, u: Tensor, c: Tensor) -> Tensor:
+    def inverse_naive(self, u: Tensor, c: Context) -> Tensor:
         """Reference inverse that recomputes the whole prefix at every token (quadratic work)."""
         us = self._order(u)
         xs = torch.zeros_like(us)
@@ -148,7 +162,7 @@ class CausalAffineBlock(nn.Module):
             xs[:, i] = (us[:, i].to(mu.dtype) * torch.exp(a[:, i]) + mu[:, i]).to(u.dtype)
         return self._order(xs)
 
-    def inverse_jacobi(self, u: Tensor, c: Tensor, max_iters: int | None, tol: float) -> Tensor:
+    def inverse_jacobi(self, u: Tensor, c: Context, max_iters: int | None, tol: float) -> Tensor:
         """Parallel fixed-point iteration ``x <- u * exp(a(x)) + mu(x)``; exact after N sweeps."""
         us = self._order(u)
         xs = us.clone()
@@ -172,19 +186,25 @@ class TarFlow(Transporter):
         super().__init__()
         self.config = config
         self.time_embed = TimeEmbedding(config.width)
-        self.cond_embed = ConditionEmbedding(dims.num_classes if config.use_condition else 0, config.width)
+        use = config.use_condition
+        self.cond_embed = ConditionEmbedding(
+            dims.num_classes if use else 0, config.width, dims.cond_dim if use else 0, dims.cond_len if use else 0
+        )
         last = config.num_blocks - 1
         self.blocks = nn.ModuleList(
-            CausalAffineBlock(config, dims, reverse=bool(j % 2), num_layers=config.deep_layers if j == last else None)
+            CausalAffineBlock(config, dims, reverse=bool(j % 2), num_layers=config.deep_layers if j == last else None,
+                              cross_attention=self.cond_embed.has_tokens)
             for j in range(config.num_blocks)
         )
 
-    def _context(self, t: Tensor, cond: Tensor | None, like: Tensor) -> Tensor:
+    def _context(self, t: Tensor, cond: Cond, like: Tensor) -> Context:
+        """The adaLN context ``(B, 1, width)`` and the condition tokens for cross-attention (or ``None``)."""
+        cond = cond if self.config.use_condition else None
         c = self.time_embed(t)
-        c = c + self.cond_embed(cond if self.config.use_condition else None, t.shape[0], like=c)
-        return c[:, None, :]
+        c = c + self.cond_embed(cond, t.shape[0], like=c)
+        return c[:, None, :], self.cond_embed.tokens(cond)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         c = self._context(t, cond, x)
         logdet = torch.zeros(x.shape[0], dtype=_affine_dtype(x), device=x.device)
         for block in self.blocks:
@@ -192,7 +212,7 @@ class TarFlow(Transporter):
             logdet = logdet + ld
         return x, logdet
 
-    def inverse(self, u: Tensor, t: Tensor, cond: Tensor | None = None, method: str | None = None) -> Tensor:
+    def inverse(self, u: Tensor, t: Tensor, cond: Cond = None, method: str | None = None) -> Tensor:
         """``method`` overrides the configured ``inverse_method`` ("sequential", "jacobi", "naive")."""
         c = self._context(t, cond, u)
         method = method or self.config.inverse_method
