@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ntm.conditioning.condition import encode_condition
 from ntm.data.base import DataError, DataSource
 from ntm.losses.nll import x0_bound_nats
 from ntm.nn.tokens import TokenLayout
@@ -21,12 +22,20 @@ def heldout_nll(
     batch_size: int = 500,
     max_examples: int | None = None,
     seed: int = 0,
+    conditioner=None,
 ) -> dict[int, dict[str, float]]:
     """For each K: mean ``nll_traj_bpd``, ``bound_bpd`` (bits/dim) and the example count.
 
-    The class-conditional NLL uses the true labels. One forward trajectory
-    per example, from a generator seeded by ``seed`` (deterministic).
+    The conditional NLL uses the true condition: ``conditioner`` (the run's, e.g.
+    ``exp.conditioner.build()``) reads its batch field without dropout
+    (``conditioner.inputs``) and the model encodes it. Without a conditioner the
+    labels are used when the data has classes (a model with a condition encoder,
+    i.e. captions, then needs the conditioner: a :class:`DataError` says so). One
+    forward trajectory per example, from a generator seeded by ``seed`` (deterministic).
     """
+    if conditioner is None and getattr(model, "condition_encoder", None) is not None:
+        raise DataError("the held-out NLL of a caption-conditioned model needs the run's conditioner "
+                        "(heldout_nll(..., conditioner=exp.conditioner.build()))")
     device = next(model.parameters()).device
     results: dict[int, dict[str, float]] = {}
     for k in steps:
@@ -34,7 +43,12 @@ def heldout_nll(
         total_nll, total_bound, count = 0.0, 0.0, 0
         for batch in data.eval_batches(batch_size, max_examples=max_examples):
             x = layout.to_tokens(batch.x.to(device))
-            cond = None if batch.label is None or data.spec.num_classes == 0 else batch.label.to(device)
+            if conditioner is None:
+                cond = None if batch.label is None or data.spec.num_classes == 0 else batch.label.to(device)
+            else:
+                cond = conditioner.inputs(getattr(batch, getattr(conditioner, "reads", "label")), data.spec.num_classes)
+                cond = None if cond is None else cond.to(device)
+            cond = encode_condition(model, cond, x.shape[0])
             step_nlls, traj, times = model.trajectory_nll(x, k, cond, gen)
             total_nll += step_nlls.sum().item()
             total_bound += x0_bound_nats(step_nlls, traj, times).sum().item()

@@ -1,4 +1,4 @@
-"""NTM = transporter + predictor + forward process, nothing else (docs/math.md §5).
+"""NTM = transporter + predictor + forward process (+ the condition encoder of a text conditioner) (docs/math.md §5).
 
 ``u_k = f(x_{t_k}; t_k)`` for ``k < K`` and ``u_K = x_{t_K}``; step ``k`` has
 
@@ -6,6 +6,15 @@
 
 with ``(mu_k, log sigma_k) = g(u_k; t_k, t_{k-1}, c)``. All tensors are
 tokens ``(B, N, d)``; trajectories carry a leading level axis.
+
+Conditions. ``cond`` reaching :meth:`NTM.forward`, a sampler, a denoiser or
+held-out scoring is the conditioner's input: ``None``, ``(B,)`` labels, or
+``(B, L)`` token ids. :meth:`NTM.encode` is called once at each such entry
+point: labels and ``None`` pass through (a label model is exactly what it
+always was), token ids become a :class:`~ntm.conditioning.condition.Condition`
+through :attr:`NTM.condition_encoder`, and ``None`` on a model with an encoder
+is its learned null condition. Everything below the entry points (transport,
+prediction, the losses) receives the encoded condition.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from ntm.conditioning.base import ConditionEncoder
+from ntm.conditioning.condition import Cond, Condition
 from ntm.distributions import Gaussian, sum_except_batch
 from ntm.forward import FORWARD_PROCESSES, MarkovConfig, MarkovProcess
 from ntm.predictors import PREDICTORS, Predictor, TransformerPredictorConfig
@@ -31,8 +42,11 @@ class NTMConfig(ComponentConfig):
     process: FORWARD_PROCESSES.field() = MarkovConfig()
     """Markov forward process: schedule and the step counts K trained for."""
 
-    def build(self, dims: ModelDims) -> "NTM":
-        return NTM(self.transporter.build(dims), self.predictor.build(dims), self.process.build(), dims)
+    def build(self, dims: ModelDims, condition_encoder: ConditionEncoder | None = None) -> "NTM":
+        """The model for ``dims``; ``condition_encoder`` (built by a text conditioner's config) joins it as a
+        trained part when the conditions need encoding."""
+        return NTM(self.transporter.build(dims), self.predictor.build(dims), self.process.build(), dims,
+                   condition_encoder=condition_encoder)
 
 
 @dataclasses.dataclass
@@ -53,41 +67,91 @@ class StepTerms:
 
 
 class NTM(nn.Module):
-    def __init__(self, transporter: Transporter, predictor: Predictor, process: MarkovProcess, dims: ModelDims) -> None:
+    def __init__(
+        self, transporter: Transporter, predictor: Predictor, process: MarkovProcess, dims: ModelDims,
+        condition_encoder: ConditionEncoder | None = None,
+    ) -> None:
         super().__init__()
         self.transporter = transporter
         self.predictor = predictor
         self.process = process
         self.dims = dims
+        self.condition_encoder = condition_encoder
+        """Token ids -> :class:`Condition` (a text conditioner's); ``None`` for class labels and no condition."""
 
     def forward(
-        self, x: Tensor, cond: Tensor | None, objective, generator: torch.Generator | None = None
+        self, x: Tensor, cond: Cond, objective, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training entry point: ``objective(self, x, cond, generator)`` -> ``(loss, metrics)``.
+        """Training entry point: ``objective(self, x, self.encode(cond), generator)`` -> ``(loss, metrics)``.
 
-        Routing the loss through ``forward`` lets DDP and FSDP wrappers see
-        every use of the weights during training.
+        Routing the loss (and the condition encoder) through ``forward`` lets DDP
+        and FSDP wrappers see every use of the weights during training.
         """
-        out = objective(self, x, cond, generator)
+        out = objective(self, x, self.encode(cond, x.shape[0]), generator)
         return out.loss, out.metrics
 
+    # -- conditions -------------------------------------------------------
+    def encode(self, cond, batch: int | None = None) -> Cond:
+        """The condition input of an entry point -> what the components read.
+
+        ``None`` -> ``None``, or the learned null of ``batch`` rows when the model
+        has a condition encoder; ``(B,)`` labels -> unchanged; ``(B, L)`` token
+        ids -> ``condition_encoder(ids)``; a :class:`Condition` -> unchanged
+        (encoding twice is harmless).
+        """
+        if cond is None:
+            if self.condition_encoder is None or batch is None:
+                return None
+            return self.condition_encoder.null(batch)
+        if isinstance(cond, Condition) or cond.ndim == 1:
+            return cond
+        if self.condition_encoder is None:
+            raise TypeError(f"this model has no condition encoder for a condition of shape {tuple(cond.shape)} "
+                            "(class labels are (B,); token ids need a text conditioner's model)")
+        return self.condition_encoder(cond)
+
+    def null_condition(self, batch: int, device: torch.device | None = None) -> Cond:
+        """The condition classifier-free guidance contrasts with: ``batch`` null labels ``(B,)`` for a
+        class-conditional model, the encoder's learned null :class:`Condition` for a model with a condition
+        encoder, ``None`` for a model without any condition."""
+        if self.condition_encoder is not None:
+            return self.condition_encoder.null(batch)
+        if self.dims.cond_dim:
+            raise ValueError("a model with encoded conditions (dims.cond_dim > 0) needs a condition encoder "
+                             "for its null condition")
+        if self.dims.num_classes:
+            if device is None:
+                device = next(iter(self.parameters())).device
+            return torch.full((batch,), self.dims.num_classes, dtype=torch.long, device=device)
+        return None
+
+    def _components(self) -> list[tuple[str, nn.Module]]:
+        parts = [("transporter", self.transporter), ("predictor", self.predictor)]
+        if self.condition_encoder is not None:
+            parts.append(("condition encoder", self.condition_encoder))
+        return parts
+
     def shard_units(self) -> list[nn.Module]:
-        """Submodules FSDP shards as units of their own: the transporter's, then the predictor's."""
-        return self.transporter.shard_units() + self.predictor.shard_units()
+        """Submodules FSDP shards as units of their own: the transporter's, the predictor's, then the
+        condition encoder's (if any)."""
+        return [unit for _, part in self._components() for unit in part.shard_units()]
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Named groups of trainable parameters: the transporter's, then the predictor's.
+        """Named groups of trainable parameters: the transporter's, the predictor's, then the condition
+        encoder's (``condition_encoder``, if the model has one).
 
         The trainer gives each group its own learning-rate scale and freeze
         (``train.lr_scale``, ``train.freeze_steps``). A group name declared by
-        both components is a ``ValueError``.
+        two components is a ``ValueError``.
         """
-        groups = dict(self.transporter.param_groups())
-        for name, params in self.predictor.param_groups().items():
-            if name in groups:
-                raise ValueError(f"parameter group {name!r} is declared by both the transporter "
-                                 f"({type(self.transporter).__name__}) and the predictor ({type(self.predictor).__name__})")
-            groups[name] = params
+        groups: dict[str, list[nn.Parameter]] = {}
+        owner: dict[str, str] = {}
+        for role, part in self._components():
+            for name, params in part.param_groups().items():
+                if name in groups:
+                    raise ValueError(f"parameter group {name!r} is declared by both the {owner[name]} "
+                                     f"and the {role} ({type(part).__name__})")
+                groups[name], owner[name] = params, f"{role} ({type(part).__name__})"
         return groups
 
     # -- transport --------------------------------------------------------

@@ -1,6 +1,23 @@
-"""Conditioners ``(labels, num_classes, generator) -> cond``. Each variant registers in ``CONDITIONERS``."""
+"""Conditioners: a batch's labels or captions -> the model's condition input; encoded conditions.
 
-from ntm.conditioning.base import CONDITIONERS, Conditioner
+Each variant registers in ``CONDITIONERS``; :class:`Condition` is what a
+condition encoder (owned by the model) makes of token ids.
+"""
+
+from ntm.conditioning.base import (
+    CONDITIONERS,
+    NULL_TOKEN,
+    ConditionEncoder,
+    Conditioner,
+    ConditionerConfig,
+)
+from ntm.conditioning.condition import Cond, Condition, condition_batch, condition_cat, encode_condition
 from ntm.conditioning.labels import ClassLabelConditioner, ClassLabelConfig, NoConditionConfig, NoConditioner
+from ntm.conditioning.text import SmallTextConditioner, SmallTextConfig, SmallTextEncoder
 
-__all__ = ["CONDITIONERS", "ClassLabelConditioner", "ClassLabelConfig", "Conditioner", "NoConditionConfig", "NoConditioner"]
+__all__ = [
+    "CONDITIONERS", "NULL_TOKEN", "ClassLabelConditioner", "ClassLabelConfig", "Cond", "Condition",
+    "ConditionEncoder", "Conditioner", "ConditionerConfig", "NoConditionConfig", "NoConditioner",
+    "SmallTextConditioner", "SmallTextConfig", "SmallTextEncoder", "condition_batch", "condition_cat",
+    "encode_condition",
+]

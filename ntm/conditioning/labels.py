@@ -6,10 +6,10 @@ import pydantic
 import torch
 from torch import Tensor
 
-from ntm.conditioning.base import CONDITIONERS, ComponentConfig, Conditioner
+from ntm.conditioning.base import CONDITIONERS, Conditioner, ConditionerConfig
 
 
-class ClassLabelConfig(ComponentConfig):
+class ClassLabelConfig(ConditionerConfig):
     dropout: float = pydantic.Field(0.1, ge=0.0, lt=1.0)
     """Fraction of labels replaced by the null label ``num_classes`` (for classifier-free guidance)."""
 
@@ -45,8 +45,17 @@ class ClassLabelConditioner(Conditioner):
         drop = torch.rand(labels.shape[0], generator=generator, device=device).to(labels.device) < self.config.dropout
         return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
+    def inputs(self, labels: Tensor | None, num_classes: int) -> Tensor | None:
+        """The labels themselves (no dropout); ``None`` for an unlabelled batch or a source without classes."""
+        if labels is None or num_classes < 1:
+            return None
+        return labels
 
-class NoConditionConfig(ComponentConfig):
+
+class NoConditionConfig(ConditionerConfig):
+    def model_dims(self, num_classes: int) -> dict[str, int]:
+        return {"num_classes": 0}
+
     def build(self) -> "NoConditioner":
         return NoConditioner(self)
 
@@ -61,6 +70,9 @@ class NoConditioner(Conditioner):
     def __call__(
         self, labels: Tensor | None, num_classes: int, generator: torch.Generator | None = None
     ) -> Tensor | None:
+        return None
+
+    def inputs(self, labels: Tensor | None, num_classes: int) -> Tensor | None:
         return None
 
 

@@ -1,8 +1,10 @@
 """The learned one-pass denoiser (docs/math.md §8): ``D_phi(u_0, c) -> x_hat``, distilled from §7.
 
 ``D_phi`` is a non-causal token transformer over the sampler's cleanest latent
-level ``u_0``, conditioned on the time ``t_0`` and the class label (the null
-label when there is none). It is trained by regression on the §7
+level ``u_0``, conditioned on the time ``t_0`` and the condition: the class
+label (the null label when there is none), or the Condition the NTM's
+condition encoder makes of a caption (``D_phi`` has no encoder of its own: it
+reads the teacher's). It is trained by regression on the §7
 score-denoised estimate, which a frozen, trained NTM computes on forward
 trajectories of real data (:class:`Distillation`, :class:`DistillationLoss`,
 driven by ``ntm distill``). Sampling with it runs the predictor over the K
@@ -24,6 +26,7 @@ import pydantic
 import torch
 from torch import Tensor, nn
 
+from ntm.conditioning.condition import Cond, encode_condition
 from ntm.denoisers.base import DENOISERS, Denoiser, DenoiserConfig
 from ntm.denoisers.score import ScoreDenoiser
 from ntm.forward import interpolant as I
@@ -99,13 +102,15 @@ class DenoiserNet(nn.Module):
         self.body = TokenTransformer(
             dims.token_dim, dims.num_tokens, dims.token_dim, width=config.width, depth=config.depth,
             num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=dims.num_classes, num_times=1,
+            cond_dim=dims.cond_dim, cond_len=dims.cond_len,
         )
 
-    def forward(self, u0: Tensor, t0: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``u0`` ``(B, N, d)``, ``t0`` ``(B,)``, ``cond`` ``(B,)`` labels or ``None`` (null label) -> ``(B, N, d)``."""
+    def forward(self, u0: Tensor, t0: Tensor, cond: Cond = None) -> Tensor:
+        """``u0`` ``(B, N, d)``, ``t0`` ``(B,)``, ``cond`` ``(B,)`` labels, an encoded Condition or ``None``
+        (null label) -> ``(B, N, d)``."""
         context = self.body.context((t0,), cond)[:, None]
         skip = u0 / I.alpha(t0).to(u0.dtype).reshape(-1, *([1] * (u0.ndim - 1)))
-        return skip + self.body(u0, context).to(u0.dtype)
+        return skip + self.body(u0, context, cond=cond).to(u0.dtype)
 
 
 @DENOISERS.register("learned", LearnedDenoiserConfig)
@@ -135,19 +140,23 @@ class LearnedDenoiser(Denoiser):
         if dims is not None and dims != self.net.dims:
             raise CheckpointError(f"the learned denoiser was distilled for {self.net.dims}, the model has {dims}")
         net = self.net.to(u0.device)
+        cond = encode_condition(model, cond, u0.shape[0])  # the NTM's encoder: token ids -> Condition
         return net(u0, times[0].to(u0.dtype).expand(u0.shape[0]), cond)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
         """From the x-space trajectory: ``u_0 = f(x_{t_0})`` (one transporter pass), then :meth:`from_u0`."""
+        cond = encode_condition(model, cond, trajectory.shape[1])
         u0, _ = model.transport_levels(trajectory[:1], times[:1], cond)
         return self.from_u0(model, u0[0], times, cond)
 
 
 def distilled_config(config: LearnedDenoiserConfig, dims: ModelDims) -> dict[str, Any]:
     """The entries a distillation checkpoint's config must hold for :func:`load_distilled`."""
-    return {"network": config.architecture(), "dims": {"num_tokens": dims.num_tokens, "token_dim": dims.token_dim,
-                                                        "num_classes": dims.num_classes}}
+    geometry = {"num_tokens": dims.num_tokens, "token_dim": dims.token_dim, "num_classes": dims.num_classes}
+    # encoded conditions only when present: configs of label and unconditional runs stay as they were (--resume)
+    geometry.update({k: getattr(dims, k) for k in ("cond_dim", "cond_len") if getattr(dims, k)})
+    return {"network": config.architecture(), "dims": geometry}
 
 
 def load_distilled(path: str | Path) -> DenoiserNet:
@@ -202,8 +211,9 @@ class Distillation(nn.Module):
         self.__dict__["teacher"]._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
-    def forward(self, x: Tensor, cond: Tensor | None, objective: Loss,
+    def forward(self, x: Tensor, cond, objective: Loss,
                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``cond`` is the conditioner's input; the objective has the frozen teacher encode it."""
         out = objective(self, x, cond, generator)
         return out.loss, out.metrics
 
@@ -234,6 +244,7 @@ class DistillationLoss(Loss):
             pick = torch.randint(len(self.steps), (1,), generator=generator, device=device)
             num_steps = self.steps[int(pick)]
         dtype = torch.promote_types(next(teacher.parameters()).dtype, torch.float32)
+        cond = self.encode(teacher, cond, x.shape[0])
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(dtype)
             times = teacher.process.times(num_steps, device=x.device, dtype=dtype)
@@ -243,8 +254,16 @@ class DistillationLoss(Loss):
                 u0 = teacher.transport_levels(trajectory[:1], times[:1], cond)[0][0]
         return u0, times, target, trajectory[0]
 
-    def __call__(self, model: Distillation, x: Tensor, cond: Tensor | None = None,
+    @staticmethod
+    def encode(teacher: nn.Module, cond, batch: int) -> Cond:
+        """The teacher's encoding of a condition input (frozen, float32 or wider, autocast off, as sampling
+        computes it); labels and encoded conditions pass through."""
+        with torch.autocast(next(teacher.parameters()).device.type, enabled=False), torch.no_grad():
+            return encode_condition(teacher, cond, batch)
+
+    def __call__(self, model: Distillation, x: Tensor, cond=None,
                  generator: torch.Generator | None = None) -> LossOutput:
+        cond = self.encode(model.teacher, cond, x.shape[0])  # once: the targets and D_phi read the same condition
         u0, times, target, x_t0 = self.targets(model.teacher, x, cond, generator)
         pred = model.net(u0, times[0].expand(u0.shape[0]), cond)
         mse = (pred.float() - target.float()).square().mean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ntm.conditioning.condition import encode_condition
 from ntm.denoisers.base import DENOISERS, Denoiser, DenoiserConfig
 from ntm.forward import interpolant as I
 
@@ -28,7 +29,7 @@ class NoDenoiser(Denoiser):
 
     @torch.no_grad()
     def from_u0(self, model, u0: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
-        return model.decode_levels(u0[None], times[:1], cond)[0]
+        return model.decode_levels(u0[None], times[:1], encode_condition(model, cond, u0.shape[0]))[0]
 
 
 class ScoreDenoiserConfig(DenoiserConfig):
@@ -46,6 +47,7 @@ class ScoreDenoiser(Denoiser):
 
     def __call__(self, model, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> Tensor:
         num_steps = times.numel() - 1
+        cond = encode_condition(model, cond, trajectory.shape[1])  # labels pass through; token ids are encoded
         with torch.enable_grad():
             x_levels = trajectory[:num_steps].detach().requires_grad_(True)
             full = torch.cat([x_levels, trajectory[num_steps:].detach()])

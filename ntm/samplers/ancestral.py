@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ntm.samplers.base import SAMPLERS, SampleOutput, Sampler, SamplerConfig, model_device_dtype
-from ntm.samplers.guidance import guide, guided
+from ntm.samplers.guidance import guidance_conditions, guide, guided
 
 if TYPE_CHECKING:
     from ntm.model import NTM
@@ -55,25 +55,27 @@ class AncestralSampler(Sampler):
         times = model.process.times(num_steps, device=device, dtype=dtype)
         shape = (n, model.dims.num_tokens, model.dims.token_dim)
         u = torch.randn(shape, generator=generator, dtype=dtype, device=device) * tau
+        raw = cond
+        cond, null = guidance_conditions(model, cond, n, device)  # encoded once for every step and the decoding
         levels = [u]
         cache = model.predictor.new_cache()  # guided: one KV cache for the batch of both branches
 
-        def step(u_in: Tensor, t: Tensor, s: Tensor, c: Tensor | None):
+        def step(u_in: Tensor, t: Tensor, s: Tensor, c):
             return model.predictor.step(u_in, t, s, c, cache)
 
         for k in range(num_steps, 0, -1):
             t = times[k].expand(n)
             s = times[k - 1].expand_as(t)
-            g = guided(step, (u, t, s), cond, weight=self.config.guidance, num_classes=model.dims.num_classes, rule=guide)
+            g = guided(step, (u, t, s), cond, weight=self.config.guidance, null=null, rule=guide)
             z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
             u = (g.mu + g.sigma * tau * z).to(dtype)
             levels.append(u)
         u_traj = torch.stack(levels[::-1])  # u_0 .. u_K
         if return_trajectory == "u":  # the caller decodes what it needs (e.g. a denoiser that reads u_0)
-            return SampleOutput(x=None, times=times, u_trajectory=u_traj, cond=cond)
+            return SampleOutput(x=None, times=times, u_trajectory=u_traj, cond=raw)
         decoded = num_steps if return_trajectory else 1  # x-space decoding, batched over levels
         x_lo = model.decode_levels(u_traj[:decoded], times[:decoded], cond)
-        out = SampleOutput(x=x_lo[0], times=times, cond=cond)
+        out = SampleOutput(x=x_lo[0], times=times, cond=raw)
         if return_trajectory:
             out.u_trajectory = u_traj
             out.x_trajectory = torch.cat([x_lo, u_traj[num_steps:]])

@@ -32,7 +32,7 @@ class SampleOutput:
     x_trajectory: Tensor | None = None
     """``(K + 1, B, N, d)``: ``x_{t_0} .. x_{t_K}`` (on request; decoded batched over levels)."""
     cond: Tensor | None = None
-    """The labels sampled with."""
+    """The condition input sampled with, as given (labels, token ids, ...)."""
 
 
 class SamplerConfig(ComponentConfig):
@@ -59,7 +59,11 @@ class Sampler(ABC):
         generator: torch.Generator | None = None,
         return_trajectory: bool | Literal["u"] = False,
     ) -> SampleOutput:
-        """``n`` samples of ``model``; ``cond`` is ``(n,)`` labels or ``None``; ``generator`` drives all noise.
+        """``n`` samples of ``model``; ``generator`` drives all noise.
+
+        ``cond`` is the condition input: ``(n,)`` labels, ``(n, L)`` token ids of a text conditioner, an encoded
+        :class:`~ntm.conditioning.condition.Condition`, or ``None`` (the model's null condition); a sampler
+        encodes it once (``model.encode``, see :func:`~ntm.samplers.guidance.guidance_conditions`).
 
         ``return_trajectory``: ``True`` adds the u- and x-space trajectories; ``"u"`` returns the u-trajectory
         alone and decodes nothing (``x`` is ``None``); a sampler that runs in x-space has no u-trajectory and

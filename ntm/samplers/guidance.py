@@ -1,19 +1,22 @@
 """Classifier-free guidance (docs/math.md §6): the batched branch evaluation and the combination rules.
 
 :func:`guided` is the one place that runs a network on the conditional and
-null-label branches at once; a sampler passes the rule that combines them:
+null branches at once; a sampler passes the rule that combines them:
 :func:`guide` (STARFlow's rule on Gaussians) or :func:`guide_velocity`
-(flow-matching CFG on velocities).
+(flow-matching CFG on velocities). The null branch's condition comes from the
+model (:func:`guidance_conditions`): the null label of a class-conditional
+model, the learned null of a model with a condition encoder (captions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
+from ntm.conditioning.condition import Cond, condition_cat, encode_condition
 from ntm.distributions import Gaussian
 
 
@@ -25,33 +28,68 @@ class Splittable(Protocol):
 
 R = TypeVar("R", bound="Tensor | Splittable")
 
+UNCONDITIONAL = ("guidance needs a conditional model (class-conditional, or conditioned on encoded captions); "
+                 "this model has no condition")
+
+
+def null_condition(model: torch.nn.Module, n: int, device: torch.device | None = None) -> Cond:
+    """``model.null_condition(n)``; for a model without that method, ``n`` null labels when ``model.dims`` has classes."""
+    method = getattr(model, "null_condition", None)
+    if method is not None:
+        return method(n, device)
+    num_classes = model.dims.num_classes
+    return torch.full((n,), num_classes, dtype=torch.long, device=device) if num_classes else None
+
+
+def guidance_conditions(model: torch.nn.Module, cond: Any, n: int, device: torch.device | None = None) -> tuple[Cond, Cond]:
+    """``(cond, null)`` for sampling ``n`` examples: the encoded condition and the model's null condition.
+
+    ``cond`` is the sampler's input (``None``, ``(n,)`` labels, ``(n, L)`` token ids, or a Condition), encoded
+    once with ``model.encode``. With ``cond=None`` a model with a condition encoder samples from its null
+    condition, returned as the very object ``null`` (so :func:`guided` runs one branch), and other models get
+    ``None``. ``null`` is ``None`` for a model without any condition.
+    """
+    null = null_condition(model, n, device)
+    if cond is None:
+        return (null if getattr(model, "condition_encoder", None) is not None else None), null
+    return encode_condition(model, cond, n), null
+
 
 def guided(
     fn: Callable[..., R],
     inputs: Sequence[Tensor],
-    cond: Tensor | None,
+    cond: Cond,
     *,
     weight: float,
-    num_classes: int,
     rule: Callable[[R, R, float], R],
+    null: Cond = None,
+    num_classes: int | None = None,
 ) -> R:
     """``rule(fn(*inputs, cond), fn(*inputs, null), weight)`` with both branches in ONE call of ``fn``.
 
-    ``inputs`` are batch-first ``(n, ...)`` tensors and ``cond`` is ``(n,)``
-    labels; ``fn`` runs once on the doubled batch ``[inputs; inputs]`` with
-    labels ``[cond; null]`` (null label = ``num_classes``), and its result (a
-    tensor, or anything with ``.map`` such as a Gaussian) is split back into
-    the conditional and unconditional halves. With ``weight == 0`` or no
-    ``cond``, ``fn(*inputs, cond)`` runs alone on the batch of ``n``.
-    Guidance on an unconditional model (``num_classes == 0``) is refused.
+    ``inputs`` are batch-first ``(n, ...)`` tensors; ``cond`` is the (encoded) condition of the ``n`` examples:
+    ``(n,)`` labels or a :class:`~ntm.conditioning.condition.Condition`; ``null`` is the model's null condition
+    for the same ``n`` examples (:func:`guidance_conditions` gives both), ``None`` when the model has no
+    condition. ``fn`` runs once on the doubled batch ``[inputs; inputs]`` with the condition ``[cond; null]``,
+    and its result (a tensor, or anything with ``.map`` such as a Gaussian) is split back into the conditional
+    and unconditional halves. With ``weight == 0``, no ``cond``, or ``cond`` being ``null`` itself (sampling a
+    model's null condition), ``fn(*inputs, cond)`` runs alone on the batch of ``n``. Guidance on a model
+    without any condition (``null`` is ``None``) is refused.
+
+    ``num_classes`` is the earlier interface (labels only): when given instead of ``null``, the null is
+    ``num_classes`` labels, or none for ``num_classes == 0``.
     """
-    if weight != 0 and num_classes == 0:
-        raise ValueError("guidance needs a class-conditional model (num_classes > 0)")
-    if weight == 0 or cond is None:
+    if null is None and num_classes:
+        if isinstance(cond, Tensor):
+            null = torch.full_like(cond, num_classes)
+        elif cond is None:
+            null = torch.full((inputs[0].shape[0],), num_classes, dtype=torch.long, device=inputs[0].device)
+    if weight != 0 and null is None:
+        raise ValueError(UNCONDITIONAL)
+    if weight == 0 or cond is None or cond is null:
         return fn(*inputs, cond)
     n = cond.shape[0]
-    null = torch.full_like(cond, num_classes)
-    out = fn(*(torch.cat([z, z]) for z in inputs), torch.cat([cond, null]))
+    out = fn(*(torch.cat([z, z]) for z in inputs), condition_cat([cond, null]))
     if isinstance(out, Tensor):
         conditional, unconditional = out[:n], out[n:]
     else:
@@ -83,4 +121,4 @@ def guide_velocity(conditional: Tensor, unconditional: Tensor, weight: float) ->
     return unconditional + (1 + weight) * (conditional - unconditional)
 
 
-__all__ = ["guide", "guide_velocity", "guided"]
+__all__ = ["guidance_conditions", "guide", "guide_velocity", "guided", "null_condition"]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ntm.predictors import VELOCITY_HINT, PREDICTORS, velocity_model
 from ntm.samplers.base import SAMPLERS, SampleOutput, Sampler, SamplerConfig, model_device_dtype
-from ntm.samplers.guidance import guide_velocity, guided
+from ntm.samplers.guidance import guidance_conditions, guide_velocity, guided
 
 if TYPE_CHECKING:
     from ntm.model import NTM, NTMConfig
@@ -72,14 +72,15 @@ class ODESampler(Sampler):
     ) -> SampleOutput:
         vm = velocity_model(model)
         device, dtype = model_device_dtype(model)
-        num_classes, w = model.dims.num_classes, self.config.guidance
+        w = self.config.guidance
+        encoded, null = guidance_conditions(model, cond, n, device)  # encoded once for the whole integration
 
-        def branch(x: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+        def branch(x: Tensor, t: Tensor, c) -> Tensor:
             return vm.velocity(x, t, c).to(x.dtype)
 
         def velocity(x: Tensor, t: float) -> Tensor:
             tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-            return guided(branch, (x, tt), cond, weight=w, num_classes=num_classes, rule=guide_velocity)
+            return guided(branch, (x, tt), encoded, weight=w, null=null, rule=guide_velocity)
 
         grid = torch.linspace(1.0, 0.0, self.config.num_steps + 1, dtype=torch.float64).tolist()
         shape = (n, model.dims.num_tokens, model.dims.token_dim)

@@ -50,7 +50,9 @@ class TrainJob:
     objective: Loss
     data: DataSource
     layout: TokenLayout
-    conditioner: Callable[[Tensor | None, int, torch.Generator], Tensor | None]
+    conditioner: Callable[[Any, int, torch.Generator], Tensor | None]
+    """The batch's raw condition -> the model's condition input (with condition dropout). It reads the batch
+    field named by its ``reads`` attribute (``"label"`` or ``"caption"``; ``"label"`` when it has none)."""
     train: TrainConfig
     run_dir: Path
     config: dict[str, Any]
@@ -288,6 +290,7 @@ def train(job: TrainJob) -> TrainResult:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda" and cfg.precision == "bf16")
     batches = job.data.train_batches(per_rank, seed=cfg.seed, start_step=start_step, rank=ctx.rank, world_size=ctx.world_size)
     num_classes = job.data.spec.num_classes
+    condition_field = getattr(job.conditioner, "reads", "label")
     progress = Progress(cfg.steps, initial=start_step, enabled=ctx.is_main, print_every=cfg.log_every)
     started = time.monotonic()
     window_start, window_examples = time.monotonic(), 0
@@ -298,7 +301,8 @@ def train(job: TrainJob) -> TrainResult:
         while step < cfg.steps:
             batch = next(batches)
             x_all = job.layout.to_tokens(batch.x.to(ctx.device, non_blocking=True))
-            labels_all = None if batch.label is None else batch.label.to(ctx.device)
+            raw_all = getattr(batch, condition_field)  # labels (B,) or captions [B strings] or None
+            raw_all = raw_all.to(ctx.device) if isinstance(raw_all, Tensor) else raw_all
             model.train()
             step_loss = torch.zeros((), device=ctx.device)
             if hasattr(job.objective, "at_step"):  # losses with a schedule (e.g. an annealed weight)
@@ -308,11 +312,12 @@ def train(job: TrainJob) -> TrainResult:
                 chunk = ctx.rank * cfg.grad_accum + m
                 sl = slice(m * micro, (m + 1) * micro)
                 cpu_gen = noise_generator(torch.device("cpu"), cfg.seed, step, chunk)
-                labels = job.conditioner(None if labels_all is None else labels_all[sl].cpu(), num_classes, cpu_gen)
-                labels = None if labels is None else labels.to(ctx.device)
+                raw = None if raw_all is None else raw_all[sl]
+                cond = job.conditioner(raw.cpu() if isinstance(raw, Tensor) else raw, num_classes, cpu_gen)
+                cond = None if cond is None else cond.to(ctx.device)
                 gen = noise_generator(ctx.device, cfg.seed, step, chunk)
                 with D.gradient_sync(model, enabled=m == cfg.grad_accum - 1), autocast:
-                    loss, micro_metrics = model(x_all[sl], labels, job.objective, gen)
+                    loss, micro_metrics = model(x_all[sl], cond, job.objective, gen)
                     (loss / cfg.grad_accum).backward()
                 step_loss += loss.detach() / cfg.grad_accum
                 for key, value in micro_metrics.items():
