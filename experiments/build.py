@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from experiments.config import Experiment
 from ntm.conditioning import CONDITIONERS
-from ntm.data.base import DataError, DataSource
+from ntm.data.base import DATA_SOURCES, DataError, DataSource
 from ntm.denoisers import Denoiser, DenoiserConfig
 from ntm.model import NTM
 from ntm.nn.tokens import TokenLayout
@@ -25,14 +25,58 @@ def layout_for(exp: Experiment, data: DataSource) -> TokenLayout:
     return TokenLayout(spec.shape, exp.patch_size if len(spec.shape) == 3 else 1)
 
 
+def provides(data: DataSource, field: str) -> bool:
+    """Whether ``data``'s batches carry ``field`` (``"label"``, ``"caption"``).
+
+    Labels: the spec's ``num_classes``. Other fields: the spec's own word when it
+    has an attribute of that name in the plural (``spec.captions``), else the
+    first held-out (or, without a held-out split, training) batch is looked at.
+    """
+    if field == "label":
+        return data.spec.num_classes > 0
+    declared = getattr(data.spec, f"{field}s", None)
+    if isinstance(declared, bool):
+        return declared
+    try:
+        batch = next(iter(data.eval_batches(1, max_examples=1)), None)
+    except DataError:
+        batch = None
+    if batch is None:
+        batch = next(iter(data.train_batches(1, seed=0)))
+    return getattr(batch, field, None) is not None
+
+
+def check_condition_source(exp: Experiment, data: DataSource) -> None:
+    """One-line :class:`DataError` when the conditioner reads a batch field the data source does not give.
+
+    Only fields other than labels are checked: a class conditioner on unlabelled data has always meant an
+    unconditional model.
+    """
+    field = getattr(exp.conditioner, "reads", "label")
+    if field != "label" and not provides(data, field):
+        raise DataError(f"conditioner '{CONDITIONERS.name_of(exp.conditioner)}' reads the batch field '{field}', "
+                        f"but data source '{DATA_SOURCES.name_of(exp.data)}' gives no {field}s; use a source with "
+                        f"{field}s or another conditioner (conditioner:class, conditioner:none)")
+
+
 def dims_for(exp: Experiment, data: DataSource) -> ModelDims:
+    """Token geometry from the data and patching; conditioning fields from the conditioner (``model_dims``)."""
     layout = layout_for(exp, data)
-    conditional = CONDITIONERS.name_of(exp.conditioner) != "none"
-    return ModelDims(layout.num_tokens, layout.token_dim, data.spec.num_classes if conditional else 0)
+    check_condition_source(exp, data)
+    model_dims = getattr(exp.conditioner, "model_dims", None)
+    if model_dims is None:  # a conditioner config from before ConditionerConfig: class labels unless 'none'
+        conditional = CONDITIONERS.name_of(exp.conditioner) != "none"
+        fields = {"num_classes": data.spec.num_classes if conditional else 0}
+    else:
+        fields = model_dims(data.spec.num_classes)
+    return ModelDims(layout.num_tokens, layout.token_dim, **fields)
 
 
 def build_model(exp: Experiment, data: DataSource) -> NTM:
-    return exp.model.build(dims_for(exp, data))
+    """The experiment's NTM, with the conditioner's condition encoder (if it has one) as a trained part."""
+    dims = dims_for(exp, data)
+    encoder = getattr(exp.conditioner, "encoder", None)
+    return exp.model.build(dims, condition_encoder=None if encoder is None else encoder(dims))
 
 
 def build_denoiser(exp: Experiment, config: DenoiserConfig | None = None) -> Denoiser:
@@ -50,6 +94,7 @@ def sample(
     n: int,
     *,
     labels: Tensor | None = None,
+    captions: list[str] | None = None,
     sampler: SamplerConfig | None = None,
     denoise: bool = True,
     denoiser: DenoiserConfig | None = None,
@@ -58,13 +103,20 @@ def sample(
     """Draw ``n`` samples in data space ``(n, *shape)`` (normalised), denoised by the configured denoiser.
 
     ``sampler`` and ``denoiser`` replace the experiment's configs (e.g. ``exp.sampler.replace(num_steps=2)``).
-    The sampler decodes only what the denoiser reads (nothing for one that reads ``u_0``).
+    The sampler decodes only what the denoiser reads (nothing for one that reads ``u_0``). ``captions`` (``n``
+    strings, for a model with a condition encoder) are tokenized by the experiment's conditioner; an empty
+    caption, like no captions at all, samples the model's null condition.
     """
     layout = layout_for(exp, data)
     device = next(model.parameters()).device
     built = build_denoiser(exp, denoiser) if denoise else None  # before sampling: missing weights fail fast
     gen = torch.Generator(device=device).manual_seed(exp.eval.seed if seed is None else seed)
-    cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
+    if captions is not None and getattr(model, "condition_encoder", None) is not None:
+        if len(captions) != n:
+            raise ValueError(f"sample: {len(captions)} captions for {n} samples")
+        cond = exp.conditioner.build().inputs(list(captions), model.dims.num_classes).to(device)
+    else:
+        cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
     request = built.trajectory_request() if built is not None else False
     out = (sampler or exp.sampler).build()(model, n, cond, generator=gen, return_trajectory=request)
     x = out.x if built is None else built.denoise(model, out, cond)
@@ -77,6 +129,24 @@ def grid_labels(exp: Experiment, data: DataSource, model: NTM) -> Tensor | None:
         return None
     rows = min(model.dims.num_classes, 10)
     return torch.arange(rows).repeat_interleave(exp.eval.grid_columns)
+
+
+def grid_captions(exp: Experiment, data: DataSource, model: NTM) -> list[str] | None:
+    """For an image model with a condition encoder: one row per distinct held-out caption (at most 8 rows, the
+    first ones met), each caption repeated over the row; ``None`` otherwise or when no caption is found."""
+    if getattr(model, "condition_encoder", None) is None or data.spec.kind != "images":
+        return None
+    rows: list[str] = []
+    try:
+        for batch in data.eval_batches(256, max_examples=2048):
+            for caption in batch.caption or ():
+                if caption and caption.strip() and caption not in rows:
+                    rows.append(caption)
+            if len(rows) >= 8:
+                break
+    except DataError:
+        return None
+    return [c for c in rows[:8] for _ in range(exp.eval.grid_columns)] or None
 
 
 def real_examples(exp: Experiment, data: DataSource) -> Tensor | None:
@@ -133,7 +203,11 @@ def sample_picture(
     ``with_real``: add a row of real held-out images below the samples (the final figure of a run).
     """
     labels = grid_labels(exp, data, model)
-    if labels is not None:
+    captions = grid_captions(exp, data, model)
+    if captions is not None:
+        n = len(captions)
+        kwargs = {**kwargs, "captions": captions}
+    elif labels is not None:
         n = labels.numel()
     elif data.spec.kind == "images":
         n = exp.eval.grid_columns * 8
@@ -145,6 +219,7 @@ def sample_picture(
 
 
 def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJob:
+    check_condition_source(exp, data)  # before anything is built or written
     def preview(model: nn.Module, step: int) -> Tensor:
         # previews skip the score denoiser (a backward pass) to stay cheap
         return sample_picture(exp, model, data, denoise=False)[0]

@@ -56,7 +56,7 @@ class Experiment(ComponentConfig):
     loss: LOSSES.field() = EndToEndConfig()
     """Training objective."""
     conditioner: CONDITIONERS.field() = ClassLabelConfig()
-    """How labels become the training condition (condition dropout)."""
+    """How the batch's labels or captions become the model's condition (condition dropout; a text encoder)."""
     sampler: SAMPLERS.field() = AncestralConfig()
     """Sampler used for previews, `ntm sample` and evaluation."""
     denoiser: DENOISERS.field() = NoDenoiserConfig()

@@ -60,7 +60,7 @@ class DistillConfig(ComponentConfig):
     """Architecture of D (its weights field is unused here). Must match on --resume (the loop lets a field named
     'denoiser' change, hence this name)."""
     dims: dict[str, int]
-    """Token geometry of the run's model: num_tokens, token_dim, num_classes."""
+    """Token geometry of the run's model: num_tokens, token_dim, num_classes (and cond_dim, cond_len when encoded)."""
     steps: tuple[int, ...]
     """Step counts K whose trajectories make the targets (each batch draws one)."""
     teacher: str
@@ -172,7 +172,7 @@ def distill(a: DistillArgs) -> dict[str, Any] | None:
     started = time.monotonic()
     distilled: Distillation = result.ema_model
     try:
-        heldout = heldout_errors(distilled, loss, data, layout, cfg.eval)
+        heldout = heldout_errors(distilled, loss, data, layout, cfg.eval, conditioner=exp.conditioner.build())
     except DataError as e:
         print(f"ntm distill: note: no held-out errors: {e}", flush=True)
         heldout = {}
@@ -236,8 +236,10 @@ class _Errors:
 
 @torch.no_grad()
 def heldout_errors(distilled: Distillation, loss: DistillationLoss, data: DataSource, layout: TokenLayout,
-                   cfg: DistillEvalConfig) -> dict[str, dict[str, float]]:
-    """Per K: D's output against the §7 estimate on forward trajectories of held-out data (true labels).
+                   cfg: DistillEvalConfig, conditioner=None) -> dict[str, dict[str, float]]:
+    """Per K: D's output against the §7 estimate on forward trajectories of held-out data (true conditions).
+
+    ``conditioner`` (the run's) reads the true condition without dropout; without one, the labels.
 
     MSE and PSNR in display space (images in [0, 1]); the PSNR peak is the range of the displayed targets.
     ``x_t0`` rows are the rescaled sample ``x_{t_0} / alpha(t_0)`` for scale.
@@ -250,7 +252,12 @@ def heldout_errors(distilled: Distillation, loss: DistillationLoss, data: DataSo
         errors, examples = _Errors(data, layout), 0
         for batch in data.eval_batches(cfg.batch_size, max_examples=cfg.num_examples):
             x = layout.to_tokens(batch.x.to(device))
-            cond = None if batch.label is None or teacher.dims.num_classes == 0 else batch.label.to(device)
+            if conditioner is None:
+                cond = None if batch.label is None or teacher.dims.num_classes == 0 else batch.label.to(device)
+            else:
+                cond = conditioner.inputs(getattr(batch, getattr(conditioner, "reads", "label")), data.spec.num_classes)
+                cond = None if cond is None else cond.to(device)
+            cond = loss.encode(teacher, cond, x.shape[0])  # what the targets and D read
             u0, times, target, x_t0 = loss.targets(teacher, x, cond, gen, num_steps=k)
             d_out = distilled.net(u0, times[0].expand(u0.shape[0]), cond)
             errors.add(target, D=d_out, x_t0=x_t0 / I.alpha(times[0]))

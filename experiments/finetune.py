@@ -30,6 +30,14 @@ from registry.cli import config_error, parse
 
 TEACHER_MAPPING = {"predictor.xhat.": ("predictor.xhat.", "predictor.reference.")}
 """The teacher's velocity network initialises the finetuned backbone and its frozen copy."""
+ENCODER_MAPPING = {"condition_encoder.": ("condition_encoder.",)}
+"""A teacher with a condition encoder (captions) also initialises the finetuned model's encoder."""
+
+
+def teacher_mapping(teacher: Experiment) -> dict[str, tuple[str, ...]]:
+    """:data:`TEACHER_MAPPING`, plus :data:`ENCODER_MAPPING` when the teacher's conditioner builds an encoder."""
+    encodes = getattr(teacher.conditioner, "model_dims", lambda n: {})(0).get("cond_dim", 0) > 0
+    return {**TEACHER_MAPPING, **(ENCODER_MAPPING if encodes else {})}
 
 
 def finetune_presets() -> dict[str, Experiment]:
@@ -67,7 +75,7 @@ def finetune_base(teacher: Experiment, source: str, preset: Experiment) -> Exper
     return preset.replace(
         name=f"{teacher.name}-finetune", data=teacher.data, patch_size=teacher.patch_size,
         conditioner=teacher.conditioner, model=preset.model.replace(predictor=predictor),
-        init=InitConfig(path=str(source), mapping=TEACHER_MAPPING),
+        init=InitConfig(path=str(source), mapping=teacher_mapping(teacher)),
     )
 
 
@@ -103,4 +111,5 @@ def finetune_command(args: list[str]) -> int:
     return run_request(parse_finetune(args), "finetune")
 
 
-__all__ = ["TEACHER_MAPPING", "finetune_base", "finetune_command", "load_teacher", "parse_finetune"]
+__all__ = ["ENCODER_MAPPING", "TEACHER_MAPPING", "finetune_base", "finetune_command", "load_teacher", "parse_finetune",
+           "teacher_mapping"]
