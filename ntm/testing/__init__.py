@@ -18,9 +18,18 @@ as keywords, so property-based tests can draw them.
 """
 
 from ntm.testing._util import perturb_, rel_err, seeded
+from ntm.testing.conditions import TEXT_DIMS, condition_inputs, random_condition
 from ntm.testing.data import check_batch, check_data_source, check_spec
 from ntm.testing.losses import check_loss, default_loss_model
-from ntm.testing.models import MODEL_DIMS, accepted_model, build_model, tiny_model_configs
+from ntm.testing.models import (
+    MODEL_DIMS,
+    accepted_model,
+    build_model,
+    build_text_model,
+    text_conditioner,
+    text_model_dims,
+    tiny_model_configs,
+)
 from ntm.testing.predictors import (
     PREDICTOR_DIMS,
     build_predictor,
@@ -44,10 +53,12 @@ from ntm.testing.transporters import (
 )
 
 __all__ = [
-    "MODEL_DIMS", "PREDICTOR_DIMS", "TRANSPORTER_CASES", "TransporterCase", "accepted_model", "build_model",
-    "build_predictor", "build_transporter", "check_batch", "check_data_source", "check_loss", "check_predictor",
-    "check_predictor_causality", "check_predictor_outputs", "check_predictor_trajectory", "check_sampler",
-    "check_spec", "check_transporter", "check_transporter_identity_at_init", "check_transporter_inverse_methods",
-    "check_transporter_logdet", "check_transporter_round_trip", "default_loss_model", "default_sampler_model",
-    "perturb_", "predictor_inputs", "rel_err", "seeded", "tiny_model_configs", "transporter_inputs",
+    "MODEL_DIMS", "PREDICTOR_DIMS", "TEXT_DIMS", "TRANSPORTER_CASES", "TransporterCase", "accepted_model",
+    "build_model", "build_predictor", "build_text_model", "build_transporter", "check_batch", "check_data_source",
+    "check_loss", "check_predictor", "check_predictor_causality", "check_predictor_outputs",
+    "check_predictor_trajectory", "check_sampler", "check_spec", "check_transporter",
+    "check_transporter_identity_at_init", "check_transporter_inverse_methods", "check_transporter_logdet",
+    "check_transporter_round_trip", "condition_inputs", "default_loss_model", "default_sampler_model", "perturb_",
+    "predictor_inputs", "random_condition", "rel_err", "seeded", "text_conditioner", "text_model_dims",
+    "tiny_model_configs", "transporter_inputs",
 ]

@@ -18,16 +18,19 @@ import torch
 from torch import Tensor
 
 from ntm.testing._util import check, describe
+from ntm.testing.conditions import describe_condition, random_condition
 from ntm.testing.models import accepted_model
 
 
-def _inputs(model, batch: int, seed: int, with_labels: bool) -> tuple[Tensor, Tensor | None]:
+def _inputs(model, batch: int, seed: int, with_labels: bool):
     dims = model.dims
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, dims.num_tokens, dims.token_dim, generator=gen, dtype=dtype)
     cond = None
-    if with_labels and dims.num_classes:
+    if with_labels and dims.cond_dim:
+        cond = random_condition(dims, batch, gen, dtype)  # what NTM.forward hands a loss: an encoded condition
+    elif with_labels and dims.num_classes:
         cond = torch.randint(0, dims.num_classes + 1, (batch,), generator=gen)
     return x, cond
 
@@ -50,8 +53,8 @@ def check_loss(config, model: torch.nn.Module | None = None, *, batch: int = 4, 
     if model is None:
         model = default_loss_model(config, seed=seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    for with_labels in (False, True) if model.dims.num_classes else (False,):
-        where = f"{subject}, {'labels' if with_labels else 'cond=None'}"
+    for with_labels in (False, True) if model.dims.conditional else (False,):
+        where = f"{subject}, {describe_condition(model.dims, with_labels)}"
         x, cond = _inputs(model, batch, seed, with_labels)
         model.zero_grad(set_to_none=True)
         out = loss_fn(model, x, cond, torch.Generator().manual_seed(seed))

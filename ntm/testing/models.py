@@ -13,6 +13,19 @@ MODEL_DIMS = ModelDims(3, 2, 3)
 """Three tokens of two channels, three classes (labels ``0 .. 3``, 3 the null label)."""
 
 
+def text_conditioner():
+    """The conditioner config of the tiny caption-conditioned models: ``small-text``, 8 positions, width 8."""
+    from ntm.conditioning.text import SmallTextConfig
+
+    return SmallTextConfig(context_length=8, width=8, depth=1, num_heads=2)
+
+
+def text_model_dims(conditioner=None, num_tokens: int = 3, token_dim: int = 2) -> ModelDims:
+    """The dims of a tiny caption-conditioned model (``conditioner`` defaults to :func:`text_conditioner`)."""
+    conditioner = conditioner or text_conditioner()
+    return ModelDims(num_tokens, token_dim, **conditioner.model_dims(0))
+
+
 def tiny_model_configs() -> list:
     """Candidate ``NTMConfig`` s, simplest first: a tiny TarFlow + Markov transformer NTM, a velocity model, a finetuned one.
 
@@ -43,12 +56,28 @@ def tiny_model_configs() -> list:
 
 
 def build_model(
-    model_config, dims: ModelDims = MODEL_DIMS, *, seed: int = 0, scale: float = 0.05, dtype: torch.dtype = torch.float64
+    model_config, dims: ModelDims = MODEL_DIMS, *, seed: int = 0, scale: float = 0.05, dtype: torch.dtype = torch.float64,
+    conditioner=None,
 ) -> torch.nn.Module:
-    """``model_config.build(dims)``, init drawn from ``seed``, perturbed by ``scale``, cast to ``dtype``, eval mode."""
+    """``model_config.build(dims)``, init drawn from ``seed``, perturbed by ``scale``, cast to ``dtype``, eval mode.
+
+    ``conditioner`` (a conditioner config with an encoder, e.g. :func:`text_conditioner`) adds its condition
+    encoder to the model (``dims`` should then come from :func:`text_model_dims`).
+    """
     with seeded(seed):
-        model = model_config.build(dims)
+        if conditioner is None:
+            model = model_config.build(dims)
+        else:
+            model = model_config.build(dims, condition_encoder=conditioner.encoder(dims))
     return perturb_(model, scale, seed).to(dtype).eval()
+
+
+def build_text_model(model_config=None, *, seed: int = 0, scale: float = 0.05, dtype: torch.dtype = torch.float64):
+    """A tiny caption-conditioned NTM: ``model_config`` (default: the first of :func:`tiny_model_configs`) with
+    :func:`text_conditioner`'s encoder, built like :func:`build_model`."""
+    conditioner = text_conditioner()
+    return build_model(model_config or tiny_model_configs()[0], text_model_dims(conditioner), seed=seed, scale=scale,
+                       dtype=dtype, conditioner=conditioner)
 
 
 def accepted_model(

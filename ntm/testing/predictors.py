@@ -18,7 +18,9 @@ weights perturbed by ``scale * N(0, 1)``):
   made from a noisier level ``k > j``.
 
 Every check runs without labels and, for class-conditional dims, with
-labels that include the null label ``num_classes``.
+labels that include the null label ``num_classes``; for dims with an encoded
+condition (``cond_dim > 0``, e.g. :data:`~ntm.testing.conditions.TEXT_DIMS`)
+with a random :class:`~ntm.conditioning.condition.Condition`.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from torch import Tensor
 from ntm.distributions import Gaussian
 from ntm.spec import ModelDims
 from ntm.testing._util import check, check_tensor, describe, max_abs_diff, perturb_, seeded
+from ntm.testing.conditions import TEXT_DIMS, condition_inputs, describe_condition
 
 DEFAULT_DIMS = ModelDims(3, 2, 4)
 DEFAULT_TIMES = (0.05, 0.3, 0.6, 1.0)
 """``t_0 .. t_K`` of the test trajectory (K = 3)."""
-PREDICTOR_DIMS: tuple[ModelDims, ...] = (ModelDims(3, 2, 4), ModelDims(1, 1))
-"""The dims :func:`check_predictor` runs: class-conditional with several tokens, and one unconditional scalar token."""
+PREDICTOR_DIMS: tuple[ModelDims, ...] = (ModelDims(3, 2, 4), ModelDims(1, 1), TEXT_DIMS)
+"""The dims :func:`check_predictor` runs: class-conditional with several tokens, one unconditional scalar token,
+and an encoded (text) condition with tokens."""
 ATOL = 1e-12
 
 
@@ -48,19 +52,15 @@ def build_predictor(config, dims: ModelDims = DEFAULT_DIMS, *, seed: int = 0, sc
 def predictor_inputs(
     dims: ModelDims, batch: int, times=DEFAULT_TIMES, *, seed: int = 0, with_labels: bool = True
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``u_levels`` ``(K, B, N, d)`` float64, ``times`` ``(K + 1,)`` float64, ``cond`` ``(B,)`` int64 or ``None``.
+    """``u_levels`` ``(K, B, N, d)`` float64, ``times`` ``(K + 1,)`` float64, ``cond`` ``(B,)`` int64, a
+    float64 Condition (``dims.cond_dim > 0``) or ``None``.
 
     Labels are uniform on ``0 .. num_classes`` with the last one the null label when ``B > 1``.
     """
     gen = torch.Generator().manual_seed(seed + 1)
     times = torch.as_tensor(times, dtype=torch.float64)
     u = torch.randn(times.numel() - 1, batch, dims.num_tokens, dims.token_dim, generator=gen, dtype=torch.float64)
-    cond = None
-    if with_labels and dims.num_classes:
-        cond = torch.randint(0, dims.num_classes + 1, (batch,), generator=gen)
-        if batch > 1:
-            cond[-1] = dims.num_classes
-    return u, times, cond
+    return u, times, condition_inputs(dims, batch, gen, with_condition=with_labels)
 
 
 def _check_gaussian(g: object, subject: str, what: str, shape: tuple[int, ...]) -> Gaussian:
@@ -77,7 +77,7 @@ def _close(a: Gaussian, b: Gaussian, atol: float, subject: str, message: str) ->
 
 
 def _setup(config, dims, batch, times, seed, scale, with_labels):
-    labels = "labels" if with_labels and dims.num_classes else "cond=None"
+    labels = describe_condition(dims, with_labels)
     subject = f"predictor {describe(config)} on {dims}, batch={batch}, seed={seed}, scale={scale}, {labels}"
     predictor = build_predictor(config, dims, seed=seed, scale=scale)
     u, times, cond = predictor_inputs(dims, batch, times, seed=seed, with_labels=with_labels)
@@ -143,13 +143,14 @@ def check_predictor(
     config, *, dims: tuple[ModelDims, ...] = PREDICTOR_DIMS, batch: int = 3, times=DEFAULT_TIMES, seed: int = 0,
     scale: float = 0.05, atol: float = ATOL,
 ) -> None:
-    """The whole Predictor contract: outputs, teacher-forced == cached sampling, causality, with and without labels.
+    """The whole Predictor contract: outputs, teacher-forced == cached sampling, causality, with and without a
+    condition.
 
-    Runs each check on every entry of ``dims``, without labels and (for
-    class-conditional dims) with labels including the null label.
+    Runs each check on every entry of ``dims``, without a condition and (for
+    conditional dims) with labels including the null label, or an encoded Condition.
     """
     for d in dims:
-        for with_labels in ((False, True) if d.num_classes else (False,)):
+        for with_labels in ((False, True) if d.conditional else (False,)):
             kw = dict(dims=d, batch=batch, times=times, seed=seed, scale=scale, with_labels=with_labels)
             check_predictor_outputs(config, **kw)
             check_predictor_trajectory(config, atol=atol, **kw)

@@ -12,7 +12,9 @@ generator=None, return_trajectory=False) -> SampleOutput``, every setting
   the sample drawn with the same seed;
 
 each without labels and, for a class-conditional model, with labels
-``(n,)`` that include the null label ``num_classes``.
+``(n,)`` that include the null label ``num_classes``; for a model with a
+condition encoder (captions), with an encoded Condition whose last row is the
+model's learned null.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ntm.conditioning.condition import Condition
 from ntm.testing._util import check, check_tensor, describe, max_abs_diff
+from ntm.testing.conditions import random_condition
 from ntm.testing.models import MODEL_DIMS, accepted_model
 
 
@@ -30,6 +34,25 @@ def _labels(model, n: int, seed: int) -> Tensor:
     if n > 1:
         cond[-1] = num_classes
     return cond
+
+
+def _conditions(model, n: int, seed: int) -> list:
+    """``None``, then labels (class-conditional) or an encoded Condition (a model with a condition encoder)."""
+    conds: list = [None]
+    if getattr(model, "condition_encoder", None) is not None:
+        with torch.no_grad():
+            null = model.null_condition(1)
+        rows = random_condition(model.dims, n - 1, torch.Generator().manual_seed(seed), null.dtype) if n > 1 else None
+        conds.append(null if rows is None else Condition.cat([rows.to(null.device), null]))
+    elif model.dims.num_classes:
+        conds.append(_labels(model, n, seed))
+    return conds
+
+
+def _describe(cond) -> str:
+    if cond is None:
+        return "cond=None"
+    return f"cond={cond.tolist()}" if isinstance(cond, Tensor) else f"cond={cond!r}"
 
 
 def default_sampler_model(config, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
@@ -52,8 +75,8 @@ def check_sampler(config, model: torch.nn.Module | None = None, *, n: int = 3, s
         model = default_sampler_model(config, seed=seed)
     dims = model.dims
     shape = (n, dims.num_tokens, dims.token_dim)
-    for cond in (None, _labels(model, n, seed)) if dims.num_classes else (None,):
-        where = f"{subject}, {'cond=None' if cond is None else f'cond={cond.tolist()}'}"
+    for cond in _conditions(model, n, seed):
+        where = f"{subject}, {_describe(cond)}"
 
         def draw(s: int, trajectory: bool = False):
             return sampler(model, n, cond, generator=torch.Generator().manual_seed(s), return_trajectory=trajectory)

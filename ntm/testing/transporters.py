@@ -16,7 +16,10 @@ usually the identity), and verify
   zero ``logdet``.
 
 Labels ``cond`` ``(B,)`` are drawn from ``0 .. num_classes`` (the null label
-``num_classes`` included) when the dims are class-conditional.
+``num_classes`` included) when the dims are class-conditional; dims with
+``cond_dim > 0`` get a random encoded :class:`~ntm.conditioning.condition.Condition`
+(tokens and a padding mask, as an encoded caption) instead
+(:mod:`ntm.testing.conditions`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import Tensor
 
 from ntm.spec import ModelDims
 from ntm.testing._util import check, check_tensor, describe, perturb_, rel_err, seeded
+from ntm.testing.conditions import TEXT_DIMS, condition_inputs, describe_condition
 
 ROUND_TRIP_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 """Relative round-trip error allowed per dtype."""
@@ -46,7 +50,8 @@ class TransporterCase:
     batch: int
     seed: int = 0
     with_labels: bool = True
-    """Pass labels when ``dims.num_classes > 0`` (otherwise ``cond = None`` on a conditional model)."""
+    """Pass the condition the dims describe: labels when ``dims.num_classes > 0``, an encoded Condition when
+    ``dims.cond_dim > 0`` (otherwise ``cond = None`` on a conditional model)."""
 
 
 TRANSPORTER_CASES: tuple[TransporterCase, ...] = (
@@ -55,6 +60,7 @@ TRANSPORTER_CASES: tuple[TransporterCase, ...] = (
     TransporterCase(ModelDims(1, 3, 2), batch=2, seed=2),  # one token, conditional
     TransporterCase(ModelDims(5, 1), batch=2, seed=3),  # one channel, unconditional
     TransporterCase(ModelDims(3, 2, 2), batch=2, seed=4, with_labels=False),  # conditional model, cond=None
+    TransporterCase(TEXT_DIMS, batch=3, seed=5),  # an encoded (text) Condition: pooled, tokens and padding mask
 )
 
 
@@ -70,7 +76,8 @@ def build_transporter(
 def transporter_inputs(
     dims: ModelDims, batch: int, *, seed: int = 0, dtype: torch.dtype = torch.float64, with_labels: bool = True
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``x`` ``(B, N, d)`` standard normal, ``t`` ``(B,)`` in ``[0.01, 0.99]``, ``cond`` ``(B,)`` int64 or ``None``.
+    """``x`` ``(B, N, d)`` standard normal, ``t`` ``(B,)`` in ``[0.01, 0.99]``, ``cond`` ``(B,)`` int64, a
+    Condition (``dims.cond_dim > 0``) or ``None``.
 
     With labels, ``cond`` is uniform on ``0 .. num_classes`` and its last
     entry is the null label ``num_classes`` when ``B > 1``.
@@ -78,12 +85,7 @@ def transporter_inputs(
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, dims.num_tokens, dims.token_dim, generator=gen, dtype=dtype)
     t = torch.rand(batch, generator=gen, dtype=dtype) * 0.98 + 0.01
-    cond = None
-    if with_labels and dims.num_classes:
-        cond = torch.randint(0, dims.num_classes + 1, (batch,), generator=gen)
-        if batch > 1:
-            cond[-1] = dims.num_classes
-    return x, t, cond
+    return x, t, condition_inputs(dims, batch, gen, dtype=dtype, with_condition=with_labels)
 
 
 def _forward(module, x: Tensor, t: Tensor, cond: Tensor | None, subject: str) -> tuple[Tensor, Tensor]:
@@ -97,7 +99,7 @@ def _forward(module, x: Tensor, t: Tensor, cond: Tensor | None, subject: str) ->
 
 
 def _subject(config, dims: ModelDims, batch: int, seed: int, scale: float, dtype: torch.dtype, with_labels: bool) -> str:
-    labels = "labels" if with_labels and dims.num_classes else "cond=None"
+    labels = describe_condition(dims, with_labels)
     return f"transporter {describe(config)} on {dims}, batch={batch}, seed={seed}, scale={scale}, {dtype}, {labels}"
 
 
