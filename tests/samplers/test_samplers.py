@@ -160,19 +160,26 @@ def test_guided_runs_both_branches_in_one_call_and_w0_is_the_conditional_branch(
     cond = torch.tensor([0, 2, 1])
     conditional = fn(x, t, cond)
     calls.clear()
-    out = guided(fn, (x, t), cond, weight=0.0, num_classes=4, rule=guide)
+    out = guided(fn, (x, t), cond, weight=0.0, null=torch.full_like(cond, 4), rule=guide)
     assert calls == [(3, [0, 2, 1])]  # w = 0: the conditional branch alone, not a doubled batch
     assert torch.equal(out.mu, conditional.mu) and torch.equal(out.log_sigma, conditional.log_sigma)
     calls.clear()
     seen = []
-    out = guided(fn, (x, t), cond, weight=1.5, num_classes=4, rule=lambda c, u, w: seen.append((c, u, w)) or c)
+    out = guided(fn, (x, t), cond, weight=1.5, null=torch.full_like(cond, 4), rule=lambda c, u, w: seen.append((c, u, w)) or c)
     assert calls == [(6, [0, 2, 1, 4, 4, 4])]  # one call on [cond; null]
     (c, u, w), = seen
     null = fn(x, t, torch.full_like(cond, 4))
     assert w == 1.5 and torch.equal(c.mu, conditional.mu) and torch.equal(u.mu, null.mu) and torch.equal(u.log_sigma, null.log_sigma)
-    v = guided(lambda x, c: x * c.reshape(-1, 1), (x,), cond, weight=1.0, num_classes=4, rule=lambda c, u, w: c - u)
+    v = guided(lambda x, c: x * c.reshape(-1, 1), (x,), cond, weight=1.0, null=torch.full_like(cond, 4),
+               rule=lambda c, u, w: c - u)
     torch.testing.assert_close(v, x * (cond - 4).reshape(-1, 1).to(F64))  # plain tensors split too
-    unlabelled = guided(lambda x, c: (x.shape[0], c), (x,), None, weight=1.0, num_classes=4, rule=guide)
+    unlabelled = guided(lambda x, c: (x.shape[0], c), (x,), None, weight=1.0, null=torch.full((3,), 4), rule=guide)
     assert unlabelled == (3, None)  # no labels: nothing to guide, one plain call
+    with pytest.raises(ValueError, match="class-conditional"):
+        guided(fn, (x, t), cond, weight=1.0, null=None, rule=guide)  # a model without any condition
+    # the earlier keyword (labels only): num_classes gives the null label, num_classes=0 no condition
+    calls.clear()
+    legacy = guided(fn, (x, t), cond, weight=1.5, num_classes=4, rule=lambda c, u, w: u)
+    assert calls == [(6, [0, 2, 1, 4, 4, 4])] and torch.equal(legacy.mu, null.mu)
     with pytest.raises(ValueError, match="class-conditional"):
         guided(fn, (x, t), cond, weight=1.0, num_classes=0, rule=guide)
