@@ -62,11 +62,12 @@ scenes, one global batch per step, ranks taking contiguous slices.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
 import random
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, Iterator, Literal, Sequence, TypeVar
 
 import pydantic
 import torch
@@ -110,6 +111,7 @@ at every image size)."""
 
 Pair = tuple[str, str]
 """``(colour, shape)``."""
+T = TypeVar("T")
 
 # -- geometry, in units of the object's half-extent h (x right, y down) ----------------------------------------------
 _SQUARE = 0.85  # half-side of the square (a full-size square looks much bigger than the other shapes)
@@ -179,6 +181,13 @@ def render(annotations: list[dict], image_size: int) -> Tensor:
     """
     if image_size not in (16, 32, 64):
         raise DataError(f"shapes: image_size must be 16, 32 or 64, got {image_size}")
+    out = torch.empty(len(annotations), 3, image_size, image_size, dtype=torch.uint8)
+    for start in range(0, len(annotations), 128):  # small chunks keep the float canvas in cache
+        out[start : start + 128] = _render(annotations[start : start + 128], image_size)
+    return out
+
+
+def _render(annotations: list[dict], image_size: int) -> Tensor:
     bg = torch.tensor(BACKGROUND, dtype=torch.float32)
     templates, radius = _templates(image_size)
     width, q = 2 * radius + 1, GRID // image_size
@@ -199,7 +208,7 @@ def render(annotations: list[dict], image_size: int) -> Tensor:
         index = scene[:, None, None].expand(n, width, width)
         canvas.index_put_((index, rows, cols), coverage[..., None] * delta[:, None, None, :], accumulate=True)
     img = canvas[:, radius : radius + image_size, radius : radius + image_size].permute(0, 3, 1, 2) + bg[:, None, None]
-    return img.round_().clamp_(0, 255).to(torch.uint8).contiguous()
+    return img.round_().clamp_(0, 255).to(torch.uint8)
 
 
 # -- captions -----------------------------------------------------------------------------------------------------
@@ -343,8 +352,8 @@ class ShapesConfig(ComponentConfig):
     """Scenes in each held-out split (seen and unseen)."""
     category_weights: Annotated[dict[str, float], pydantic.AfterValidator(_category_weights)] = FrozenDict(
         {c: 1.0 for c in CATEGORIES})
-    """Relative weight per category, e.g. 'counting 2 position 1' (a category left out is never drawn):
-    single_object, colors, two_object, counting, position, color_attr."""
+    """Relative weight per category (0: never drawn), e.g. --data.category-weights.counting 2; in Python or
+    config.json a category missing from the mapping weighs 0."""
     held_out_fraction: float = pydantic.Field(0.2, ge=0.0, le=0.5)
     """Fraction of the 36 (colour, shape) pairs kept out of the colour-bearing training captions (0 to 0.5)."""
     held_out_scope: Literal["everywhere", "captions"] = "everywhere"
@@ -431,16 +440,18 @@ class _Pools:
     def draw(self, split: str, rng: random.Random) -> dict:
         """One scene's content: category, (colour, shape) per object, relation."""
         kind = "unseen" if split == "unseen" else "train"
-        category = rng.choices(self.categories[kind], cum_weights=self.cumulative[kind])[0]
+        cumulative = self.cumulative[kind]
+        category = self.categories[kind][min(bisect.bisect_right(cumulative, rng.random() * cumulative[-1]),
+                                             len(cumulative) - 1)]
         relation = None
         if category in ("single_object", "colors"):
-            pairs = [rng.choice(self.single[kind][category])]
+            pairs = [_pick(rng, self.single[kind][category])]
         elif category == "counting":
-            pairs = [rng.choice(self.single[kind][category])] * rng.choice(tuple(COUNT_WORDS))
+            pairs = [_pick(rng, self.single[kind][category])] * _pick(rng, tuple(COUNT_WORDS))
         else:
-            pairs = list(rng.choice(self.double[kind][category]))
+            pairs = list(_pick(rng, self.double[kind][category]))
             if category == "position":
-                relation = rng.choice(tuple(RELATIONS))
+                relation = _pick(rng, tuple(RELATIONS))
         return {"category": category, "pairs": pairs, "relation": relation}
 
 
@@ -448,13 +459,24 @@ _TRIES = 64  # placements tried per object before the scene restarts
 _RESTARTS = 16  # scene restarts before the grid layout
 
 
+def _int(rng: random.Random, lo: int, hi: int) -> int:
+    """Uniform on ``lo .. hi`` (one ``random()`` draw: cheaper than ``randint``, as reproducible)."""
+    return lo + int(rng.random() * (hi - lo + 1))
+
+
+def _pick(rng: random.Random, seq: Sequence[T]) -> T:
+    """A uniform element of ``seq``."""
+    return seq[int(rng.random() * len(seq))]
+
+
+@functools.cache
 def _span(h: float) -> tuple[int, int]:
     """Grid coordinates (whole ``1 / GRID`` steps) that keep a box of half-extent ``h`` BORDER inside the image."""
     return math.ceil((BORDER + h) * GRID), math.floor((1 - BORDER - h) * GRID)
 
 
 def _uniform(rng: random.Random, h: float) -> float:
-    return rng.randint(*_span(h)) / GRID
+    return _int(rng, *_span(h)) / GRID
 
 
 def _apart(a: tuple[float, float], ha: float, b: tuple[float, float], hb: float) -> bool:
@@ -495,13 +517,13 @@ def _place_relation(rng: random.Random, ha: float, hb: float, relation: str) -> 
     reach = math.ceil((ha + hb + GAP) * GRID)
     lo_low, (lo_high, hi_high) = _span(h_low)[0], _span(h_high)
     # even two large boxes leave 0.28 of the side for the lower one's coordinate
-    low = rng.randint(lo_low, min(_span(h_low)[1], hi_high - reach))
-    high = rng.randint(max(lo_high, low + reach), hi_high)
+    low = _int(rng, lo_low, min(_span(h_low)[1], hi_high - reach))
+    high = _int(rng, max(lo_high, low + reach), hi_high)
     along = (low, high) if low_is_subject else (high, low)  # (subject, reference)
     lo_a, hi_a = _span(ha)
     lo_b, hi_b = _span(hb)
-    across_a = rng.randint(lo_a, hi_a)
-    across_b = rng.randint(max(lo_b, across_a - (high - low)), min(hi_b, across_a + (high - low)))
+    across_a = _int(rng, lo_a, hi_a)
+    across_b = _int(rng, max(lo_b, across_a - (high - low)), min(hi_b, across_a + (high - low)))
     if axis == 0:
         return [(along[0] / GRID, across_a / GRID), (along[1] / GRID, across_b / GRID)]
     return [(across_a / GRID, along[0] / GRID), (across_b / GRID, along[1] / GRID)]
@@ -567,7 +589,7 @@ class Shapes(DataSource):
             raise DataError(f"shapes: scene index must be >= 0, got {index}")
         rng = random.Random(derive_seed("shapes/scene", self.config.seed, split, index))
         content = self._pools.draw(split, rng)
-        sizes = [rng.choice(tuple(SIZES)) for _ in content["pairs"]]
+        sizes = [_pick(rng, tuple(SIZES)) for _ in content["pairs"]]
         halves = [SIZES[z] for z in sizes]
         if content["relation"] is None:
             centres = _place(rng, halves)
