@@ -60,7 +60,8 @@ class TrainConfig(ComponentConfig):
     """Cosine decay floor as a fraction of the peak learning rate."""
     lr_scale: Annotated[dict[str, float], pydantic.AfterValidator(_group_lr_scales)] = FrozenDict()
     """Learning-rate multiplier (> 0) per parameter group of the model, e.g. 'backbone 0.1 scale 10'
-    (groups: the model's param_groups(), e.g. transporter, predictor; posterior predictor: backbone, scale)."""
+    (groups: the model's param_groups(), e.g. transporter, predictor; posterior predictor: backbone, scale;
+    a caption conditioner's encoder: condition_encoder)."""
     freeze_steps: Annotated[dict[str, int], pydantic.AfterValidator(_group_freeze_steps)] = FrozenDict()
     """Initial steps with learning rate 0 per parameter group, e.g. 'backbone 500'; the group then
     continues on the schedule at that step (no second warm-up)."""
