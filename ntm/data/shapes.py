@@ -148,7 +148,7 @@ _INSIDE = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _templates(size: int) -> tuple[Tensor, int]:
     """Anti-aliased coverage of every shape, size and sub-pixel phase at image side ``size``.
 
@@ -347,7 +347,8 @@ class ShapesConfig(ComponentConfig):
     image_size: Literal[16, 32, 64] = 32
     """Side of the square RGB images: 16, 32 or 64."""
     train_size: int = pydantic.Field(20000, ge=1)
-    """Training scenes (rendered on first use, kept in memory as uint8)."""
+    """Training scenes (rendered on first use, kept in memory as uint8: 3 * S * S bytes each, 61 MB for 20000
+    at 32 pixels)."""
     eval_size: int = pydantic.Field(1000, ge=1)
     """Scenes in each held-out split (seen and unseen)."""
     category_weights: Annotated[dict[str, float], pydantic.AfterValidator(_category_weights)] = FrozenDict(
@@ -600,7 +601,7 @@ class Shapes(DataSource):
 
     def examples(self, split: str, indices: list[int] | Tensor) -> Batch:
         """Scenes ``indices`` of ``split`` as one batch (the first ``num_examples(split)`` are cached)."""
-        images, annotations = self._get(split, [int(i) for i in indices])
+        images, annotations = self._get(split, indices.tolist() if isinstance(indices, Tensor) else list(indices))
         return Batch(x=uint8_to_unit(images), label=None, caption=[caption_of(a) for a in annotations],
                      annotation=annotations)
 
