@@ -37,7 +37,7 @@ from eval.metrics import energy_distance, mmd_rbf, oracle_log_density
 from eval.nll import heldout_nll
 from eval.oracle import oracle_gap
 from eval.timing import measure
-from experiments.build import build_denoiser, build_model, layout_for, picture, train_job
+from experiments.build import build_denoiser, build_model, layout_for, picture, train_job, upgrade_saved_config
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.data.base import DataSource
@@ -342,7 +342,7 @@ def train_or_reuse(exp: Experiment, data: DataSource) -> torch.nn.Module:
     latest = manager.latest_path()
     if latest is not None:
         state = load_checkpoint(latest)
-        if state["config"] == exp.model_dump(mode="json") and state["step"] >= exp.train.steps:
+        if upgrade_saved_config(state["config"]) == exp.model_dump(mode="json") and state["step"] >= exp.train.steps:
             return load_sampling_weights(build_model(exp, data), state, path=latest).eval()
     result = train(train_job(exp, data, resume=latest is not None))
     return result.ema_model

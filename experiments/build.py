@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pydantic
 import torch
 from torch import Tensor, nn
 
@@ -218,6 +220,16 @@ def sample_picture(
     return picture(exp, data, samples, real), samples, labels
 
 
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved experiment config (a checkpoint's, a run's config.json) as today's classes dump it: fields added
+    since it was written appear at their defaults, older layouts are upgraded. One that no longer validates is
+    returned as saved (the comparison then names what differs)."""
+    try:
+        return Experiment.model_validate(saved).model_dump(mode="json")
+    except pydantic.ValidationError:
+        return saved
+
+
 def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJob:
     check_condition_source(exp, data)  # before anything is built or written
     def preview(model: nn.Module, step: int) -> Tensor:
@@ -233,6 +245,7 @@ def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJ
         train=exp.train,
         run_dir=Path(exp.resolved_run_dir),
         config=exp.model_dump(mode="json"),
+        upgrade_config=upgrade_saved_config,
         resume=resume,
         preview=preview,
         initialize=None if exp.init is None else (lambda model: initialize_from(model, exp.init)),

@@ -58,6 +58,10 @@ class TrainJob:
     config: dict[str, Any]
     """The experiment as JSON: saved in checkpoints and compared on resume."""
     resume: bool = False
+    upgrade_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """A checkpoint's saved config read as today's (fields added to the config classes since it was written, at
+    their defaults) before it is compared with ``config`` on resume; None: only the train fields added since
+    earlier versions are filled in."""
     preview: Callable[[nn.Module, int], Tensor] | None = None
     """``(ema_model, step) -> image (C, H, W) in [0, 1]`` for the periodic sample grid."""
     initialize: Callable[[nn.Module], None] | None = None
@@ -255,7 +259,8 @@ def train(job: TrainJob) -> TrainResult:
     start_step = 0
     if resuming:
         path, state = checkpoints.load_latest(required=CHECKPOINT_KEYS)
-        check_config_matches(_with_added_train_defaults(state["config"]), job.config, ignore=RESUMABLE_FIELDS, path=path)
+        saved = (job.upgrade_config or _with_added_train_defaults)(state["config"])
+        check_config_matches(saved, job.config, ignore=RESUMABLE_FIELDS, path=path)
         D.load_full_state_dict(model, state["model"])
         D.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
