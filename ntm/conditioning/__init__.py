@@ -13,11 +13,12 @@ from ntm.conditioning.base import (
 )
 from ntm.conditioning.condition import Cond, Condition, condition_batch, condition_cat, encode_condition
 from ntm.conditioning.labels import ClassLabelConditioner, ClassLabelConfig, NoConditionConfig, NoConditioner
+from ntm.conditioning.open_clip_text import OpenClipTextConditioner, OpenClipTextConfig, OpenClipTextEncoder
 from ntm.conditioning.text import SmallTextConditioner, SmallTextConfig, SmallTextEncoder
 
 __all__ = [
     "CONDITIONERS", "NULL_TOKEN", "ClassLabelConditioner", "ClassLabelConfig", "Cond", "Condition",
     "ConditionEncoder", "Conditioner", "ConditionerConfig", "NoConditionConfig", "NoConditioner",
-    "SmallTextConditioner", "SmallTextConfig", "SmallTextEncoder", "condition_batch", "condition_cat",
-    "encode_condition",
+    "OpenClipTextConditioner", "OpenClipTextConfig", "OpenClipTextEncoder", "SmallTextConditioner",
+    "SmallTextConfig", "SmallTextEncoder", "condition_batch", "condition_cat", "encode_condition",
 ]
