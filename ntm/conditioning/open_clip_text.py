@@ -229,8 +229,10 @@ def build_text_tower(spec: TowerSpec, weights: str | None) -> tuple[nn.Module, s
         with torch.device("meta"):
             tower = _build_text_tower(spec.embed_dim, spec.text_cfg, quick_gelu=spec.quick_gelu)
         tower.to_empty(device="cpu")
-        tower.attn_mask = tower.build_causal_mask()  # the one buffer that is not in a state dict
     tower.text_projection = None  # pooled stays in the tokens' space (see the module docstring)
+    # the causal mask is made per call (tower_tokens): a non-persistent buffer would reach the EMA's buffers,
+    # which the sampling weights are loaded from, and such a state dict does not load back
+    del tower.attn_mask
     if path is not None:
         load_text_tower_weights(tower, path, spec.name)
     source = f"random-init:{RANDOM_INIT_SEED}" if path is None else f"sha256:{file_sha256(path)}"
@@ -246,7 +248,8 @@ def tower_tokens(tower: nn.Module, ids: Tensor) -> Tensor:
     """
     n = ids.shape[1]
     x = tower.token_embedding(ids) + tower.positional_embedding[:n].to(tower.token_embedding.weight.dtype)
-    x = tower.transformer(x, attn_mask=tower.attn_mask[:n, :n])
+    causal = torch.full((n, n), float("-inf"), device=ids.device).triu_(1)  # open_clip's additive mask
+    x = tower.transformer(x, attn_mask=causal)
     return tower.ln_final(x)
 
 
@@ -422,9 +425,9 @@ class OpenClipTextEncoder(ConditionEncoder):
                               error_msgs) -> None:
         saved = state_dict.get(prefix + "tower_digest")
         if self.frozen and saved is not None and not torch.equal(saved.cpu(), self.tower_digest.cpu()):
-            source = "random init" if self.weights is None else f"conditioner.weights {self.weights}"
-            error_msgs.append(f"{prefix}tower_digest: the weights were trained on another frozen text tower than "
-                              f"open_clip model {self.model_name!r} with {source} gives now (the file changed?)")
+            source = "a random init" if self.weights is None else f"conditioner.weights {self.weights}"
+            error_msgs.append(f"{prefix}tower_digest: trained with another frozen text tower than {self.model_name!r} "
+                              f"with {source} gives now (the weights file changed?)")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
