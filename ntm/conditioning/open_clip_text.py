@@ -84,6 +84,7 @@ from registry import ConfigError, did_you_mean
 
 RANDOM_INIT_SEED = 0
 """The seed of the random tower of ``weights=None`` (fixed: the tower is rebuilt, not saved)."""
+_noted_random_tower = False
 
 
 def _error(field: str, message: str) -> ConfigError:
@@ -220,7 +221,12 @@ def build_text_tower(spec: TowerSpec, weights: str | None) -> tuple[nn.Module, s
     """
     from open_clip.model import _build_text_tower
 
+    global _noted_random_tower
     path = None if weights is None else weights_path(weights)
+    if path is None and not _noted_random_tower:
+        _noted_random_tower = True
+        print(f"ntm: note: conditioner.weights is not set: the open_clip text tower of {spec.name!r} is random "
+              "(only useful for tests and ablations)", file=sys.stderr, flush=True)
     if path is None:
         with torch.random.fork_rng(devices=[]):  # the random init neither depends on nor moves the caller's RNG
             torch.manual_seed(RANDOM_INIT_SEED)
@@ -411,7 +417,8 @@ class OpenClipTextEncoder(ConditionEncoder):
 
     # -- the parts ----------------------------------------------------------------------------
     def text_tower(self) -> nn.Module:
-        """open_clip's text tower (frozen: moved to the encoder's device on use)."""
+        """open_clip's text tower (frozen: moved to the encoder's device on use); run it with :func:`tower_tokens`
+        (it has no ``attn_mask`` buffer, so its own ``forward`` does not run)."""
         return self.__dict__["_frozen_tower"] if self.frozen else self.tower
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
