@@ -1,7 +1,9 @@
 """Exponential moving average of a module's weights.
 
 The shadow holds a float32 copy of every floating-point parameter (other
-parameters and all buffers are copied as they are). Only tensor ops that
+parameters and the persistent buffers are copied as they are; non-persistent
+buffers, e.g. a cached attention mask, are not model state and stay out, so
+the EMA weights load into a fresh model with ``load_state_dict``). Only tensor ops that
 DTensor implements are used (``detach``, ``clone``, ``to``, ``lerp_``,
 ``copy_``), so a model whose parameters are FSDP2 shards works unchanged:
 each rank averages its own shard.
@@ -20,6 +22,13 @@ from torch import Tensor, nn
 def _float32_copy(t: Tensor) -> Tensor:
     t = t.detach()
     return t.clone() if t.dtype == torch.float32 else t.to(torch.float32)
+
+
+def persistent_buffers(model: nn.Module) -> dict[str, Tensor]:
+    """``model``'s buffers that its ``state_dict`` holds (``register_buffer(..., persistent=False)`` ones excluded)."""
+    non_persistent = {f"{prefix}.{name}" if prefix else name
+                      for prefix, module in model.named_modules() for name in module._non_persistent_buffers_set}
+    return {n: b for n, b in model.named_buffers() if n not in non_persistent}
 
 
 def _check_names(what: str, expected: Mapping[str, Any], got: Mapping[str, Any]) -> None:
@@ -54,7 +63,7 @@ class EMA:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 self.shadow[name] = _float32_copy(p) if p.is_floating_point() else p.detach().clone()
-            self.buffers: dict[str, Tensor] = {n: b.detach().clone() for n, b in model.named_buffers()}
+            self.buffers: dict[str, Tensor] = {n: b.detach().clone() for n, b in persistent_buffers(model).items()}
 
     @staticmethod
     def _checked(decay: float) -> float:
@@ -83,7 +92,7 @@ class EMA:
                 shadow.lerp_(p.to(shadow.dtype), 1.0 - d)
             else:
                 shadow.copy_(p)
-        buffers = dict(model.named_buffers())
+        buffers = persistent_buffers(model)
         _check_names("update from the model's buffers", self.buffers, buffers)
         for name, buf in self.buffers.items():
             buf.copy_(buffers[name].detach())
@@ -97,7 +106,7 @@ class EMA:
         _check_names("copy into the model", self.shadow, params)
         for name, shadow in self.shadow.items():
             params[name].detach().copy_(shadow)
-        buffers = dict(model.named_buffers())
+        buffers = persistent_buffers(model)
         _check_names("copy into the model's buffers", self.buffers, buffers)
         for name, buf in self.buffers.items():
             buffers[name].detach().copy_(buf)

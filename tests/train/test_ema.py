@@ -157,3 +157,25 @@ def test_mismatched_models_are_rejected() -> None:
     with pytest.raises(ValueError, match="unexpected"):
         bad = {"shadow": {**ema.shadow, "extra": torch.zeros(1)}, "buffers": ema.buffers, "num_updates": 0}
         ema.load_state_dict(bad)
+
+
+def test_non_persistent_buffers_stay_out_and_the_ema_loads_into_a_fresh_model():
+    class WithMask(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+            self.register_buffer("count", torch.zeros(()))
+            self.register_buffer("mask", torch.ones(3, 3).tril(), persistent=False)
+
+    model = WithMask()
+    ema = EMA(model, decay=0.5)
+    assert set(ema.buffers) == {"count"}
+    with torch.no_grad():
+        model.lin.weight.add_(1.0)
+        model.count.fill_(7)
+    ema.update(model)
+    fresh = WithMask()
+    state = {**ema.state_dict()["shadow"], **ema.state_dict()["buffers"]}
+    fresh.load_state_dict(state)  # strict: no unexpected non-persistent keys
+    assert fresh.count.item() == 7
+    torch.testing.assert_close(fresh.lin.weight, ema.shadow["lin.weight"])
