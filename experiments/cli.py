@@ -41,7 +41,7 @@ import pydantic
 import tyro
 
 from eval.nll import heldout_nll
-from experiments.build import build_model, layout_for, sample_picture, train_job
+from experiments.build import build_model, layout_for, sample, sample_picture, train_job
 from experiments.config import Experiment
 from experiments.plugins import PluginError, load_plugins
 from experiments.presets import PRESETS
@@ -55,7 +55,7 @@ from ntm.train.checkpoint import (
 from ntm.train.config import RESUMABLE_FIELDS
 from ntm.train.errors import NonFiniteLossError, TrainingError
 from ntm.train.loop import CHECKPOINT_KEYS, train
-from ntm.viz import save_png
+from ntm.viz import captioned_rows, save_png
 from registry import ConfigError, RegistryError, did_you_mean
 from registry.cli import config_error, parse
 
@@ -241,7 +241,7 @@ def run_request(request: TrainRequest, command: str) -> int:
     t0 = time.monotonic()
     try:
         nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
-                          max_examples=exp.eval.num_examples, seed=exp.eval.seed)
+                          max_examples=exp.eval.num_examples, seed=exp.eval.seed, conditioner=exp.conditioner.build())
     except DataError as e:
         print(f"ntm {command}: note: no held-out NLL: {e}", file=sys.stderr)
         nll = {}
@@ -317,6 +317,38 @@ class SampleArgs:
     """Output PNG (a .npy of the samples is written beside it); default: <run>/samples/sample.png."""
     dry_run: bool = False
     """Print the resolved sampler config as JSON and exit."""
+    prompt: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
+    """Captions to sample (caption-conditioned runs), one grid row each; repeatable: --prompt "two red circles"
+    --prompt "a blue star". An empty prompt is the null condition (unconditional samples)."""
+    prompts: Path | None = None
+    """A text file of captions, one per line (blank lines skipped), sampled after any --prompt."""
+    per_prompt: int | None = None
+    """Samples per prompt (default: the run's eval.grid_columns)."""
+
+
+def read_prompts(a: SampleArgs) -> list[str]:
+    """The prompts of ``ntm sample``: every --prompt, then the lines of --prompts FILE."""
+    prompts = list(a.prompt)
+    if a.prompts is not None:
+        if not a.prompts.is_file():
+            raise FileNotFoundError(f"--prompts {a.prompts}: no such file")
+        try:
+            lines = a.prompts.read_text().splitlines()
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompts {a.prompts}: not a UTF-8 text file") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+        if not prompts:
+            raise UsageError(f"--prompts {a.prompts}: the file holds no prompt")
+    return prompts
+
+
+def check_prompts(exp: Experiment) -> None:
+    """``--prompt`` needs a run whose conditioner reads captions (one line otherwise)."""
+    from ntm.conditioning import CONDITIONERS
+
+    if getattr(exp.conditioner, "reads", "label") != "caption":
+        raise UsageError(f"--prompt needs a caption-conditioned run; {exp.name} uses conditioner "
+                         f"{CONDITIONERS.name_of(exp.conditioner)!r} (sample labelled runs without --prompt)")
 
 
 def sampler_for(exp: Experiment, **settings: Any):
@@ -345,16 +377,33 @@ def sample_command(args: list[str]) -> int:
         denoiser = exp.denoiser if type(exp.denoiser) is entry.config_cls else entry.config_cls()
     if isinstance(denoiser, DenoiserConfig):  # trained weights under --run, wherever the run directory moved
         denoiser = denoiser.for_run(Path(a.run))
+    prompts = read_prompts(a)
+    if prompts:
+        check_prompts(exp)
+    if a.per_prompt is not None and (a.per_prompt < 1 or not prompts):
+        raise UsageError("--per-prompt needs --prompt/--prompts and a value >= 1")
     if a.dry_run:
         print(json.dumps(exp.replace(sampler=sampler).model_dump(mode="json")["sampler"], indent=2))
         return 0
     exp, data, model = load_run(a.run, a.checkpoint, a.weights)
-    image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise, denoiser=denoiser,
-                                            seed=a.seed, with_real=True)
-    out = a.out or Path(a.run) / "samples" / "sample.png"
+    if prompts:
+        per = a.per_prompt or exp.eval.grid_columns
+        captions = [p for p in prompts for _ in range(per)]
+        samples = sample(exp, model, data, len(captions), captions=captions, sampler=sampler, denoise=a.denoise,
+                         denoiser=denoiser, seed=a.seed)
+        shown = data.to_display(samples).clamp(0, 1)
+        upscale = max(1, 64 // data.spec.shape[-1])
+        image = captioned_rows([(p, shown[i * per : (i + 1) * per]) for i, p in enumerate(prompts)], upscale=upscale)
+    else:
+        image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise,
+                                                denoiser=denoiser, seed=a.seed, with_real=True)
+    out = a.out or Path(a.run) / "samples" / ("prompts.png" if prompts else "sample.png")
     save_png(image, out)
     np.save(out.with_suffix(".npy"), samples.numpy())
-    print(f"wrote {out} and {out.with_suffix('.npy')} ({samples.shape[0]} samples)")
+    if prompts:
+        out.with_suffix(".txt").write_text("".join(f"{c}\n" for c in captions))
+    print(f"wrote {out} and {out.with_suffix('.npy')} ({samples.shape[0]} samples"
+          + (f", {len(prompts)} prompts: {out.with_suffix('.txt')} holds each sample's caption)" if prompts else ")"))
     return 0
 
 
@@ -377,7 +426,8 @@ def eval_command(args: list[str]) -> int:
     exp, data, model = load_run(a.run, a.checkpoint, a.weights)
     steps = list(a.steps or exp.eval.steps or exp.model.process.steps)
     nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
-                      max_examples=a.num_examples or exp.eval.num_examples, seed=exp.eval.seed)
+                      max_examples=a.num_examples or exp.eval.num_examples, seed=exp.eval.seed,
+                      conditioner=exp.conditioner.build())
     (Path(a.run) / "eval.json").write_text(json.dumps({str(k): v for k, v in nll.items()}, indent=2) + "\n")
     for k, v in nll.items():
         print(f"K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} bpd ({v['examples']} examples)")

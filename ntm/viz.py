@@ -82,3 +82,28 @@ def titled_row(panels: list[tuple[str, Tensor]], gap: int = 12, title_height: in
         draw.text((x, 2), title, fill=(0, 0, 0))
         x += img.shape[2] + gap
     return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def captioned_rows(rows: list[tuple[str, Tensor]], upscale: int = 1, pad: int = 2, caption_height: int = 14) -> Tensor:
+    """One image row per caption, the caption written above it: ``[(caption, (n, C, H, W) in [0, 1])]`` ->
+    ``(3, H', W')`` (a prompt grid). Rows may hold different numbers of images."""
+    if not rows:
+        raise ValueError("captioned_rows needs at least one row")
+    grids = [image_grid(images, nrow=images.shape[0], pad=pad, upscale=upscale) for _, images in rows]
+    panels = [(caption, grid) for (caption, _), grid in zip(rows, grids)]
+    width = max(g.shape[2] for g in grids)
+    height = sum(caption_height + g.shape[1] for g in grids)
+    canvas = torch.ones(3, height, width)
+    y = 0
+    for _, grid in panels:
+        canvas[:, y + caption_height : y + caption_height + grid.shape[1], : grid.shape[2]] = grid.expand(3, -1, -1)
+        y += caption_height + grid.shape[1]
+    from PIL import Image, ImageDraw
+
+    pil = Image.fromarray((canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+    draw = ImageDraw.Draw(pil)
+    y = 0
+    for caption, grid in panels:
+        draw.text((pad, y + 1), caption or "(null condition)", fill=(0, 0, 0))
+        y += caption_height + grid.shape[1]
+    return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()

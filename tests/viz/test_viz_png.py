@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ntm.viz import load_png, save_png, titled_row
+from ntm.viz import captioned_rows, load_png, save_png, titled_row
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -24,3 +24,14 @@ def test_titled_row_places_each_panel_under_its_title():
     assert (row[:, 16 + 2 + 10 :, 4 : 4 + 12] == 1).all()  # white below the shorter panel
     with pytest.raises(ValueError, match="at least one panel"):
         titled_row([])
+
+
+def test_captioned_rows_stack_one_row_per_caption():
+    rows = [("a red circle", torch.zeros(3, 3, 4, 4)), ("", torch.zeros(2, 3, 4, 4))]
+    grid = captioned_rows(rows, pad=1, caption_height=10)
+    first = 3 * (4 + 1) + 1  # three images with 1-pixel padding
+    assert grid.shape == (3, 2 * 10 + 2 * (4 + 2), first)
+    assert (grid[:, 10 + 1 : 10 + 5, 1:5] == 0).all()  # the first image of row one
+    assert (grid[:, :10] < 1).any() and (grid[:, 10 + 6 : 10 + 6 + 10] < 1).any()  # both captions drawn
+    with pytest.raises(ValueError, match="at least one row"):
+        captioned_rows([])
