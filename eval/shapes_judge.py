@@ -31,7 +31,7 @@ after a minute of training, while the crop classifier sees one centred,
 scale-normalised object and learns it in seconds. Components rather than
 peaks, because objects never overlap: components separate them exactly, and
 counting is counting components. Pixel-wise losses give each training image
-hundreds of labels, so everything trains in about two minutes on a CPU core.
+hundreds of labels, so the default judge trains in about a minute of one CPU core.
 
 Training targets: each object, rendered alone, owns the pixels it covers by
 at least half (pixel centres inside it, about); at the source's least gap
@@ -54,7 +54,7 @@ prompt of :func:`ntm.data.shapes.parse_caption`:
 ``colors``                an object of the shape has the colour
 ``position``              both (colour, shape) objects, and the subject's centre lies in the relation's
                           direction from the reference's: at least :data:`POSITION_MARGIN` of the side
-                          along the axis, and within 60 degrees of it (GenEval's cone)
+                          along the axis, and within 60 degrees of it (the cone GenEval's rule uses)
 ``color_attr``            both (colour, shape) objects, on distinct objects
 ========================  =============================================================================
 
@@ -276,9 +276,9 @@ class ShapesJudge(nn.Module):
         if n == 0:
             return out
         p_shape = self.classifier(object_crops(x, regions)).softmax(1)
-        colour_votes = torch.zeros(n, len(COLOURS)).index_add_(0, regions["inverse"], p_colour.permute(0, 2, 3, 1)
+        colour_votes = x.new_zeros(n, len(COLOURS)).index_add_(0, regions["inverse"], p_colour.permute(0, 2, 3, 1)
                                                                 .reshape(-1, len(COLOURS))[regions["pixels"]])
-        fg_mean = torch.zeros(n).index_add_(0, regions["inverse"], p_fg.flatten()[regions["pixels"]]) / regions["area"]
+        fg_mean = x.new_zeros(n).index_add_(0, regions["inverse"], p_fg.flatten()[regions["pixels"]]) / regions["area"]
         shape_p, shape_idx = p_shape.max(1)
         conf = (fg_mean * shape_p).tolist()
         rows = (regions["box"] / s).tolist()
@@ -352,11 +352,10 @@ def find_regions(mask: Tensor, min_area: float) -> dict[str, Tensor]:
     n = ids.shape[0]
     pix = on % (s * s)
     ys, xs = (pix // s).to(torch.float32), (pix % s).to(torch.float32)
+    low, high = xs.new_full((n,), float(s)), xs.new_full((n,), -1.0)
     box = torch.stack([
-        torch.full((n,), float(s)).scatter_reduce_(0, inverse, xs, "amin"),
-        torch.full((n,), float(s)).scatter_reduce_(0, inverse, ys, "amin"),
-        torch.full((n,), -1.0).scatter_reduce_(0, inverse, xs, "amax") + 1,
-        torch.full((n,), -1.0).scatter_reduce_(0, inverse, ys, "amax") + 1,
+        low.clone().scatter_reduce_(0, inverse, xs, "amin"), low.clone().scatter_reduce_(0, inverse, ys, "amin"),
+        high.clone().scatter_reduce_(0, inverse, xs, "amax") + 1, high.clone().scatter_reduce_(0, inverse, ys, "amax") + 1,
     ], 1)  # fmt: skip
     return {"image": ids // (s * s + 1), "label": ids % (s * s + 1), "area": counts.to(torch.float32), "box": box,
             "pixels": on, "inverse": inverse, "labels": labels}
@@ -381,7 +380,7 @@ def object_crops(x: Tensor, regions: dict[str, Tensor]) -> Tensor:
     delta = (x[image] - bg) * own
     centre = (box[:, :2] + box[:, 2:]) / 2  # pixels, (x, y)
     half = (box[:, 2:] - box[:, :2]).amax(1) / 2 + 1
-    u = (torch.arange(CROP, dtype=x.dtype) + 0.5) / CROP * 2 - 1  # (CROP,) in (-1, 1)
+    u = (torch.arange(CROP, dtype=x.dtype, device=x.device) + 0.5) / CROP * 2 - 1  # (CROP,) in (-1, 1)
     gx = centre[:, 0, None] + half[:, None] * u  # (n, CROP) pixels
     gy = centre[:, 1, None] + half[:, None] * u
     grid = torch.stack([gx[:, None, :].expand(-1, CROP, -1), gy[:, :, None].expand(-1, -1, CROP)], -1) / s * 2 - 1
@@ -634,14 +633,30 @@ def measure_judge(judge: ShapesJudge) -> dict[str, Any]:
 
 
 # -- training ------------------------------------------------------------------------------------------------------
-def train_judge(config: JudgeConfig = JudgeConfig(), *, measure: bool = True) -> ShapesJudge:
+def train_judge(config: JudgeConfig = JudgeConfig(), *, measure: bool = True, threads: int | None = 1) -> ShapesJudge:
     """Train a :class:`ShapesJudge` on ground-truth renders (CPU, seeded; the global RNG is left untouched).
 
+    ``threads``: torch threads while training (restored after; ``None`` keeps the current setting). One by
+    default: the networks are too small to gain from more, the result is then the same on every machine,
+    and on a busy machine more threads are much slower (two threads next to a running benchmark took
+    over 15 minutes where one took about one).
+
     AdamW with a one-cycle learning rate; loss = binary cross-entropy of foreground over all pixels + cross-entropy
-    of the colour over object pixels + cross-entropy of the shape of each ground-truth object's crop. ``info`` gets ``train_seconds`` (rendering included), ``render_seconds``,
+    of the colour over object pixels + cross-entropy of the shape of each ground-truth object's crop. ``info``
+    gets ``train_seconds`` (wall, rendering included), ``train_cpu_seconds``, ``render_seconds``,
     ``train_examples``, ``threads`` and, with ``measure``, :func:`measure_judge`'s accuracy.
     """
-    start = time.perf_counter()
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(config, measure)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(config: JudgeConfig, measure: bool) -> ShapesJudge:
+    start, cpu_start = time.perf_counter(), time.process_time()
     train_cfg = data_configs(config)[0]
     images, annotations = _render_split(Shapes(train_cfg), "train")
     shape_map, colour_map = label_maps(annotations, config.image_size)
@@ -677,7 +692,8 @@ def train_judge(config: JudgeConfig = JudgeConfig(), *, measure: bool = True) ->
     judge.eval()
     judge.requires_grad_(False)
     judge.info = {
-        "train_seconds": time.perf_counter() - start, "render_seconds": render_seconds, "train_examples": n,
+        "train_seconds": time.perf_counter() - start, "train_cpu_seconds": time.process_time() - cpu_start,
+        "render_seconds": render_seconds, "train_examples": n,
         "final_loss": float(loss.detach()), "threads": torch.get_num_threads(), "torch_version": str(torch.__version__),
     }  # fmt: skip
     if measure:
@@ -748,10 +764,12 @@ def load_judge(path: str | Path) -> ShapesJudge:
     return judge
 
 
-def load_or_train_judge(config: JudgeConfig = JudgeConfig(), cache_dir: str | Path | None = None) -> ShapesJudge:
+def load_or_train_judge(
+    config: JudgeConfig = JudgeConfig(), cache_dir: str | Path | None = None, *, threads: int | None = 1
+) -> ShapesJudge:
     """The judge of ``config``: loaded from ``<cache_dir>/<judge_key(config)>.pt`` if present, else trained
-    (with its accuracy measured) and saved. ``cache_dir`` defaults to :func:`default_cache_dir`; the result
-    has ``from_cache`` and ``cache_path`` set."""
+    (with ``threads`` torch threads, see :func:`train_judge`; its accuracy measured) and saved. ``cache_dir``
+    defaults to :func:`default_cache_dir`; the result has ``from_cache`` and ``cache_path`` set."""
     key = judge_key(config)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = root / f"{key}.pt"
@@ -759,7 +777,7 @@ def load_or_train_judge(config: JudgeConfig = JudgeConfig(), cache_dir: str | Pa
         judge = load_judge(path)
         judge.from_cache = True
         return judge
-    judge = train_judge(config)
+    judge = train_judge(config, threads=threads)
     save_judge(judge, path, key=key)
     judge.info["key"] = key
     judge.cache_path = path
@@ -776,15 +794,22 @@ def accuracy_table(judge: ShapesJudge) -> str:
     return "\n".join(lines)
 
 
+def shapes_judge(image_size: int = 32, cache_dir: str | Path | None = None, *, threads: int | None = 1) -> ShapesJudge:
+    """The default judge for ``image_size`` (:func:`load_or_train_judge` of ``JudgeConfig(image_size=...)``)."""
+    return load_or_train_judge(JudgeConfig(image_size=image_size), cache_dir=cache_dir, threads=threads)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m eval.shapes_judge [--image-size 32] [--cache-dir DIR]``: train or load, print the accuracy."""
+    """``python -m eval.shapes_judge [--image-size 32] [--cache-dir DIR] [--threads N]``: train or load the
+    default judge, print its measured accuracy."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--image-size", type=int, default=32, choices=(16, 32, 64))
-    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--cache-dir", default=None, help="default: $NTM_CACHE/shapes_judge")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (1: see train_judge)")
     args = parser.parse_args(argv)
-    judge = load_or_train_judge(JudgeConfig(image_size=args.image_size), cache_dir=args.cache_dir)
+    judge = shapes_judge(args.image_size, cache_dir=args.cache_dir, threads=args.threads)
     info = judge.info
     print(f"{judge.cache_path} ({'cached' if judge.from_cache else 'trained'}; training took "
           f"{info.get('train_seconds', float('nan')):.1f} s on {info.get('threads')} threads)")
@@ -797,7 +822,7 @@ __all__ = [
     "JudgeNotTrusted", "ShapesJudge", "accuracy_table", "augment", "connected_components", "contrast_prompt",
     "data_configs", "default_cache_dir", "find_regions", "judge_accuracy", "judge_key", "label_maps", "load_judge",
     "load_or_train_judge", "measure_judge", "named_pairs", "object_crops", "read_back_exact", "relation_holds", "save_judge",
-    "score_images", "summarise", "train_judge", "verdict",
+    "score_images", "shapes_judge", "summarise", "train_judge", "verdict",
 ]
 
 
