@@ -419,10 +419,22 @@ class EvalArgs:
     """Step counts K to score (default: every K trained)."""
     num_examples: int | None = None
     """Held-out examples (default: the run's eval setting)."""
+    shapes_eval: bool = False
+    """Also score text-to-image samples with the shapes-eval judge (runs on data:shapes): GenEval's six categories
+    on captions of the held-out seen and unseen (held-out colour-shape pair) splits -> <run>/shapes_eval.json."""
+    num_samples: int = 500
+    """Samples per split for --shapes-eval."""
 
 
 def eval_command(args: list[str]) -> int:
     a = run_tyro(tyro.cli, EvalArgs, prog="ntm eval", argv=args)
+    if a.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {a.num_samples}")
+    if a.shapes_eval:
+        run_exp = load_experiment(Path(a.run) / "config.json")
+        if getattr(run_exp.conditioner, "reads", "label") != "caption" or type(run_exp.data).__name__ != "ShapesConfig":
+            raise UsageError(f"--shapes-eval needs a caption-conditioned run on data:shapes; {run_exp.name} trains on "
+                             f"{type(run_exp.data).__name__} with conditioner {type(run_exp.conditioner).__name__}")
     exp, data, model = load_run(a.run, a.checkpoint, a.weights)
     steps = list(a.steps or exp.eval.steps or exp.model.process.steps)
     nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
@@ -431,6 +443,14 @@ def eval_command(args: list[str]) -> int:
     (Path(a.run) / "eval.json").write_text(json.dumps({str(k): v for k, v in nll.items()}, indent=2) + "\n")
     for k, v in nll.items():
         print(f"K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} bpd ({v['examples']} examples)")
+    if a.shapes_eval:
+        from experiments.t2i import shapes_eval, shapes_eval_table
+
+        result = shapes_eval(exp, model, data, num_samples=a.num_samples, seed=exp.eval.seed)
+        (Path(a.run) / "shapes_eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(shapes_eval_table(result), end="")
+        print(f"held-out combinations / seen: {result['unseen_vs_seen']}; "
+              f"{result['wall_ms_per_sample']:.2f} ms/sample -> {Path(a.run) / 'shapes_eval.json'}")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,36 @@ def test_prompt_on_a_labelled_run_is_refused(tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--prompt", "a red circle"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--prompt needs a caption-conditioned run" in err[0] and "'class'" in err[0], err
+
+
+def test_shapes_eval_scores_both_splits(caption_run, capsys, monkeypatch):
+    import eval.shapes_judge as sj
+    import experiments.t2i as t2i
+
+    calls = []
+
+    def fake_score(judge, images, captions, *, held_out=None, **kw):  # the judge itself is tested in tests/eval
+        calls.append((images.shape, len(captions)))
+        assert images.min() >= 0 and images.max() <= 1
+        verdicts = [i % 2 == 0 for i in range(len(captions))]
+        return {**sj.summarise([sj.parse_caption(c) for c in captions], verdicts, held_out), "verdicts": verdicts}
+
+    monkeypatch.setattr(t2i, "score_images", fake_score)
+    monkeypatch.setattr(t2i, "shapes_judge", lambda size: object())
+    assert main(["eval", "--run", str(caption_run), "--shapes-eval", "--num-samples", "6", "--steps", "4"]) == 0
+    result = json.loads((caption_run / "shapes_eval.json").read_text())
+    assert calls == [((6, 3, 16, 16), 6), ((6, 3, 16, 16), 6)]
+    for split in ("seen", "unseen"):
+        assert 0 <= result[split]["overall"] <= 1 and sum(result[split]["counts"].values()) == 6
+    assert result["wall_ms_per_sample"] > 0 and "| seen |" in capsys.readouterr().out
+
+
+def test_shapes_eval_on_a_labelled_run_is_one_line(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    from experiments.presets import PRESETS
+
+    (run / "config.json").write_text(PRESETS["digits-ntm"].model_dump_json())
+    assert main(["eval", "--run", str(run), "--shapes-eval"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shapes-eval needs a caption-conditioned run on data:shapes" in err[0], err
