@@ -60,10 +60,12 @@ def _trainable(model: nn.Module) -> list[str]:
 def test_the_groups_partition_every_presets_trainable_parameters(preset: str) -> None:
     model = _preset_model(preset)
     groups = param_group_names(model)  # raises unless a partition
+    encoder = ["condition_encoder"] if getattr(model, "condition_encoder", None) is not None else []
     if isinstance(model.predictor, PosteriorPredictor):
-        assert list(groups) == ["transporter", "backbone"] + (["scale"] if model.predictor.scale is not None else [])
+        expected = ["transporter", "backbone"] + (["scale"] if model.predictor.scale is not None else [])
     else:
-        assert list(groups) == ["transporter", "predictor"]
+        expected = ["transporter", "predictor"]
+    assert list(groups) == expected + encoder
     names = [n for group in groups.values() for n in group]
     assert sorted(names) == sorted(_trainable(model)) and len(names) == len(set(names))
 
