@@ -10,7 +10,11 @@
     ntm eval --run runs/digits-ntm
     ntm distill --run runs/digits-ntm && ntm sample --run runs/digits-ntm --denoiser learned   # one-pass denoiser
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
+    ntm bench latency --out runs/bench-latency              # time to one image vs a deep-shallow AR flow
     ntm shards write --folder images/ --out 'shards/train-%06d.tar'
+    ntm shards write --source shapes --count 20000 --out 'shards/shapes-%06d.tar'   # captioned procedural scenes
+    ntm train shapes-t2i-ntm && ntm sample --run runs/shapes-t2i-ntm --prompt "two red circles"   # text-to-image
+    ntm eval --run runs/shapes-t2i-ntm --shapes-eval        # GenEval-style judge, seen / held-out combinations
     ntm --plugin my_pkg.my_module train toy-ntm transporter:shift   # a variant from your own module
 
 Global options (before the command): --plugin MODULE (repeatable; also a .py
