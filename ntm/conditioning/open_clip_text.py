@@ -67,18 +67,16 @@ from typing import Any, ClassVar
 
 import pydantic
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ntm.conditioning.base import (
     CONDITIONERS,
     NULL_TOKEN,
-    ConditionEncoder,
     Conditioner,
     ConditionerConfig,
 )
 from ntm.conditioning.condition import Condition
-from ntm.conditioning.text import EOT_TOKEN, VOCAB_SIZE, tokenize
+from ntm.conditioning.text import VOCAB_SIZE, TokenTextEncoder, tokenize
 from ntm.spec import ModelDims
 from registry import ConfigError, did_you_mean
 
@@ -392,7 +390,7 @@ def _digest_tensor(identity: str) -> Tensor:
     return torch.frombuffer(bytearray(bytes.fromhex(identity)), dtype=torch.int64).clone()
 
 
-class OpenClipTextEncoder(ConditionEncoder):
+class OpenClipTextEncoder(TokenTextEncoder):
     """``(B, L)`` token ids (``L <= context_length``) -> :class:`Condition` with ``context_length`` tokens of
     the text tower's width; null rows get the learned null. See the module docstring for frozen vs trained."""
 
@@ -439,38 +437,14 @@ class OpenClipTextEncoder(ConditionEncoder):
                                       error_msgs)
 
     # -- conditions ----------------------------------------------------------------------------
-    def null(self, batch: int) -> Condition:
-        width, length = self.null_pooled.shape[0], self.context_length
-        tokens = torch.cat([self.null_token.expand(batch, 1, width),
-                            self.null_token.new_zeros(batch, length - 1, width)], dim=1)
-        mask = torch.zeros(batch, length, dtype=torch.bool, device=tokens.device)
-        mask[:, 0] = True
-        return Condition(self.null_pooled.expand(batch, width), tokens, mask)
-
     def forward(self, ids: Tensor) -> Condition:
-        if ids.dtype != torch.long or ids.ndim != 2:
-            raise TypeError(f"token ids must be a (B, L) int64 tensor, got {tuple(ids.shape)} {ids.dtype}")
-        b, length = ids.shape
-        if length > self.context_length:
-            raise ValueError(f"token ids have {length} positions; this encoder reads at most {self.context_length}")
-        null = (ids == NULL_TOKEN).all(dim=1)  # (B,)
-        ids = F.pad(ids.clamp_min(0), (0, self.context_length - length))  # null rows read as padding, then replaced
-        if bool(((ids.amax(dim=1) != EOT_TOKEN) & ~null).any()):  # EOT_TOKEN is the largest id
-            raise ValueError(f"every non-null row of token ids must hold the end-of-text token {EOT_TOKEN} "
-                             "and no larger id (tokenize captions with the conditioner)")
-        end = ids.argmax(dim=1)  # the end-of-text position
-        mask = torch.arange(self.context_length, device=ids.device)[None] <= end[:, None]
+        ids, null, end, mask = self.read_ids(ids)
         dtype = self.null_pooled.dtype
         if self.frozen:
             h = self._frozen_tokens(ids, end, null).to(dtype)
         else:
             h = tower_tokens(self.tower, ids).to(dtype) * mask[..., None]
-        pooled = h[torch.arange(b, device=ids.device), end]
-        empty = self.null(b)
-        pooled = torch.where(null[:, None], empty.pooled, pooled)
-        h = torch.where(null[:, None, None], empty.tokens, h)
-        mask = torch.where(null[:, None], empty.mask, mask)
-        return Condition(pooled, h, mask)
+        return self.condition(h, null, end, mask)
 
     @torch.compiler.disable
     def _frozen_tokens(self, ids: Tensor, end: Tensor, null: Tensor) -> Tensor:

@@ -178,7 +178,52 @@ class TextBlock(nn.Module):
         return h + self.mlp(self.norm2(h))
 
 
-class SmallTextEncoder(ConditionEncoder):
+class TokenTextEncoder(ConditionEncoder):
+    """What every text encoder over open_clip token ids shares: reading the ids (null rows, end of text, mask)
+    and the learned null condition (``null_pooled``, ``null_token`` parameters of the subclass; one null token,
+    mask True at position 0 only). A subclass computes per-position features and calls :meth:`condition`."""
+
+    context_length: int
+    null_pooled: nn.Parameter
+    null_token: nn.Parameter
+
+    def null(self, batch: int) -> Condition:
+        width, length = self.null_pooled.shape[0], self.context_length
+        tokens = torch.cat([self.null_token.expand(batch, 1, width),
+                            self.null_token.new_zeros(batch, length - 1, width)], dim=1)
+        mask = torch.zeros(batch, length, dtype=torch.bool, device=tokens.device)
+        mask[:, 0] = True
+        return Condition(self.null_pooled.expand(batch, width), tokens, mask)
+
+    def read_ids(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(ids padded to context_length, null rows (B,), end-of-text position (B,), mask (B, context_length))``;
+        null rows read as padding (their features are replaced by :meth:`condition`)."""
+        if ids.dtype != torch.long or ids.ndim != 2:
+            raise TypeError(f"token ids must be a (B, L) int64 tensor, got {tuple(ids.shape)} {ids.dtype}")
+        length = ids.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"token ids have {length} positions; this encoder reads at most {self.context_length}")
+        null = (ids == NULL_TOKEN).all(dim=1)  # (B,)
+        ids = F.pad(ids.clamp_min(0), (0, self.context_length - length))
+        if bool(((ids.amax(dim=1) != EOT_TOKEN) & ~null).any()):  # EOT_TOKEN is the largest id
+            raise ValueError(f"every non-null row of token ids must hold the end-of-text token {EOT_TOKEN} "
+                             "and no larger id (tokenize captions with the conditioner)")
+        end = ids.argmax(dim=1)  # the end-of-text position (the largest id)
+        mask = torch.arange(self.context_length, device=ids.device)[None] <= end[:, None]
+        return ids, null, end, mask
+
+    def condition(self, h: Tensor, null: Tensor, end: Tensor, mask: Tensor) -> Condition:
+        """Features ``h (B, context_length, width)`` -> the Condition pooled at the end of text, null rows
+        replaced by the learned null."""
+        pooled = h[torch.arange(h.shape[0], device=h.device), end]
+        empty = self.null(h.shape[0])
+        pooled = torch.where(null[:, None], empty.pooled.to(pooled.dtype), pooled)
+        h = torch.where(null[:, None, None], empty.tokens.to(h.dtype), h)
+        mask = torch.where(null[:, None], empty.mask, mask)
+        return Condition(pooled, h, mask)
+
+
+class SmallTextEncoder(TokenTextEncoder):
     """``(B, L)`` token ids (``L <= context_length``) -> :class:`Condition` with ``context_length`` tokens.
 
     ``pooled`` is the end-of-text token's feature, ``tokens`` every position's
@@ -196,40 +241,15 @@ class SmallTextEncoder(ConditionEncoder):
         self.null_pooled = nn.Parameter(torch.randn(width) * 0.02)
         self.null_token = nn.Parameter(torch.randn(width) * 0.02)
 
-    def null(self, batch: int) -> Condition:
-        width, length = self.null_pooled.shape[0], self.context_length
-        tokens = torch.cat([self.null_token.expand(batch, 1, width),
-                            self.null_token.new_zeros(batch, length - 1, width)], dim=1)
-        mask = torch.zeros(batch, length, dtype=torch.bool, device=tokens.device)
-        mask[:, 0] = True
-        return Condition(self.null_pooled.expand(batch, width), tokens, mask)
-
     def forward(self, ids: Tensor) -> Condition:
-        if ids.dtype != torch.long or ids.ndim != 2:
-            raise TypeError(f"token ids must be a (B, L) int64 tensor, got {tuple(ids.shape)} {ids.dtype}")
-        b, length = ids.shape
-        if length > self.context_length:
-            raise ValueError(f"token ids have {length} positions; this encoder reads at most {self.context_length}")
-        null = (ids == NULL_TOKEN).all(dim=1)  # (B,)
-        ids = F.pad(ids.clamp_min(0), (0, self.context_length - length))  # null rows read as padding, then replaced
-        if bool(((ids.amax(dim=1) != EOT_TOKEN) & ~null).any()):  # EOT_TOKEN is the largest id
-            raise ValueError(f"every non-null row of token ids must hold the end-of-text token {EOT_TOKEN} "
-                             "and no larger id (tokenize captions with the conditioner)")
+        ids, null, end, mask = self.read_ids(ids)
         h = self.embed(ids) + self.pos
         for block in self.blocks:
             h = block(h)
-        h = self.norm(h)
-        end = ids.argmax(dim=1)  # the end-of-text position (the largest id)
-        pooled = h[torch.arange(b, device=ids.device), end]
-        mask = torch.arange(self.context_length, device=ids.device)[None] <= end[:, None]
-        empty = self.null(b)
-        pooled = torch.where(null[:, None], empty.pooled.to(pooled.dtype), pooled)
-        h = torch.where(null[:, None, None], empty.tokens.to(h.dtype), h)
-        mask = torch.where(null[:, None], empty.mask, mask)
-        return Condition(pooled, h, mask)
+        return self.condition(self.norm(h), null, end, mask)
 
 
 __all__ = [
     "EOT_TOKEN", "SOT_TOKEN", "VOCAB_SIZE", "SmallTextConditioner", "SmallTextConfig", "SmallTextEncoder",
-    "TextBlock", "clip_tokenizer", "is_empty", "tokenize",
+    "TextBlock", "TokenTextEncoder", "clip_tokenizer", "is_empty", "tokenize",
 ]
