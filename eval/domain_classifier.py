@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ntm.train.checkpoint import atomic_torch_save
 
 CACHE_ENV = "NTM_CACHE"
 """Environment variable: root of ntm's caches (default ``~/.cache/ntm``); classifiers go in ``<root>/domain_classifiers``."""
@@ -266,15 +267,7 @@ def save_domain_classifier(model: DomainClassifier, path: str | Path, *, key: st
         "info": model.info,
         "state_dict": model.state_dict(),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_domain_classifier(path: str | Path) -> DomainClassifier:

@@ -92,7 +92,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -115,6 +114,7 @@ from ntm.data.shapes import (
     prompt_of,
     render,
 )
+from ntm.train.checkpoint import atomic_torch_save
 
 JUDGE_VERSION = 1
 """Bumped when the judge's architecture, targets, training or accuracy measurement change (part of the cache key)."""
@@ -735,15 +735,7 @@ def save_judge(judge: ShapesJudge, path: str | Path, *, key: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": JUDGE_VERSION, "key": key, "config": dataclasses.asdict(judge.config),
                "info": judge.info, "state_dict": judge.state_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_judge(path: str | Path) -> ShapesJudge:

@@ -80,12 +80,18 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
     """
     if not isinstance(state, dict):
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    atomic_torch_save({FORMAT_KEY: FORMAT_VERSION, "state": state}, path)
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: a flushed, fsynced temporary file renamed onto ``path`` (parent
+    directories created, the directory fsynced); if saving raises, ``path`` is untouched. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save({FORMAT_KEY: FORMAT_VERSION, "state": state}, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -93,6 +99,7 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    return path
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:
