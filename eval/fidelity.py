@@ -253,7 +253,19 @@ def domain_extractor_for_digits(
     return DOMAIN_EXTRACTOR, {"weights_path": str(model.cache_path)}
 
 
+
+def domain_extractor_for_shapes(
+    image_size: int = 32, cache_dir: str | Path | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Train-or-load the shapes classifier (:func:`eval.domain_classifier.shapes_domain_classifier`); ``(extractor,
+    kwargs)`` for ``fidelity_metrics``."""
+    from eval.domain_classifier import shapes_domain_classifier
+
+    model = shapes_domain_classifier(image_size, cache_dir)
+    return DOMAIN_EXTRACTOR, {"weights_path": str(model.cache_path)}
+
+
 __all__ = [
     "DOMAIN_EXTRACTOR", "DomainClassifierConfig", "DomainFeatureExtractor", "ImageTensorDataset",
-    "domain_extractor_for_digits", "fidelity_metrics", "to_uint8_rgb",
+    "domain_extractor_for_digits", "domain_extractor_for_shapes", "fidelity_metrics", "to_uint8_rgb",
 ]

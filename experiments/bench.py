@@ -51,7 +51,7 @@ from ntm.train.init import initialize_from
 from ntm.train.logging import Progress
 from ntm.train.loop import train
 from ntm.transporters import IdentityConfig, TransporterConfig
-from ntm.viz import load_png, save_png, titled_row
+from ntm.viz import image_grid, load_png, save_png, titled_row
 from registry import ComponentConfig
 
 
@@ -115,14 +115,24 @@ class Suite:
     models: tuple[BenchModel, ...]
     num_samples: int
     """Samples drawn per evaluation point."""
-    image_metrics: Literal["none", "domain-digits", "inception"] = "none"
-    """FID/KID/precision/recall features: a domain classifier trained on digits, or Inception (local weights);
+    image_metrics: Literal["none", "domain-digits", "domain-shapes", "inception"] = "none"
+    """FID/KID/precision/recall features: a domain classifier trained on digits or on shapes, or Inception (local
+    weights);
     "none" on images: no sample-quality metrics (smoke tests)."""
     reference_size: int = 1500
     """Reference images for image metrics (drawn from the training split)."""
     comparison: tuple[tuple[str, str], ...] = ()
     """``(figure key, title)`` panels of ``figures/compare.png``, side by side (keys: ``<row model>_K<steps>``);
     written when every panel's samples exist."""
+    text_eval: bool = False
+    """Caption-conditioned models on ``data:shapes``: every row is sampled from the held-out captions and scored
+    by the shapes-eval judge (:func:`experiments.t2i.shapes_eval`: seen and unseen splits, ``num_samples`` each);
+    image metrics compare the seen split's samples with the reference."""
+    prompts: tuple[str, ...] = ()
+    """Captions of ``figures/prompts.png``: one row per caption, every row's samples from the same seed, one
+    column block per evaluated row of the suite (text suites)."""
+    per_prompt: int = 2
+    """Samples per caption and row in ``figures/prompts.png``."""
 
 
 # -- suites ---------------------------------------------------------------------
@@ -153,6 +163,7 @@ def _variant(base: Experiment, name: str, *, steps: tuple[int, ...], train_steps
     if tiny:
         net = net.replace(predictor=_shrink(net.predictor), transporter=_shrink(net.transporter))
         evaluation = evaluation.replace(num_examples=64)
+        updates.setdefault("conditioner", _shrink(base.conditioner))  # a text encoder: shrunk; labels: unchanged
     return base.replace(name=name, model=net, train=train, eval=evaluation, **updates)
 
 
@@ -331,7 +342,97 @@ def paper_suite(train_steps: int = 100_000, seed: int = 0, tiny: bool = False, n
     return Suite("paper", family, num_samples, image_metrics="inception")
 
 
-SUITES: dict[str, Callable[..., Suite]] = {"toy": toy_suite, "digits": digits_suite, "paper": paper_suite}
+def generative_params(exp: Experiment, data: DataSource) -> int:
+    """Trainable parameters of ``exp``'s model, its condition encoder (shared by every model of a suite) excluded."""
+    model = build_model(exp, data)
+    encoder = getattr(model, "condition_encoder", None)
+    skip = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def closest_in_size(target: int, options: list[Experiment], data: DataSource, what: str,
+                    tolerance: float | None = 0.1) -> tuple[Experiment, int]:
+    """The option whose :func:`generative_params` is closest to ``target``, and its count; with ``tolerance``, a
+    ``ValueError`` when even that one is further than ``tolerance * target`` away."""
+    sized = [(abs(n - target), n, exp) for exp in options for n in (generative_params(exp, data),)]
+    _, n, best = min(sized, key=lambda t: t[0])
+    if tolerance is not None and abs(n - target) > tolerance * target:
+        raise ValueError(f"{what}: no option within {tolerance:.0%} of {target} parameters (closest {n})")
+    return best, n
+
+
+SHAPES_PROMPTS = (
+    "a star", "a red circle", "a square and a triangle", "three green triangles",
+    "an orange cross to the left of a blue circle", "a blue square and a yellow star",
+)
+"""The captions of the shapes bench's prompt figure (one per GenEval category; data:shapes grammar)."""
+
+
+def shapes_suite(train_steps: int = 1000, seed: int = 0, tiny: bool = False, num_samples: int = 250,
+                 finetune_steps: int | None = None, distill_steps: int | None = None,
+                 teacher_steps: int | None = None, guidance: float = 1.5) -> Suite:
+    """Text-to-image on ``data:shapes``, all models from the ``shapes-t2i-ntm`` preset with its text encoder,
+    training budget (``train_steps`` at its batch size) and seed, sized to the NTM's parameter count (encoder
+    excluded, within 10 %):
+
+    - ``ntm``: the preset, K = 4 (its score denoiser);
+    - ``gaussian``: no transporter, the trajectory predictor deepened to the NTM's size, K = 4;
+    - ``flow-matching``: a velocity transformer of the NTM's size on ``x``, Euler at 4 / 16 / 64 steps;
+    - ``ar-flow``: one autoregressive flow in the deep-shallow form (TarFlow at the predictor's width, 4 blocks:
+      3 shallow ones of 2 layers, or of 1 where 2 are already too many, and the block nearest the prior deepened
+      to the size), trained as an NTM with K = 1 (a depth-1 predictor gives the prior of ``x_{t_0}``), score
+      denoised.
+
+    Every point is scored unguided and at ``guidance`` (``-w<weight>`` rows), on ``num_samples`` captions of
+    each held-out split (seen and unseen colour-shape pairs), with a domain FID from a shapes classifier."""
+    if finetune_steps is not None or distill_steps is not None or teacher_steps is not None:
+        from experiments.cli import UsageError
+
+        raise UsageError("the shapes suite trains every model from scratch on one budget: drop --finetune-steps, "
+                         "--distill-steps and --teacher-steps")
+    base = PRESETS["shapes-t2i-ntm"]
+    if tiny:  # 16-pixel scenes, few of them: a smoke test renders little
+        base = base.replace(data=base.data.replace(image_size=16, train_size=256, eval_size=32))
+    data = base.data.build()
+    v = lambda name, steps, **u: _variant(base, f"shapes-{name}", steps=steps, train_steps=train_steps,  # noqa: E731
+                                          seed=seed, tiny=tiny, **u)
+    ntm = v("ntm-K4", (4,))
+    target = generative_params(ntm, data)
+    predictor = ntm.model.predictor
+    tolerance = None if tiny else 0.1
+    depths = range(1, 4 * predictor.depth + 1)
+    gaussian, _ = closest_in_size(target, [v("gaussian-K4", (4,), transporter=IdentityConfig(),
+                                             predictor=predictor.replace(depth=d)) for d in depths],
+                                  data, "shapes gaussian", tolerance)
+
+    def velocity(depth: int) -> PosteriorPredictorConfig:
+        return PosteriorPredictorConfig(learned_scale=False, xhat=VelocityTransformerConfig(
+            depth=depth, width=predictor.width, num_heads=predictor.num_heads, mlp_ratio=predictor.mlp_ratio))
+
+    fm_options = [v("flow-matching", (4,), transporter=IdentityConfig(), predictor=velocity(d),
+                    loss=FlowMatchingConfig(), sampler=EulerConfig(num_steps=64), denoiser=NoDenoiserConfig())
+                  for d in depths]
+    fm, _ = closest_in_size(target, fm_options, data, "shapes flow matching", tolerance)
+    ar_flow = ntm.model.transporter.replace(width=predictor.width, num_heads=predictor.num_heads, num_blocks=4)
+    ar_options = [v("ar-flow", (1,), transporter=ar_flow.replace(layers_per_block=shallow, deep_layers=d),
+                    predictor=predictor.replace(depth=1))
+                  for shallow in (2, 1) for d in range(shallow + 1, shallow + 4 * predictor.depth + 1)]
+    ar, _ = closest_in_size(target, ar_options, data, "shapes AR flow", tolerance)
+    g = (guidance,) if guidance else ()
+    ode = lambda n: _ode_point(EulerConfig(num_steps=n), "euler")  # noqa: E731
+    models = (
+        BenchModel("ntm", ntm, _with_guidance(EvalPoint(4, 4), g)),
+        BenchModel("gaussian", gaussian, _with_guidance(EvalPoint(4, 4), g)),
+        BenchModel("flow-matching", fm, tuple(p for n in (4, 16, 64) for p in _with_guidance(ode(n), g)),
+                   likelihood=False),
+        BenchModel("ar-flow", ar, _with_guidance(EvalPoint(1, None), g)),
+    )
+    return Suite("shapes", models, num_samples, image_metrics="domain-shapes", reference_size=1000,
+                 text_eval=True, prompts=SHAPES_PROMPTS)
+
+
+SUITES: dict[str, Callable[..., Suite]] = {"toy": toy_suite, "digits": digits_suite, "paper": paper_suite,
+                                          "shapes": shapes_suite}
 
 
 # -- running ----------------------------------------------------------------------
@@ -448,8 +549,10 @@ def _evaluate(sc: _Scoring, exp: Experiment, model, point: EvalPoint, likelihood
     if likelihood and not guidance:  # the model's likelihood at K; guided samples do not come from it
         cache = {} if nll_cache is None else nll_cache
         if point.steps not in cache:
+            conditioner = exp.conditioner.build() if getattr(model, "condition_encoder", None) is not None else None
             nll = heldout_nll(model, data, layout, [point.steps], batch_size=exp.eval.batch_size,
-                              max_examples=exp.eval.num_examples, seed=exp.eval.seed)[point.steps]
+                              max_examples=exp.eval.num_examples, seed=exp.eval.seed,
+                              conditioner=conditioner)[point.steps]
             found = {"nll_traj_bpd": nll["nll_traj_bpd"], "bound_bpd": nll["bound_bpd"]}
             mixture = getattr(data, "mixture", None)
             if mixture is not None:
@@ -458,10 +561,13 @@ def _evaluate(sc: _Scoring, exp: Experiment, model, point: EvalPoint, likelihood
             cache[point.steps] = found
         metrics.update(cache[point.steps])
     n = sc.suite.num_samples
-    run, _ = _sample_fn(exp, model, data, point, n, dev, exp.eval.seed)
-    samples = run()  # also the warm-up of the timed call below
-    cost = measure(run, repeats=1, warmup=0, device=dev, n=n)
-    metrics.update(_quality(sc.suite, data, samples, sc.reference, sc.extractor))
+    if sc.suite.text_eval:
+        samples, cost = _text_eval(sc, exp, model, point, metrics)
+    else:
+        run, _ = _sample_fn(exp, model, data, point, n, dev, exp.eval.seed)
+        samples = run()  # also the warm-up of the timed call below
+        cost = measure(run, repeats=1, warmup=0, device=dev, n=n)
+        metrics.update(_quality(sc.suite, data, samples, sc.reference, sc.extractor))
     denoiser = point.denoiser or exp.denoiser
     if isinstance(denoiser, LearnedDenoiserConfig):
         metrics["psnr_learned_vs_score_db"] = psnr_learned_vs_score(exp, model, data, point, n, dev, exp.eval.seed)
@@ -473,6 +579,34 @@ def _evaluate(sc: _Scoring, exp: Experiment, model, point: EvalPoint, likelihood
         "train_steps": exp.train.steps, "metrics": metrics, "wall_ms_per_sample": cost["wall_ms_per_sample"],
     }
     return fields, samples
+
+
+def _text_eval(sc: _Scoring, exp: Experiment, model, point: EvalPoint,
+               metrics: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Judge scores (``shapes_<split>_<category>``, ``shapes_<split>_overall``, ``unseen_vs_seen``) and image metrics
+    of the seen split into ``metrics``; returns the seen split's samples (display space, ``[0, 1]``) and their
+    cost."""
+    from experiments.t2i import shapes_eval
+
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    result = shapes_eval(exp, model, sc.data, num_samples=sc.suite.num_samples, seed=exp.eval.seed,
+                         keep_images=True, sampler=_sampler_config(exp, point), denoiser=point.denoiser)
+    for split in ("seen", "unseen"):
+        metrics[f"shapes_{split}_overall"] = result[split]["overall"]
+        for category, score in result[split]["per_category"].items():
+            metrics[f"shapes_{split}_{category}"] = score
+    metrics["unseen_vs_seen"] = result["unseen_vs_seen"]
+    shown = result["images"]["seen"]
+    if sc.extractor is not None:
+        from eval.fidelity import fidelity_metrics
+
+        name, kwargs = sc.extractor
+        reference = sc.data.to_display(sc.reference).clamp(0, 1)
+        metrics.update(fidelity_metrics(shown, reference, extractor=name, kid_subsets=20, **kwargs))
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
+    return shown, {"wall_ms_per_sample": result["wall_ms_per_sample"], "peak_mem_mb": peak}
 
 
 def _setting(exp: Experiment, point: EvalPoint) -> tuple:
@@ -526,6 +660,7 @@ def run_suite(
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     figures: dict[str, torch.Tensor] = {}
+    prompt_samples: dict[str, torch.Tensor] = {}  # row -> (prompts * per_prompt, C, H, W) in [0, 1]
     finals: dict[str, Path] = {}  # experiment name -> its run's final checkpoint
     bar = Progress(len(suite.models), desc=f"bench {suite.name}", enabled=progress, print_every=1)
     extractor = None
@@ -554,6 +689,10 @@ def run_suite(
             from eval.fidelity import domain_extractor_for_digits
 
             extractor = domain_extractor_for_digits()
+        elif suite.image_metrics == "domain-shapes" and extractor is None:
+            from eval.fidelity import domain_extractor_for_shapes
+
+            extractor = domain_extractor_for_shapes(data.spec.shape[-1])
         elif suite.image_metrics == "inception":
             extractor = ("inception-v3-compat", {"weights_path": str(inception_weights)})
         if data.spec.kind == "images":  # the training images (one epoch's worth) as the FID reference
@@ -570,7 +709,9 @@ def run_suite(
             if fields["denoiser"] == "learned":
                 fields = {**fields, "distill_steps": distilled_steps}
             rows.append({"model": name, **fields, **extra})
-            _keep_samples(out, figures, exp, data, f"{name}_K{point.steps}", samples)
+            _keep_samples(out, figures, exp, data, f"{name}_K{point.steps}", samples, suite.text_eval)
+            if suite.prompts:
+                prompt_samples[f"{name}@{point.steps}"] = _prompt_samples(suite, exp, model, data, point)
         if bm.curve is not None:
             for step in bm.curve.steps(exp.train.steps):
                 if step == exp.train.steps and _setting(exp, bm.curve.point) in done:  # the same row, measured above
@@ -581,7 +722,8 @@ def run_suite(
                     fields, samples = _evaluate(sc, exp, snapshot, bm.curve.point, bm.likelihood)
                 fields.update(train_steps=step)
                 rows.append({"model": bm.curve.name, bm.curve.key: step, **fields, **extra})
-                _keep_samples(out, figures, exp, data, f"{bm.curve.name}_K{bm.curve.point.steps}_step{step}", samples)
+                _keep_samples(out, figures, exp, data, f"{bm.curve.name}_K{bm.curve.point.steps}_step{step}", samples,
+                              suite.text_eval)
         bar.update(1, model=bm.name)
         if hasattr(data, "mixture") and not (out / "mixture.json").exists():
             _write_mixture(out, data, suite)
@@ -591,8 +733,36 @@ def run_suite(
     for key, image in figures.items():
         save_png(image, out / "figures" / f"samples_{key}.png")
     write_comparison(out, suite.comparison)
+    if prompt_samples:
+        write_prompt_figure(out / "figures" / "prompts.png", suite.prompts, prompt_samples, suite.per_prompt)
     plot(rows, out)
     return rows
+
+
+def _prompt_samples(suite: Suite, exp: Experiment, model, data: DataSource, point: EvalPoint) -> torch.Tensor:
+    """``suite.per_prompt`` samples of every caption of ``suite.prompts`` (display space), the same seed for every row."""
+    from experiments.t2i import sample_captions
+
+    captions = [c for c in suite.prompts for _ in range(suite.per_prompt)]
+    images, _ = sample_captions(exp, model, data, captions, seed=exp.eval.seed, sampler=_sampler_config(exp, point),
+                                denoiser=point.denoiser)
+    return images
+
+
+def write_prompt_figure(path: Path, prompts: tuple[str, ...], samples: dict[str, torch.Tensor],
+                        per_prompt: int) -> Path:
+    """One row per prompt (the caption above it), each row the rows' samples side by side in the order of
+    ``samples``; the first caption also names the column blocks."""
+    from ntm.viz import captioned_rows
+
+    names = list(samples)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        images = torch.cat([samples[name][i * per_prompt : (i + 1) * per_prompt] for name in names])
+        caption = f"{prompt!r}   columns: {' | '.join(names)}" if i == 0 else repr(prompt)
+        rows.append((caption, images))
+    upscale = max(1, 64 // next(iter(samples.values())).shape[-1])
+    return save_png(captioned_rows(rows, upscale=upscale), path)
 
 
 def write_comparison(out: Path, panels: tuple[tuple[str, str], ...]) -> Path | None:
@@ -605,9 +775,14 @@ def write_comparison(out: Path, panels: tuple[tuple[str, str], ...]) -> Path | N
 
 
 def _keep_samples(out: Path, figures: dict[str, torch.Tensor], exp: Experiment, data: DataSource, key: str,
-                  samples: torch.Tensor) -> None:
+                  samples: torch.Tensor, shown: bool = False) -> None:
+    """Keep the row's sample figure (and, for points, the samples); ``shown``: images already in display space."""
     if data.spec.kind == "points":
         np.save(out / f"samples_{key}.npy", samples.numpy())
+    if shown:
+        upscale = max(1, 64 // samples.shape[-1])
+        figures[key] = image_grid(samples[:100], nrow=exp.eval.grid_columns, upscale=upscale)
+        return
     figures[key] = picture(exp, data, samples[: 100 if data.spec.kind == "images" else None])
 
 

@@ -460,10 +460,12 @@ def eval_command(args: list[str]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BenchArgs:
-    suite: tyro.conf.Positional[Literal["toy", "digits", "paper", "latency"]]
-    """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores), paper (GPU, imagenet-paper family) or
-    latency (time to one image and batched throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the
-    same size and flow matching, random weights, ~3 min on CPU)."""
+    suite: tyro.conf.Positional[Literal["toy", "digits", "shapes", "paper", "latency"]]
+    """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores), shapes (text-to-image on procedural
+    captioned shapes: NTM@4 vs Gaussian@4, flow matching Euler@4/16/64 and a deep-shallow AR flow of the same size,
+    scored by the shapes-eval judge), paper (GPU, imagenet-paper family) or latency (time to one image and batched
+    throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the same size and flow matching, random
+    weights, ~3 min on CPU)."""
     out: Path = Path("runs/bench")
     """Output directory (results.json, results.md, plots, figures, runs/)."""
     train_steps: int | None = None

@@ -31,30 +31,47 @@ def shapes_captions(data: DataSource, split: str, n: int) -> list[str]:
 
 
 @torch.no_grad()
+def sample_captions(exp: Experiment, model: torch.nn.Module, data: DataSource, captions: list[str], *,
+                    seed: int = 0, batch_size: int = 250, **sample_kwargs: Any) -> tuple[torch.Tensor, float]:
+    """``(images, seconds)``: one sample per caption in display space ``[0, 1]`` and the wall time sampling took.
+
+    Chunk ``i`` (of ``batch_size`` captions) is seeded ``seed + i``; ``sample_kwargs`` go to
+    :func:`experiments.build.sample` (``sampler=``, ``denoiser=``, ``denoise=``)."""
+    images, seconds = [], 0.0
+    for i in range(0, len(captions), batch_size):
+        chunk = captions[i : i + batch_size]
+        started = time.perf_counter()
+        x = sample(exp, model, data, len(chunk), captions=chunk, seed=seed + i, **sample_kwargs)
+        seconds += time.perf_counter() - started
+        images.append(data.to_display(x).clamp(0, 1))
+    return torch.cat(images), seconds
+
+
+@torch.no_grad()
 def shapes_eval(exp: Experiment, model: torch.nn.Module, data: DataSource, *, num_samples: int = 500,
-                seed: int = 0, batch_size: int = 250, judge=None, **sample_kwargs: Any) -> dict[str, Any]:
+                seed: int = 0, batch_size: int = 250, judge=None, keep_images: bool = False,
+                **sample_kwargs: Any) -> dict[str, Any]:
     """Per-split (``seen``, ``unseen``) judge scores of ``num_samples`` samples each, plus ``wall_ms_per_sample``.
 
-    ``sample_kwargs`` go to :func:`experiments.build.sample` (``sampler=``, ``denoiser=``, ``denoise=``)."""
+    ``sample_kwargs`` go to :func:`experiments.build.sample` (``sampler=``, ``denoiser=``, ``denoise=``);
+    ``keep_images``: the samples and their captions also come back, under ``images`` and ``captions`` (per split)."""
     judge = judge or shapes_judge(data.spec.shape[-1])
     held = held_out_pairs(data.config)
     out: dict[str, Any] = {"num_samples": num_samples, "held_out_pairs": [list(p) for p in held]}
     seconds, count = 0.0, 0
+    kept: dict[str, Any] = {"images": {}, "captions": {}}
     for split in ("seen", "unseen"):
         captions = shapes_captions(data, split, num_samples)
-        images = []
-        for i in range(0, len(captions), batch_size):
-            chunk = captions[i : i + batch_size]
-            started = time.perf_counter()
-            x = sample(exp, model, data, len(chunk), captions=chunk, seed=seed + i, **sample_kwargs)
-            seconds += time.perf_counter() - started
-            count += len(chunk)
-            images.append(data.to_display(x).clamp(0, 1))
-        scores = score_images(judge, torch.cat(images), captions, held_out=held)
+        images, took = sample_captions(exp, model, data, captions, seed=seed, batch_size=batch_size, **sample_kwargs)
+        seconds, count = seconds + took, count + len(captions)
+        scores = score_images(judge, images, captions, held_out=held)
         out[split] = {k: scores[k] for k in ("overall", "per_category", "counts")}
+        kept["images"][split], kept["captions"][split] = images, captions
     seen, unseen = out["seen"]["overall"], out["unseen"]["overall"]
     out["unseen_vs_seen"] = unseen / seen if seen else None
     out["wall_ms_per_sample"] = 1000 * seconds / max(count, 1)
+    if keep_images:
+        out.update(kept)
     return out
 
 
