@@ -41,13 +41,16 @@ LR = 1e-2
 
 def _preset_model(preset: str) -> nn.Module:
     exp = PRESETS[preset]
-    if preset == "imagenet-paper":  # same components at toy widths; the data's shape without its shards
+    if preset in ("imagenet-paper", "t2i-paper"):  # same components at toy widths; the data's shape, no shards
         model = exp.model.replace(
             transporter=exp.model.transporter.replace(width=32, num_heads=4),
             predictor=exp.model.predictor.replace(depth=2, width=32, num_heads=4),
         )
         c = exp.data
         spec = DataSpec(shape=(c.channels, c.image_size, c.image_size), num_classes=c.num_classes, kind="images")
+        if preset == "t2i-paper":  # captions; the frozen text tower random (its weights file is not here)
+            spec = SimpleNamespace(**vars(spec), captions=True)
+            exp = exp.replace(conditioner=exp.conditioner.replace(weights=None))
         return build_model(exp.replace(model=model), SimpleNamespace(spec=spec))
     return build_model(exp, exp.data.build())
 
