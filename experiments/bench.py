@@ -37,7 +37,8 @@ from eval.metrics import energy_distance, mmd_rbf, oracle_log_density
 from eval.nll import heldout_nll
 from eval.oracle import oracle_gap
 from eval.timing import measure
-from experiments.build import build_denoiser, build_model, layout_for, picture, train_job, upgrade_saved_config
+from experiments.build import (build_denoiser, build_model, conditioner_of, layout_for, picture, train_job,
+                               upgrade_saved_config)
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.data.base import DataSource
@@ -549,7 +550,8 @@ def _evaluate(sc: _Scoring, exp: Experiment, model, point: EvalPoint, likelihood
     if likelihood and not guidance:  # the model's likelihood at K; guided samples do not come from it
         cache = {} if nll_cache is None else nll_cache
         if point.steps not in cache:
-            conditioner = exp.conditioner.build() if getattr(model, "condition_encoder", None) is not None else None
+            text = getattr(model, "condition_encoder", None) is not None
+            conditioner = conditioner_of(exp.conditioner) if text else None
             nll = heldout_nll(model, data, layout, [point.steps], batch_size=exp.eval.batch_size,
                               max_examples=exp.eval.num_examples, seed=exp.eval.seed,
                               conditioner=conditioner)[point.steps]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from experiments.config import Experiment
 from ntm.conditioning import CONDITIONERS
+from ntm.conditioning.base import Conditioner, ConditionerConfig
 from ntm.data.base import DATA_SOURCES, DataError, DataSource
 from ntm.denoisers import Denoiser, DenoiserConfig
 from ntm.model import NTM
@@ -20,6 +22,14 @@ from ntm.spec import ModelDims
 from ntm.train.init import initialize_from
 from ntm.train.loop import TrainJob
 from ntm.viz import image_grid, scatter_density
+
+
+@functools.lru_cache(maxsize=None)
+def conditioner_of(config: ConditionerConfig) -> Conditioner:
+    """The process's one conditioner of ``config``, built on first use: training, previews, evaluation and
+    sampling share it, so its once-only notices (a caption truncated to the context length) print once per run,
+    not once per batch of samples."""
+    return config.build()
 
 
 def layout_for(exp: Experiment, data: DataSource) -> TokenLayout:
@@ -116,7 +126,7 @@ def sample(
     if captions is not None and getattr(model, "condition_encoder", None) is not None:
         if len(captions) != n:
             raise ValueError(f"sample: {len(captions)} captions for {n} samples")
-        cond = exp.conditioner.build().inputs(list(captions), model.dims.num_classes).to(device)
+        cond = conditioner_of(exp.conditioner).inputs(list(captions), model.dims.num_classes).to(device)
     else:
         cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
     request = built.trajectory_request() if built is not None else False
@@ -241,7 +251,7 @@ def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJ
         objective=exp.loss.build(),
         data=data,
         layout=layout_for(exp, data),
-        conditioner=exp.conditioner.build(),
+        conditioner=conditioner_of(exp.conditioner),
         train=exp.train,
         run_dir=Path(exp.resolved_run_dir),
         config=exp.model_dump(mode="json"),

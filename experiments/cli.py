@@ -45,7 +45,7 @@ import pydantic
 import tyro
 
 from eval.nll import heldout_nll
-from experiments.build import build_model, layout_for, sample, sample_picture, train_job
+from experiments.build import build_model, conditioner_of, layout_for, sample, sample_picture, train_job
 from experiments.config import Experiment
 from experiments.plugins import PluginError, load_plugins
 from experiments.presets import PRESETS
@@ -245,7 +245,8 @@ def run_request(request: TrainRequest, command: str) -> int:
     t0 = time.monotonic()
     try:
         nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
-                          max_examples=exp.eval.num_examples, seed=exp.eval.seed, conditioner=exp.conditioner.build())
+                          max_examples=exp.eval.num_examples, seed=exp.eval.seed,
+                          conditioner=conditioner_of(exp.conditioner))
     except DataError as e:
         print(f"ntm {command}: note: no held-out NLL: {e}", file=sys.stderr)
         nll = {}
@@ -443,7 +444,7 @@ def eval_command(args: list[str]) -> int:
     steps = list(a.steps or exp.eval.steps or exp.model.process.steps)
     nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
                       max_examples=a.num_examples or exp.eval.num_examples, seed=exp.eval.seed,
-                      conditioner=exp.conditioner.build())
+                      conditioner=conditioner_of(exp.conditioner))
     (Path(a.run) / "eval.json").write_text(json.dumps({str(k): v for k, v in nll.items()}, indent=2) + "\n")
     for k, v in nll.items():
         print(f"K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} bpd ({v['examples']} examples)")

@@ -29,7 +29,7 @@ import pydantic
 import torch
 import tyro
 
-from experiments.build import dims_for, layout_for
+from experiments.build import conditioner_of, dims_for, layout_for
 from experiments.cli import UsageError, load_run, run_tyro
 from experiments.config import Experiment
 from ntm.data.base import DataError, DataSource
@@ -160,7 +160,7 @@ def distill(a: DistillArgs) -> dict[str, Any] | None:
         objective=loss,
         data=data,
         layout=layout,
-        conditioner=exp.conditioner.build(),
+        conditioner=conditioner_of(exp.conditioner),
         train=cfg.train,
         run_dir=out,
         config=cfg.model_dump(mode="json"),
@@ -172,7 +172,8 @@ def distill(a: DistillArgs) -> dict[str, Any] | None:
     started = time.monotonic()
     distilled: Distillation = result.ema_model
     try:
-        heldout = heldout_errors(distilled, loss, data, layout, cfg.eval, conditioner=exp.conditioner.build())
+        heldout = heldout_errors(distilled, loss, data, layout, cfg.eval,
+                                 conditioner=conditioner_of(exp.conditioner))
     except DataError as e:
         print(f"ntm distill: note: no held-out errors: {e}", flush=True)
         heldout = {}

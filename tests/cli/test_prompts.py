@@ -101,3 +101,14 @@ def test_shapes_eval_on_a_labelled_run_is_one_line(tmp_path, capsys):
     assert main(["eval", "--run", str(run), "--shapes-eval"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--shapes-eval needs a caption-conditioned run on data:shapes" in err[0], err
+
+
+def test_a_long_caption_warns_once_per_run_not_per_batch(caption_run, tmp_path, capsys):
+    """Captions past the context length are truncated with one warning line in the whole process, however many
+    sampling calls (here two commands, each sampling in its own batches) meet them."""
+    long = " ".join(["a red circle and a blue square"] * 8)  # ~56 tokens > context_length 32
+    for i in range(2):
+        assert main(["sample", "--run", str(caption_run), "--prompt", long, "--prompt", "a red circle",
+                     "--per-prompt", "2", "--no-denoise", "--out", str(tmp_path / f"long{i}.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("truncated to conditioner.context_length") == 1, err
