@@ -677,7 +677,7 @@ def run_suite(
         model = train_or_reuse(exp, data)
         train_seconds = time.monotonic() - started
         finals[exp.name] = CheckpointManager(Path(exp.resolved_run_dir) / "checkpoints").latest_path()
-        extra: dict[str, Any] = {"train_seconds": train_seconds}
+        extra: dict[str, Any] = {"train_seconds": train_seconds, "params": generative_params(exp, data)}
         distilled_steps = None
         if bm.distill_steps is not None:
             network = next((p.denoiser for p in bm.points if isinstance(p.denoiser, LearnedDenoiserConfig)),
@@ -731,7 +731,7 @@ def run_suite(
             _write_mixture(out, data, suite)
     bar.close()
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "results.md").write_text(results_table(rows))
+    (out / "results.md").write_text((shapes_table(rows) + "\n" if suite.text_eval else "") + results_table(rows))
     for key, image in figures.items():
         save_png(image, out / "figures" / f"samples_{key}.png")
     write_comparison(out, suite.comparison)
@@ -832,6 +832,24 @@ def results_table(rows: list[dict]) -> str:
         for name in dict.fromkeys(r["model"] for r in rows if key in r):
             text += f"\n{name} ({key}):\n\n" + _table([r for r in rows if r["model"] == name], (key, "K", "nfe"))
     return text
+
+
+def shapes_table(rows: list[dict]) -> str:
+    """The text-to-image rows in brief: judge scores (overall seen / unseen and their ratio, then per category on
+    the seen split), domain FID, parameters (text encoder excluded) and wall ms per sample."""
+    from eval.shapes_judge import CATEGORIES
+
+    head = ["model", "K", "nfe", "guidance", "seen", "unseen", "unseen/seen", *CATEGORIES, "fid", "params",
+            "ms/sample"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r["metrics"]
+        cells = [r["model"], str(r["K"]), str(r["nfe"]), f"{r['guidance']:g}",
+                 *(_fmt(m.get(k)) for k in ("shapes_seen_overall", "shapes_unseen_overall", "unseen_vs_seen")),
+                 *(_fmt(m.get(f"shapes_seen_{c}")) for c in CATEGORIES), _fmt(m.get("fid")),
+                 f"{r['params'] / 1e6:.2f} M" if "params" in r else "–", _fmt(r["wall_ms_per_sample"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _table(rows: list[dict], columns: tuple[str, ...]) -> str:

@@ -67,7 +67,10 @@ def test_bench_shapes_runs_end_to_end(tmp_path, capsys, cheap_scoring):
     figure = load_png(out / "figures" / "prompts.png")
     assert figure.shape[0] == 3 and figure.shape[1] >= len(SHAPES_PROMPTS) * 4 * 16
     assert figure.shape[2] >= len(rows) * 2 * 4 * 16
-    assert "shapes_seen_overall" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "shapes_seen_overall" in report and "| unseen/seen |" in report
+    params = {r["model"].removesuffix("-w1.5"): r["params"] for r in rows}
+    assert len(set(params.values())) > 1 and all(n > 0 for n in params.values())  # sized per family
     # a second run reuses the trained models
     capsys.readouterr()
     assert main(argv) == 0
