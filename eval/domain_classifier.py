@@ -364,11 +364,15 @@ def shapes_scene_label(annotation: dict) -> int:
 
 def shapes_domain_classifier(
     image_size: int = 32, cache_dir: str | Path | None = None,
-    config: DomainClassifierConfig = DomainClassifierConfig(epochs=8), train_size: int = 5000,
+    config: DomainClassifierConfig = DomainClassifierConfig(width=32, epochs=15), train_size: int = 5000,
 ) -> DomainClassifier:
     """The :class:`DomainClassifier` of the ``shapes`` source (default scenes at ``image_size``): the first
     ``train_size`` training scenes labelled by :func:`shapes_scene_label`; ``info["heldout_accuracy"]`` on the
-    ``seen`` split when trained."""
+    ``seen`` split when trained. The default (width 32, 15 epochs) reads the leftmost object's colour and shape on
+    0.42 of held-out scenes (0.64 of its training scenes; 36 classes, 2026-11-29): far from a perfect reader,
+    it is a feature space that separates colours, shapes and layouts, which is what FID needs from it (the
+    judge, not this classifier, scores prompt fidelity). Trained once (337 s with one thread on a busy 2-core
+    machine), then cached."""
     from ntm.data.shapes import Shapes, ShapesConfig
 
     data = Shapes(ShapesConfig(image_size=image_size, train_size=train_size))
