@@ -101,3 +101,19 @@ def test_config_rejects_impossible_hyper_parameters():
         DomainClassifierConfig(epochs=0)
     with pytest.raises(ValueError, match="lr > 0"):
         DomainClassifierConfig(lr=0.0)
+
+
+def test_shapes_scene_label_is_the_leftmost_objects_pair(tmp_path):
+    from eval.domain_classifier import shapes_domain_classifier, shapes_scene_label
+    from ntm.data.shapes import COLOURS, SHAPES
+
+    objects = [{"colour": "blue", "shape": "star", "centre": [0.7, 0.5]},
+               {"colour": "red", "shape": "cross", "centre": [0.2, 0.9]}]
+    label = shapes_scene_label({"objects": objects})
+    assert label == list(COLOURS).index("red") * len(SHAPES) + SHAPES.index("cross")
+    assert shapes_scene_label({"objects": objects[:1]}) != label
+    small = DomainClassifierConfig(width=4, feature_dim=8, epochs=1)
+    first = shapes_domain_classifier(16, tmp_path, small, train_size=32)
+    again = shapes_domain_classifier(16, tmp_path, small, train_size=32)
+    assert not first.from_cache and again.from_cache and first.num_classes == 36
+    assert 0 <= first.info["heldout_accuracy"] <= 1
