@@ -656,7 +656,8 @@ def train_judge(config: JudgeConfig = JudgeConfig(), *, measure: bool = True, th
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _train(config, measure)
+        with torch.enable_grad():  # a caller sampling under no_grad may be the first to need the judge
+            return _train(config, measure)
     finally:
         torch.set_num_threads(previous)
 

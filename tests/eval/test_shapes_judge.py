@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -397,3 +398,12 @@ def test_clip_score_from_a_local_file_matches_the_definition(tiny_clip):
     other = {k: v + 0.01 for k, v in model.state_dict().items()}  # the weights really come from the file
     torch.save(other, path.parent / "other.pt")
     assert not torch.allclose(load_clip(name, path.parent / "other.pt")(x, captions), got)
+
+
+def test_training_works_under_no_grad():
+    """The first caller to need a judge may be sampling under ``torch.no_grad()`` (``ntm eval --shapes-eval``)."""
+    from eval.shapes_judge import train_judge
+
+    with torch.no_grad():
+        judge = train_judge(JudgeConfig(image_size=16, train_size=16, eval_size=8), measure=False)
+    assert judge.info["train_examples"] == 16 and math.isfinite(judge.info["final_loss"])
