@@ -90,6 +90,7 @@ def test_shapes_suite_sizes_every_model_to_the_ntm():
         assert exp.conditioner == by["ntm"].conditioner and exp.data == by["ntm"].data
         assert exp.train.steps == 7 and exp.train.seed == 3 and exp.train.batch_size == by["ntm"].train.batch_size
     assert by["ntm"].model.process.steps == by["gaussian"].model.process.steps == (4,)
+    assert by["ntm"].data.image_size == 16 and shapes_suite(image_size=32).models[0].experiment.data.image_size == 32
     assert type(by["gaussian"].model.transporter).__name__ == "IdentityConfig"
     ar = by["ar-flow"].model
     assert ar.process.steps == (1,) and ar.transporter.num_blocks == 4
