@@ -95,6 +95,39 @@ _SHAPES = Experiment(
 )
 
 
+# GPU-sized, mirroring the paper's from-scratch setting: transporter 2 blocks x 4 layers, a 24-layer predictor over
+# the whole trajectory, K = 4, 10% condition dropout, bf16. Point data.urls at ImageNet shards.
+_IMAGENET_PAPER = Experiment(
+    name="imagenet-paper",
+    data=WebDatasetConfig(urls="data/imagenet/train-{000000..001281}.tar", image_size=64, channels=3, num_classes=1000),
+    patch_size=4,
+    model=NTMConfig(
+        transporter=TarFlowConfig(width=768, num_blocks=2, layers_per_block=4, num_heads=12, use_condition=True),
+        predictor=TrajectoryPredictorConfig(depth=24, width=1024, num_heads=16),
+        process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
+    ),
+    conditioner=ClassLabelConfig(dropout=0.1),
+    denoiser=ScoreDenoiserConfig(),
+    train=TrainConfig(
+        steps=400_000, batch_size=1024, lr=3e-4, betas=(0.9, 0.95), weight_decay=1e-4, warmup_steps=5000,
+        ema_decay=0.9999, sample_every=5000, checkpoint_every=2000, precision="bf16",
+    ),
+    eval=EvalConfig(num_examples=10_000, batch_size=256),
+)
+
+# GPU-sized text-to-image: imagenet-paper's model and training on webdataset image-text shards (png/jpg + txt) at
+# 64x64 pixels, captions through open_clip's ViT-L-14 text tower (frozen, features cached per caption) from a local
+# weights file, guidance 3. The paper trains in an autoencoder's latent space with a Qwen-2.5-VL encoder; until
+# the autoencoder slot lands this runs in pixel space. Point data.urls / eval_urls at the shards and
+# conditioner.weights at an open_clip ViT-L-14 state dict; nothing is downloaded.
+_T2I_PAPER = _IMAGENET_PAPER.replace(
+    name="t2i-paper",
+    data=WebDatasetConfig(urls="data/t2i/train-{000000..006999}.tar", eval_urls="data/t2i/val-{000000..000009}.tar",
+                          image_size=64, channels=3),
+    conditioner=OpenClipTextConfig(model="ViT-L-14", weights="weights/open_clip_vit_l14.pt", dropout=0.1),
+    sampler=AncestralConfig(guidance=3.0),
+)
+
 PRESETS: dict[str, Experiment] = {
     "toy-ntm": _TOY,
     "toy-gaussian": _TOY.replace(name="toy-gaussian", model=_TOY.model.replace(transporter=IdentityConfig())),
@@ -109,48 +142,6 @@ PRESETS: dict[str, Experiment] = {
         sampler=EulerConfig(num_steps=64, guidance=1.5)),
     "toy-finetune": _finetune(_TOY, "toy-finetune", steps=500, lr=5e-4),
     "digits-finetune": _finetune(_DIGITS, "digits-finetune", steps=600, lr=3e-4),
-    # GPU-sized, mirroring the paper's from-scratch setting: transporter 2 blocks x 4 layers, a 24-layer
-    # predictor over the whole trajectory, K = 4, 10% condition dropout. Point data.urls at ImageNet shards.
-    "imagenet-paper": Experiment(
-        name="imagenet-paper",
-        data=WebDatasetConfig(urls="data/imagenet/train-{000000..001281}.tar", image_size=64, channels=3, num_classes=1000),
-        patch_size=4,
-        model=NTMConfig(
-            transporter=TarFlowConfig(width=768, num_blocks=2, layers_per_block=4, num_heads=12, use_condition=True),
-            predictor=TrajectoryPredictorConfig(depth=24, width=1024, num_heads=16),
-            process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
-        ),
-        conditioner=ClassLabelConfig(dropout=0.1),
-        denoiser=ScoreDenoiserConfig(),
-        train=TrainConfig(
-            steps=400_000, batch_size=1024, lr=3e-4, betas=(0.9, 0.95), weight_decay=1e-4, warmup_steps=5000,
-            ema_decay=0.9999, sample_every=5000, checkpoint_every=2000, precision="bf16",
-        ),
-        eval=EvalConfig(num_examples=10_000, batch_size=256),
-    ),
-    # GPU-sized text-to-image, the paper's from-scratch shapes (transporter 2 blocks x 4 layers, a 24-layer
-    # predictor over the trajectory, K = 4, 10% caption dropout, bf16) on webdataset image-text shards (png/jpg +
-    # txt) at 64x64 pixels, captions through open_clip's ViT-L-14 text tower (frozen, features cached per caption)
-    # from a local weights file. The paper trains in an autoencoder's latent space with a Qwen-2.5-VL encoder;
-    # until the autoencoder slot lands this runs in pixel space. Point data.urls / eval_urls at the shards and
-    # conditioner.weights at an open_clip ViT-L-14 state dict; nothing is downloaded.
-    "t2i-paper": Experiment(
-        name="t2i-paper",
-        data=WebDatasetConfig(urls="data/t2i/train-{000000..006999}.tar", eval_urls="data/t2i/val-{000000..000009}.tar",
-                              image_size=64, channels=3),
-        patch_size=4,
-        model=NTMConfig(
-            transporter=TarFlowConfig(width=768, num_blocks=2, layers_per_block=4, num_heads=12, use_condition=True),
-            predictor=TrajectoryPredictorConfig(depth=24, width=1024, num_heads=16),
-            process=MarkovConfig(schedule=UniformConfig(t_min=0.05), steps=(4,)),
-        ),
-        conditioner=OpenClipTextConfig(model="ViT-L-14", weights="weights/open_clip_vit_l14.pt", dropout=0.1),
-        sampler=AncestralConfig(guidance=3.0),
-        denoiser=ScoreDenoiserConfig(),
-        train=TrainConfig(
-            steps=400_000, batch_size=1024, lr=3e-4, betas=(0.9, 0.95), weight_decay=1e-4, warmup_steps=5000,
-            ema_decay=0.9999, sample_every=5000, checkpoint_every=2000, precision="bf16",
-        ),
-        eval=EvalConfig(num_examples=10_000, batch_size=256),
-    ),
+    "imagenet-paper": _IMAGENET_PAPER,
+    "t2i-paper": _T2I_PAPER,
 }

@@ -47,24 +47,25 @@ def test_the_preset_has_the_papers_shape():
     assert exp.train.precision == "bf16" and exp.data.num_classes == 0 and exp.sampler.guidance > 0
 
 
-def test_one_step_at_reduced_width_on_caption_shards(shards, tmp_path, capsys):
+def train(shards, run, weights) -> int:
+    """``ntm train t2i-paper`` at reduced width on the caption shards, the tiny open_clip tower from ``weights``."""
     urls = str(shards / "train-{000000..000001}.tar")
+    return main(["train", "t2i-paper", "--run-dir", str(run), "--data.urls", urls, "--data.eval-urls", urls,
+                 "--data.image-size", "16", "--conditioner.model", TINY, "--conditioner.weights", str(weights),
+                 *REDUCED])
+
+
+def test_one_step_at_reduced_width_on_caption_shards(shards, tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main(["train", "t2i-paper", "--run-dir", str(run), "--data.urls", urls, "--data.eval-urls", urls,
-               "--data.image-size", "16", "--conditioner.model", TINY, "--conditioner.weights",
-               str(shards / "clip.pt"), *REDUCED])
-    assert rc == 0, capsys.readouterr().err
+    assert train(shards, run, shards / "clip.pt") == 0, capsys.readouterr().err
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["transporter"]["layers_per_block"] == 4 and saved["conditioner"]["model"] == TINY
     assert json.loads((run / "final.json").read_text())["steps"] == 1
 
 
 def test_a_missing_weights_file_is_one_line_and_writes_nothing(shards, tmp_path, capsys):
-    urls = str(shards / "train-{000000..000001}.tar")
     run = tmp_path / "run"
-    rc = main(["train", "t2i-paper", "--run-dir", str(run), "--data.urls", urls, "--data.eval-urls", urls,
-               "--data.image-size", "16", "--conditioner.model", TINY, "--conditioner.weights",
-               str(tmp_path / "absent.pt"), *REDUCED])
+    rc = train(shards, run, tmp_path / "absent.pt")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "conditioner.weights" in err[0] and "absent.pt" in err[0], err
     assert not (run / "checkpoints").exists()
