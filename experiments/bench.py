@@ -603,12 +603,7 @@ def _text_eval(sc: _Scoring, exp: Experiment, model, point: EvalPoint,
             metrics[f"shapes_{split}_{category}"] = score
     metrics["unseen_vs_seen"] = result["unseen_vs_seen"]
     shown = result["images"]["seen"]
-    if sc.extractor is not None:
-        from eval.fidelity import fidelity_metrics
-
-        name, kwargs = sc.extractor
-        reference = sc.data.to_display(sc.reference).clamp(0, 1)
-        metrics.update(fidelity_metrics(shown, reference, extractor=name, kid_subsets=20, **kwargs))
+    metrics.update(_quality(sc.suite, sc.data, shown, sc.reference, sc.extractor, shown=True))
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
     return shown, {"wall_ms_per_sample": result["wall_ms_per_sample"], "peak_mem_mb": peak}
 
@@ -791,7 +786,8 @@ def _keep_samples(out: Path, figures: dict[str, torch.Tensor], exp: Experiment, 
 
 
 def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: torch.Tensor,
-             extractor) -> dict[str, float]:
+             extractor, shown: bool = False) -> dict[str, float]:
+    """Sample-quality metrics of ``samples`` against ``reference`` (``shown``: images already in display space)."""
     if data.spec.kind == "points":
         ref = reference[: samples.shape[0]]
         out = {"energy_distance": energy_distance(samples, ref), "mmd": mmd_rbf(samples, ref)}
@@ -804,8 +800,8 @@ def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: t
     from eval.fidelity import fidelity_metrics
 
     name, kwargs = extractor
-    shown, ref = data.to_display(samples).clamp(0, 1), data.to_display(reference).clamp(0, 1)
-    return fidelity_metrics(shown, ref, extractor=name, kid_subsets=20, **kwargs)
+    images = (samples if shown else data.to_display(samples)).clamp(0, 1)
+    return fidelity_metrics(images, data.to_display(reference).clamp(0, 1), extractor=name, kid_subsets=20, **kwargs)
 
 
 def _write_mixture(out: Path, data, suite: Suite) -> None:
