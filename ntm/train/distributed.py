@@ -59,8 +59,16 @@ def init(device_choice: str) -> DistContext:
     return DistContext(rank, world, local_rank, device)
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, *, clean: bool = True) -> None:
+    """Destroy the process group; ``clean`` (every rank got here) meets at a barrier first.
+
+    Without the barrier a rank that finishes first tears its gloo pairs down while
+    another still has work in flight with it, which can abort the process at exit.
+    After an error the other ranks may never arrive, so no barrier then.
+    """
     if ctx.distributed and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -367,7 +367,7 @@ def train(job: TrainJob) -> TrainResult:
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
     except BaseException:
-        D.shutdown(ctx)
+        D.shutdown(ctx, clean=False)
         raise
     finally:
         progress.close()
