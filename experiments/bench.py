@@ -37,7 +37,7 @@ from eval.metrics import energy_distance, mmd_rbf, oracle_log_density
 from eval.nll import heldout_nll
 from eval.oracle import oracle_gap
 from eval.timing import measure
-from experiments.build import (build_denoiser, build_model, conditioner_of, layout_for, picture, train_job,
+from experiments.build import (build_denoiser, build_model, conditioner_of, data_for, layout_for, picture, train_job,
                                upgrade_saved_config)
 from experiments.config import Experiment
 from experiments.presets import PRESETS
@@ -669,7 +669,7 @@ def run_suite(
                                     train=bm.experiment.train.replace(device=device))
         if bm.init_from is not None:
             exp = exp.replace(init=exp.init.replace(path=str(finals[bm.init_from])))
-        data = exp.data.build()
+        data = data_for(exp)
         started = time.monotonic()
         model = train_or_reuse(exp, data)
         train_seconds = time.monotonic() - started

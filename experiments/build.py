@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from experiments.config import Experiment
+from ntm.autoencoders import AUTOENCODERS, AutoencoderError, LatentSource
 from ntm.conditioning import CONDITIONERS
 from ntm.conditioning.base import Conditioner, ConditionerConfig
 from ntm.data.base import DATA_SOURCES, DataError, DataSource
@@ -30,6 +31,30 @@ def conditioner_of(config: ConditionerConfig) -> Conditioner:
     sampling share it, so its once-only notices (a caption truncated to the context length) print once per run,
     not once per batch of samples."""
     return config.build()
+
+
+def data_for(exp: Experiment) -> DataSource:
+    """The experiment's data as the model sees it: the source itself, or its latents under the run's autoencoder
+    (encoded on the fly, or cached latent shards checked against the autoencoder's fingerprint)."""
+    data = exp.data.build()
+    if exp.autoencoder.is_identity:
+        return data
+    name = AUTOENCODERS.name_of(exp.autoencoder)
+    if exp.autoencoder.untrained():
+        raise AutoencoderError(f"autoencoder:{name} has no trained weights: train one (ntm autoencoder train "
+                               f"shapes-ae) and pass --autoencoder.weights RUN, or use autoencoder:pretrained "
+                               f"--autoencoder.path RUN")
+    image_shape = data.spec.image_shape if data.spec.encoded_by is not None else data.spec.shape
+    if image_shape is None:
+        raise AutoencoderError(f"data source '{DATA_SOURCES.name_of(exp.data)}' yields latents without the image "
+                               "shape they decode to")
+    return LatentSource(data, exp.autoencoder.build(tuple(image_shape)))
+
+
+def pixel_images(data: DataSource) -> DataSource:
+    """The image source under ``data`` (the source itself on the pixel path); cached latents have none, so
+    those are ``data`` again and show (decoded) through ``to_display``."""
+    return getattr(data, "pixel_source", None) or data
 
 
 def layout_for(exp: Experiment, data: DataSource) -> TokenLayout:
@@ -196,7 +221,7 @@ def picture(exp: Experiment, data: DataSource, samples: Tensor, real: Tensor | N
     """
     shown = data.to_display(samples)
     if data.spec.kind == "images":
-        upscale = max(1, 64 // data.spec.shape[-1])
+        upscale = max(1, 64 // shown.shape[-1])
         columns = exp.eval.grid_columns
         images = shown.clamp(0, 1)
         if real is not None:

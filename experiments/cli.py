@@ -45,10 +45,11 @@ import pydantic
 import tyro
 
 from eval.nll import heldout_nll
-from experiments.build import build_model, conditioner_of, layout_for, sample, sample_picture, train_job
+from experiments.build import build_model, conditioner_of, data_for, layout_for, sample, sample_picture, train_job
 from experiments.config import Experiment
 from experiments.plugins import PluginError, load_plugins
 from experiments.presets import PRESETS
+from ntm.autoencoders import AutoencoderError
 from ntm.data.base import DataError
 from ntm.denoisers import DENOISERS, DenoiserConfig
 from ntm.denoisers.learned import DenoiserNotTrained
@@ -65,7 +66,7 @@ from registry.cli import config_error, parse
 
 USER_ERRORS = (
     pydantic.ValidationError, ConfigError, DataError, RegistryError, ScheduleError, TrainingError, FileNotFoundError,
-    PluginError,
+    PluginError, AutoencoderError,
 )
 
 
@@ -234,7 +235,7 @@ def run_request(request: TrainRequest, command: str) -> int:
         return 0
     if request.note:
         print(f"ntm {command}: {request.note}", flush=True)
-    data = exp.data.build()
+    data = data_for(exp)
     job = train_job(exp, data, resume=request.resume)
     result = train(job)
     if result.ema_model is None:  # not rank 0
@@ -261,6 +262,7 @@ def run_request(request: TrainRequest, command: str) -> int:
         np.save(run_dir / "samples" / "final_labels.npy", labels.numpy())
     headline = nll.get(max(steps), {})
     final = {
+        **nll_space(data),
         "nll_traj_bpd": headline.get("nll_traj_bpd"),
         "bound_bpd": headline.get("bound_bpd"),
         "per_k": {str(k): v for k, v in nll.items()},
@@ -272,18 +274,37 @@ def run_request(request: TrainRequest, command: str) -> int:
     (run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
     print(f"trained {exp.name}: {result.steps} steps in {result.wall_seconds:.1f}s "
           f"({result.examples_per_second:.0f} examples/s)")
+    per = "bits per latent dim" if data.spec.encoded_by else "bpd"
     for k, v in nll.items():
-        print(f"held-out K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} bpd "
+        print(f"held-out K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} {per} "
               f"({v['examples']} examples)")
     print(f"samples: {run_dir / 'samples' / 'final.png'}")
     return 0
+
+
+def nll_space(data) -> dict[str, Any]:
+    """What the reported likelihoods are per: ``{"nll_space": "pixels" | "latent", "nll_dims": D}``."""
+    dims = int(np.prod(data.spec.shape))
+    return {"nll_space": "latent" if data.spec.encoded_by else "pixels", "nll_dims": dims}
+
+
+def check_run_autoencoder(run: Path, data) -> None:
+    """A run on latents records its autoencoder's fingerprint (data_stats.json); refuse another one."""
+    stats_file = Path(run) / "data_stats.json"
+    recorded = json.loads(stats_file.read_text()).get("autoencoder") if stats_file.is_file() else None
+    current = data.spec.encoded_by
+    if recorded is not None and current != recorded:
+        raise AutoencoderError(f"{run} was trained on latents of autoencoder {recorded}, but its config now gives "
+                               f"{current or 'pixels'}: the autoencoder weights changed since; point "
+                               "autoencoder.path/weights at the ones the run used")
 
 
 # -- loading a run ----------------------------------------------------------------
 def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
     """``(experiment, data, model)`` from a run directory (EMA weights by default)."""
     exp = load_experiment(Path(run) / "config.json")
-    data = exp.data.build()
+    data = data_for(exp)
+    check_run_autoencoder(run, data)
     if checkpoint is None:
         checkpoint = CheckpointManager(Path(run) / "checkpoints").latest_path()
         if checkpoint is None:
@@ -397,7 +418,7 @@ def sample_command(args: list[str]) -> int:
         samples = sample(exp, model, data, len(captions), captions=captions, sampler=sampler, denoise=a.denoise,
                          denoiser=denoiser, seed=a.seed)
         shown = data.to_display(samples).clamp(0, 1)
-        upscale = max(1, 64 // data.spec.shape[-1])
+        upscale = max(1, 64 // shown.shape[-1])
         image = captioned_rows([(p, shown[i * per : (i + 1) * per]) for i, p in enumerate(prompts)], upscale=upscale)
     else:
         image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise,
@@ -624,6 +645,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "finetune": finetune_command, "sample": sample_command, "eval": eval_command,
     "bench": bench_command, "shards": shards_command,
     "distill": lambda a: __import__("experiments.distill", fromlist=["_"]).distill_command(a),
+    "autoencoder": lambda a: __import__("experiments.autoencoder", fromlist=["_"]).autoencoder_command(a),
 }
 
 

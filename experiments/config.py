@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import pydantic
 
+from ntm.autoencoders import AUTOENCODERS, IdentityAutoencoderConfig
 from ntm.conditioning import CONDITIONERS, ClassLabelConfig
 from ntm.data import DATA_SOURCES, DigitsConfig
 from ntm.denoisers import DENOISERS, NoDenoiserConfig
@@ -49,6 +50,9 @@ class Experiment(ComponentConfig):
     """Where checkpoints, logs and samples go (None: runs/<name>)."""
     data: DATA_SOURCES.field() = DigitsConfig()
     """Data source."""
+    autoencoder: AUTOENCODERS.field() = IdentityAutoencoderConfig()
+    """Images <-> latents: identity trains on pixels; pretrained/conv train the model on a trained autoencoder's
+    latents (docs/latent.md)."""
     patch_size: int = pydantic.Field(1, ge=1)
     """Image patch size p: tokens carry C*p*p channels (ignored for 2-D points)."""
     model: Annotated[NTMConfig, Inline()] = NTMConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from experiments.config import EvalConfig, Experiment
+from ntm.autoencoders import PretrainedAutoencoderConfig
 from ntm.conditioning import ClassLabelConfig, NoConditionConfig, OpenClipTextConfig, SmallTextConfig
 from ntm.data import DigitsConfig, EightGaussiansConfig, WebDatasetConfig
 from ntm.data.shapes import ShapesConfig
@@ -95,10 +96,11 @@ _SHAPES = Experiment(
 )
 
 
-# GPU-sized, mirroring the paper's from-scratch setting: transporter 2 blocks x 4 layers, a 24-layer predictor over
-# the whole trajectory, K = 4, 10% condition dropout, bf16. Point data.urls at ImageNet shards.
-_IMAGENET_PAPER = Experiment(
-    name="imagenet-paper",
+# GPU-sized, mirroring the paper's from-scratch setting in pixel space: transporter 2 blocks x 4 layers, a 24-layer
+# predictor over the whole trajectory, K = 4, 10% condition dropout, bf16, on 64x64 pixels (patch 4: 256 tokens).
+# Point data.urls at ImageNet shards.
+_IMAGENET64_PIXELS = Experiment(
+    name="imagenet64-pixels",
     data=WebDatasetConfig(urls="data/imagenet/train-{000000..001281}.tar", image_size=64, channels=3, num_classes=1000),
     patch_size=4,
     model=NTMConfig(
@@ -115,17 +117,39 @@ _IMAGENET_PAPER = Experiment(
     eval=EvalConfig(num_examples=10_000, batch_size=256),
 )
 
-# GPU-sized text-to-image: imagenet-paper's model and training on webdataset image-text shards (png/jpg + txt) at
-# 64x64 pixels, captions through open_clip's ViT-L-14 text tower (frozen, features cached per caption) from a local
-# weights file, guidance 3. The paper trains in an autoencoder's latent space with a Qwen-2.5-VL encoder; until
-# the autoencoder slot lands this runs in pixel space. Point data.urls / eval_urls at the shards and
-# conditioner.weights at an open_clip ViT-L-14 state dict; nothing is downloaded.
+# The paper's setting: the same model in an autoencoder's latent space. 256x256 images, the x8 / 32-channel
+# autoencoder of `ntm autoencoder train imagenet-ae` (FAE-like 32x32x32 latents), patch 2: 256 tokens of 128 values.
+# Encode the shards once (ntm shards write --encode runs/imagenet-ae ...) and train on data:latent-shards, or
+# encode on the fly from these pixel shards (docs/latent.md).
+_IMAGENET_PAPER = _IMAGENET64_PIXELS.replace(
+    name="imagenet-paper",
+    data=WebDatasetConfig(urls="data/imagenet256/train-{000000..001281}.tar", image_size=256, channels=3,
+                          num_classes=1000, num_workers=8),
+    autoencoder=PretrainedAutoencoderConfig(path="runs/imagenet-ae"),
+    patch_size=2,
+)
+
+# GPU-sized text-to-image: imagenet-paper's model, latent space and training on webdataset image-text shards
+# (png/jpg + txt) at 256x256, captions through open_clip's ViT-L-14 text tower (frozen, features cached per caption)
+# from a local weights file, guidance 3. Point data.urls / eval_urls at the shards and conditioner.weights at an
+# open_clip ViT-L-14 state dict; nothing is downloaded.
 _T2I_PAPER = _IMAGENET_PAPER.replace(
     name="t2i-paper",
     data=WebDatasetConfig(urls="data/t2i/train-{000000..006999}.tar", eval_urls="data/t2i/val-{000000..000009}.tar",
-                          image_size=64, channels=3),
+                          image_size=256, channels=3, num_workers=8),
     conditioner=OpenClipTextConfig(model="ViT-L-14", weights="weights/open_clip_vit_l14.pt", dropout=0.1),
     sampler=AncestralConfig(guidance=3.0),
+)
+
+# Latent-space NTMs on CPU: first `ntm autoencoder train digits-ae` / `shapes-ae` (experiments/autoencoder.py).
+# digits: 4 x 4x4 latents, patch 2 -> 4 tokens of 16 values.
+_DIGITS_LATENT = _DIGITS.replace(name="digits-latent-ntm", autoencoder=PretrainedAutoencoderConfig(path="runs/digits-ae"))
+# shapes at 32x32 through the x4 autoencoder: 4 x 8x8 latents, patch 2 -> 16 tokens of 16 values (the pixel model
+# at 32x32 needs 64 tokens of 48 at patch 4).
+_SHAPES_LATENT = _SHAPES.replace(
+    name="shapes-latent-ntm", data=ShapesConfig(image_size=32), patch_size=2,
+    autoencoder=PretrainedAutoencoderConfig(path="runs/shapes-ae"),
+    train=_SHAPES.train.replace(steps=1200),
 )
 
 PRESETS: dict[str, Experiment] = {
@@ -142,6 +166,9 @@ PRESETS: dict[str, Experiment] = {
         sampler=EulerConfig(num_steps=64, guidance=1.5)),
     "toy-finetune": _finetune(_TOY, "toy-finetune", steps=500, lr=5e-4),
     "digits-finetune": _finetune(_DIGITS, "digits-finetune", steps=600, lr=3e-4),
+    "digits-latent-ntm": _DIGITS_LATENT,
+    "shapes-latent-ntm": _SHAPES_LATENT,
     "imagenet-paper": _IMAGENET_PAPER,
+    "imagenet64-pixels": _IMAGENET64_PIXELS,
     "t2i-paper": _T2I_PAPER,
 }

@@ -14,14 +14,15 @@ from typing import Any
 import torch
 
 from eval.shapes_judge import CATEGORIES, score_images, shapes_judge
-from experiments.build import sample
+from experiments.build import pixel_images, sample
 from experiments.config import Experiment
 from ntm.data.base import DataError, DataSource
 from ntm.data.shapes import Shapes, held_out_pairs
 
 
 def shapes_captions(data: DataSource, split: str, n: int) -> list[str]:
-    """The first ``n`` captions of a held-out split of the shapes source."""
+    """The first ``n`` captions of a held-out split of the shapes source (the one under latents, if encoded)."""
+    data = pixel_images(data)
     if not isinstance(data, Shapes):
         raise DataError(f"shapes-eval needs a run trained on data:shapes, not {type(data).__name__}")
     captions: list[str] = []
@@ -55,8 +56,8 @@ def shapes_eval(exp: Experiment, model: torch.nn.Module, data: DataSource, *, nu
 
     ``sample_kwargs`` go to :func:`experiments.build.sample` (``sampler=``, ``denoiser=``, ``denoise=``);
     ``keep_images``: the samples and their captions also come back, under ``images`` and ``captions`` (per split)."""
-    judge = judge or shapes_judge(data.spec.shape[-1])
-    held = held_out_pairs(data.config)
+    judge = judge or shapes_judge((data.spec.image_shape or data.spec.shape)[-1])
+    held = held_out_pairs(pixel_images(data).config)
     out: dict[str, Any] = {"num_samples": num_samples, "held_out_pairs": [list(p) for p in held]}
     seconds, count = 0.0, 0
     kept: dict[str, Any] = {"images": {}, "captions": {}}

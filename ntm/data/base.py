@@ -29,7 +29,12 @@ class DataSpec:
     num_classes: int = 0
     """Number of class labels (0: unconditional)."""
     kind: str = "points"
-    """``"points"`` or ``"images"`` (decides how samples are shown)."""
+    """``"points"`` or ``"images"`` (decides how samples are shown; latents of images are ``"images"``)."""
+    encoded_by: str | None = None
+    """For latents: the fingerprint of the autoencoder that encoded them (``to_display`` decodes); ``None``: the
+    tensors are the data itself."""
+    image_shape: tuple[int, ...] | None = None
+    """For latents: the shape of the images they decode to."""
 
 
 @dataclasses.dataclass
