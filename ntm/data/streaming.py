@@ -34,17 +34,24 @@ and reported as a :class:`CorruptSampleWarning` in the consuming process,
 whichever worker hit it. (Instead of ``wds.warn_and_continue``, which sleeps
 0.5 s per error inside the worker, a counting handler with the same
 continue-on-error behaviour is used.)
+
+The stream itself (:class:`ShardStream`: shard order, rank and worker
+splitting, shuffling, rebatching, corrupt-sample accounting) is shared with
+``latent-shards`` (:mod:`ntm.data.latent_shards`), which differs only in how a
+sample becomes an example (:meth:`ShardStream._example_fn`) and how a batch's
+``x`` is made (:meth:`ShardStream._to_x`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import random
 import warnings
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import pydantic
 import torch
@@ -64,15 +71,19 @@ class CorruptSampleWarning(UserWarning):
     """A shard sample could not be read or decoded and was skipped."""
 
 
-def expand_urls(urls: str) -> list[str]:
+def is_local(url: str) -> bool:
+    """Whether a shard URL is a local path (not ``scheme://...`` or ``pipe:...``)."""
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def expand_urls(urls: str, who: str = "webdataset") -> list[str]:
     """Brace pattern / ``::``-separated list -> explicit shard URLs; local paths must exist."""
     expanded = list(wds.shardlists.expand_urls(urls))
     if not expanded:
-        raise DataError(f"webdataset: no shards in {urls!r}")
+        raise DataError(f"{who}: no shards in {urls!r}")
     for url in expanded:
-        local = "://" not in url and not url.startswith("pipe:")
-        if local and not Path(url).expanduser().is_file():
-            raise DataError(f"webdataset: shard not found: {url}")
+        if is_local(url) and not Path(url).expanduser().is_file():
+            raise DataError(f"{who}: shard not found: {url}")
     return expanded
 
 
@@ -109,6 +120,12 @@ def _to_example(sample: dict, image_size: int, channels: int, num_classes: int) 
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise DataError(f"sample {sample.get('__key__')!r} has no image ({'/'.join(IMAGE_KEYS)})")
+    return {"x": pil_to_uint8(sample[key], image_size, channels), **conditions(sample, num_classes)}
+
+
+def conditions(sample: dict, num_classes: int) -> dict:
+    """A wds sample's ``{"label", "caption", "annotation"}`` (``cls``, ``txt``, ``json``), decoded or raw bytes;
+    :class:`DataError` for a missing or out-of-range label when ``num_classes > 0``."""
     label = None
     if num_classes > 0:
         if "cls" not in sample:
@@ -117,9 +134,12 @@ def _to_example(sample: dict, image_size: int, channels: int, num_classes: int) 
         if not 0 <= label < num_classes:
             raise DataError(f"sample {sample.get('__key__')!r}: label {label} outside 0..{num_classes - 1}")
     caption = sample.get("txt")
+    if isinstance(caption, bytes):
+        caption = caption.decode("utf-8")
     annotation = sample.get("json")
-    return {"x": pil_to_uint8(sample[key], image_size, channels), "label": label,
-            "caption": None if caption is None else str(caption),
+    if isinstance(annotation, bytes):
+        annotation = json.loads(annotation)
+    return {"label": label, "caption": None if caption is None else str(caption),
             "annotation": annotation if isinstance(annotation, dict) else None}
 
 
@@ -151,17 +171,20 @@ def _chunk(examples: list[dict], skipped: int, errors: list[str]) -> dict:
 
 @dataclasses.dataclass
 class _ShardPass(IterableDataset):
-    """One pass over ``urls`` (already in epoch order), yielding chunks of up to ``chunk_size`` examples."""
+    """One pass over ``urls`` (already in epoch order), yielding chunks of up to ``chunk_size`` examples.
+
+    ``to_example`` turns a sample into ``{"x", "label", "caption", "annotation"}`` (picklable: it travels to the
+    DataLoader workers); ``decode`` is webdataset's decoder spec run first (``None``: raw bytes).
+    """
 
     urls: list[str]
-    image_size: int
-    channels: int
-    num_classes: int
+    to_example: Callable[[dict], dict]
     chunk_size: int
     rank: int = 0
     world_size: int = 1
     shuffle_buffer: int = 0
     shuffle_seed: tuple[int | str, ...] = ()
+    decode: str | None = "pil"
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -175,11 +198,9 @@ class _ShardPass(IterableDataset):
             workersplitter=wds.split_by_worker,
             empty_check=False,  # a worker may own no shard; the caller checks the epoch as a whole
         )
-        pipeline = pipeline.decode("pil", handler=log).map(
-            functools.partial(_to_example, image_size=self.image_size, channels=self.channels,
-                              num_classes=self.num_classes),
-            handler=log,
-        )
+        if self.decode is not None:
+            pipeline = pipeline.decode(self.decode, handler=log)
+        pipeline = pipeline.map(self.to_example, handler=log)
         rng = random.Random(derive_seed(*self.shuffle_seed, "worker", worker))
         examples: list[dict] = []
         for example in _shuffled(iter(pipeline), self.shuffle_buffer, rng):
@@ -194,10 +215,11 @@ class _ShardPass(IterableDataset):
 
 
 class _Rebatcher:
-    """Accumulates chunks and cuts exact ``batch_size`` batches."""
+    """Accumulates chunks and cuts exact ``batch_size`` batches (``to_x``: stacked examples -> ``Batch.x``)."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, to_x: Callable[[Tensor], Tensor]) -> None:
         self.batch_size = batch_size
+        self.to_x = to_x
         self.examples = 0
         self._xs: list[Tensor] = []
         self._labels: list[Tensor] = []
@@ -223,7 +245,7 @@ class _Rebatcher:
         annotations, self._annotations = self._annotations[:n], self._annotations[n:]
         self.examples -= min(n, x.shape[0])
         return Batch(
-            x=uint8_to_unit(x[:n]),
+            x=self.to_x(x[:n]),
             label=None if label is None else label[:n],
             caption=None if all(c is None for c in captions) else [c or "" for c in captions],
             annotation=None if all(a is None for a in annotations) else [a or {} for a in annotations],
@@ -254,36 +276,41 @@ class WebDatasetConfig(ComponentConfig):
         return WebDatasetSource(self)
 
 
-@DATA_SOURCES.register("webdataset", WebDatasetConfig)
-class WebDatasetSource(DataSource):
-    """Batches of ``x (B, channels, image_size, image_size)`` float32 in ``[-1, 1]``.
+class ShardStream(DataSource):
+    """The shard stream shared by ``webdataset`` and ``latent-shards`` (see the module docstring).
 
-    ``label (B,)`` int64 when ``num_classes > 0``; ``caption`` (``B`` strings,
-    ``""`` where missing) in batches where some sample carries ``txt``, and
-    ``annotation`` (``B`` dicts, ``{}`` where missing) where some carries ``json``.
-    ``skipped`` counts samples (or shard read errors) skipped as corrupt so far,
-    in this process and its DataLoader workers; ``skip_messages`` keeps the
-    first ``MAX_LOGGED_ERRORS`` reasons.
+    A subclass sets ``config`` (with ``urls``, ``num_workers``, ``shuffle_buffer``), ``urls``, ``eval_urls``
+    and ``spec``, and says how a sample becomes an example (:meth:`_example_fn`, with :attr:`decode` run first)
+    and how stacked examples become ``Batch.x`` (:meth:`_to_x`). ``who`` starts its messages.
     """
 
-    def __init__(self, config: WebDatasetConfig) -> None:
-        self.config = config
-        self.spec = DataSpec(shape=(config.channels, config.image_size, config.image_size),
-                             num_classes=config.num_classes, kind="images")
-        self.urls = expand_urls(config.urls)
-        self.eval_urls = None if config.eval_urls is None else expand_urls(config.eval_urls)
-        self.skipped = 0
-        self.skip_messages: list[str] = []
+    who = "webdataset"
+    decode: str | None = "pil"
+    """webdataset's decoder spec run on each sample before :meth:`_example_fn` (``None``: raw bytes)."""
+
+    config: Any
+    urls: list[str]
+    eval_urls: list[str] | None
+    skipped: int = 0
+    skip_messages: list[str]
+
+    def _example_fn(self) -> Callable[[dict], dict]:  # pragma: no cover - interface
+        """A picklable ``sample -> {"x", "label", "caption", "annotation"}`` run in the DataLoader workers."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _to_x(x: Tensor) -> Tensor:
+        """Stacked examples ``(B, ...)`` -> ``Batch.x``."""
+        return x
 
     def _pass(
         self, urls: list[str], chunk_size: int, *, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 0,
         shuffle_seed: tuple[int | str, ...] = (),
     ) -> Iterator[dict]:
         """One pass over ``urls`` through a DataLoader, accounting for skipped samples as chunks arrive."""
-        c = self.config
-        dataset = _ShardPass(urls, c.image_size, c.channels, c.num_classes, chunk_size, rank=rank,
-                             world_size=world_size, shuffle_buffer=shuffle_buffer, shuffle_seed=shuffle_seed)
-        workers = min(c.num_workers, len(urls[rank::world_size]))  # a worker without shards would only idle
+        dataset = _ShardPass(urls, self._example_fn(), chunk_size, rank=rank, world_size=world_size,
+                             shuffle_buffer=shuffle_buffer, shuffle_seed=shuffle_seed, decode=self.decode)
+        workers = min(self.config.num_workers, len(urls[rank::world_size]))  # a worker without shards would only idle
         loader = DataLoader(dataset, batch_size=None, num_workers=workers)
         for chunk in loader:
             if chunk["skipped"]:
@@ -291,7 +318,7 @@ class WebDatasetSource(DataSource):
                 for message in chunk["errors"]:
                     if len(self.skip_messages) < MAX_LOGGED_ERRORS:
                         self.skip_messages.append(message)
-                    warnings.warn(f"webdataset: skipped a corrupt sample: {message}", CorruptSampleWarning,
+                    warnings.warn(f"{self.who}: skipped a corrupt sample: {message}", CorruptSampleWarning,
                                   stacklevel=2)
             yield chunk
 
@@ -301,9 +328,9 @@ class WebDatasetSource(DataSource):
         """Endless batches of this rank's shards; ``start_step > 0`` reseeds (see the module docstring)."""
         check_stream_args(batch_size, start_step, rank, world_size)
         if len(self.urls) < world_size:
-            raise DataError(f"webdataset: {len(self.urls)} shard(s) in {self.config.urls} for {world_size} ranks; "
+            raise DataError(f"{self.who}: {len(self.urls)} shard(s) in {self.config.urls} for {world_size} ranks; "
                             "need at least one shard per rank")
-        rebatch = _Rebatcher(batch_size)
+        rebatch = _Rebatcher(batch_size, self._to_x)
         epoch = 0
         while True:
             order = list(self.urls)
@@ -316,7 +343,7 @@ class WebDatasetSource(DataSource):
                 seen += 0 if chunk["x"] is None else chunk["x"].shape[0]
                 yield from rebatch.full_batches()
             if seen == 0:
-                raise DataError(f"webdataset: rank {rank} of {world_size} read no valid sample from "
+                raise DataError(f"{self.who}: rank {rank} of {world_size} read no valid sample from "
                                 f"{self.config.urls} in epoch {epoch} ({self.skipped} skipped as corrupt)")
             epoch += 1
 
@@ -336,12 +363,43 @@ class WebDatasetSource(DataSource):
 
     def _in_order_batches(self, urls: list[str], batch_size: int) -> Iterator[Batch]:
         """One unshuffled pass over ``urls`` in batches of ``batch_size`` (the last may be short)."""
-        rebatch = _Rebatcher(batch_size)
+        rebatch = _Rebatcher(batch_size, self._to_x)
         for chunk in self._pass(urls, batch_size):
             rebatch.add(chunk)
             yield from rebatch.full_batches()
         if rebatch.examples:
             yield rebatch.pop(rebatch.examples)
+
+
+@DATA_SOURCES.register("webdataset", WebDatasetConfig)
+class WebDatasetSource(ShardStream):
+    """Batches of ``x (B, channels, image_size, image_size)`` float32 in ``[-1, 1]``.
+
+    ``label (B,)`` int64 when ``num_classes > 0``; ``caption`` (``B`` strings,
+    ``""`` where missing) in batches where some sample carries ``txt``, and
+    ``annotation`` (``B`` dicts, ``{}`` where missing) where some carries ``json``.
+    ``skipped`` counts samples (or shard read errors) skipped as corrupt so far,
+    in this process and its DataLoader workers; ``skip_messages`` keeps the
+    first ``MAX_LOGGED_ERRORS`` reasons.
+    """
+
+    def __init__(self, config: WebDatasetConfig) -> None:
+        self.config = config
+        self.spec = DataSpec(shape=(config.channels, config.image_size, config.image_size),
+                             num_classes=config.num_classes, kind="images")
+        self.urls = expand_urls(config.urls)
+        self.eval_urls = None if config.eval_urls is None else expand_urls(config.eval_urls)
+        self.skipped = 0
+        self.skip_messages: list[str] = []
+
+    def _example_fn(self) -> Callable[[dict], dict]:
+        c = self.config
+        return functools.partial(_to_example, image_size=c.image_size, channels=c.channels,
+                                 num_classes=c.num_classes)
+
+    @staticmethod
+    def _to_x(x: Tensor) -> Tensor:
+        return uint8_to_unit(x)
 
     def stats(self) -> dict:
         return {"normalisation": "x / 255 * 2 - 1", "pixel_max": 255, "range": [-1.0, 1.0],
@@ -360,4 +418,7 @@ def _truncate(batch: Batch, n: int) -> Batch:
                  annotation=None if batch.annotation is None else batch.annotation[:n])
 
 
-__all__ = ["CorruptSampleWarning", "WebDatasetConfig", "WebDatasetSource", "expand_urls"]
+__all__ = [
+    "CorruptSampleWarning", "ShardStream", "WebDatasetConfig", "WebDatasetSource", "conditions", "expand_urls",
+    "is_local",
+]
