@@ -88,8 +88,8 @@ _DIGITS_AE = AutoencoderExperiment(
 _SHAPES_AE = AutoencoderExperiment(
     name="shapes-ae", data=ShapesConfig(image_size=32),
     autoencoder=ConvAutoencoderConfig(downsample=4, latent_channels=4, width=32),
-    train=TrainConfig(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, sample_every=500,
-                      checkpoint_every=250, ema_decay=0.999),
+    train=TrainConfig(steps=800, batch_size=64, lr=2e-3, warmup_steps=50, sample_every=400,
+                      checkpoint_every=200, ema_decay=0.99),
 )
 # GPU-sized, for imagenet-paper: 256x256 RGB -> 32 x 32x32 (x8, 32 channels, like the paper's FAE latents)
 _IMAGENET_AE = AutoencoderExperiment(

@@ -37,8 +37,8 @@ from eval.metrics import energy_distance, mmd_rbf, oracle_log_density
 from eval.nll import heldout_nll
 from eval.oracle import oracle_gap
 from eval.timing import measure
-from experiments.build import (build_denoiser, build_model, conditioner_of, data_for, layout_for, picture, train_job,
-                               upgrade_saved_config)
+from experiments.build import (build_denoiser, build_model, conditioner_of, data_for, layout_for, picture,
+                               pixel_images, train_job, upgrade_saved_config)
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.data.base import DataSource
@@ -108,6 +108,15 @@ class BenchModel:
     ``<run>/denoiser/`` before evaluating (the architecture: the first learned-denoiser point's config)."""
     curve: Curve | None = None
     """Rows along training, from checkpoints the experiment keeps (see :func:`_keeping`)."""
+    autoencoder: Any = None
+    """An :class:`~experiments.autoencoder.AutoencoderExperiment` trained (or reused when its ``autoencoder.pt``
+    came from the same config) under ``DIR/runs`` before this model, whose ``autoencoder:pretrained`` is pointed
+    at it; its training time is reported apart (an autoencoder is trained once and serves many models)."""
+    match_wall_of: str | None = None
+    """The name of an earlier model of the suite: train this one for that model's training wall time (its
+    ``train.steps`` set from a short probe of this one's speed), so the two compare at the same wall budget."""
+    probe_steps: int = 20
+    """Steps of the speed probe of ``match_wall_of`` (after 5 warm-up steps)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,8 +443,53 @@ def shapes_suite(train_steps: int = 1200, seed: int = 0, tiny: bool = False, num
                  text_eval=True, prompts=SHAPES_PROMPTS)
 
 
+def latent_suite(train_steps: int = 500, seed: int = 0, tiny: bool = False, num_samples: int = 250,
+                 finetune_steps: int | None = None, distill_steps: int | None = None,
+                 teacher_steps: int | None = None, guidance: float = 1.5) -> Suite:
+    """Pixel vs latent NTM@4 on the same data (``data:shapes`` at 32x32, captions through the small text encoder)
+    and the same training wall time:
+
+    - ``pixel-ntm``: ``shapes-t2i-ntm`` at 32x32 (patch 4: 64 tokens of 48 values), ``train_steps`` steps;
+    - ``latent-ntm``: ``shapes-latent-ntm`` (the x4 autoencoder of ``shapes-ae``, trained first under
+      ``DIR/runs/shapes-ae``: 4 x 8x8 latents, patch 2: 16 tokens of 16 values), trained for the pixel model's
+      wall time.
+
+    Both scored unguided and at ``guidance`` by the shapes-eval judge (32x32) and a domain FID against real
+    pixels; wall ms per sample includes decoding; the rows carry the training throughput (examples/s) and, for
+    the latent model, the cycle PSNR of its decoded samples and the autoencoder's own figures."""
+    from experiments.autoencoder import AE_PRESETS
+
+    if finetune_steps is not None or distill_steps is not None or teacher_steps is not None:
+        from experiments.cli import UsageError
+
+        raise UsageError("the latent suite trains two models from scratch: drop --finetune-steps, --distill-steps "
+                         "and --teacher-steps")
+    pixel_base = PRESETS["shapes-t2i-ntm"]
+    pixel_base = pixel_base.replace(data=pixel_base.data.replace(image_size=32))
+    latent_base = PRESETS["shapes-latent-ntm"]
+    autoencoder = AE_PRESETS["shapes-ae"]
+    if tiny:  # few scenes, a minimal autoencoder
+        small = dict(train_size=256, eval_size=32)
+        pixel_base = pixel_base.replace(data=pixel_base.data.replace(**small))
+        latent_base = latent_base.replace(data=latent_base.data.replace(**small))
+        autoencoder = autoencoder.replace(data=latent_base.data, autoencoder=autoencoder.autoencoder.replace(width=8),
+                                          train=autoencoder.train.replace(steps=10, warmup_steps=2),
+                                          eval=autoencoder.eval.replace(num_examples=32, stats_examples=64))
+    pixel = _variant(pixel_base, "shapes32-pixel-ntm-K4", steps=(4,), train_steps=train_steps, seed=seed, tiny=tiny)
+    latent = _variant(latent_base, "shapes32-latent-ntm-K4", steps=(4,), train_steps=train_steps, seed=seed,
+                      tiny=tiny)
+    g = (guidance,) if guidance else ()
+    models = (
+        BenchModel("pixel-ntm", pixel, _with_guidance(EvalPoint(4, 4), g)),
+        BenchModel("latent-ntm", latent, _with_guidance(EvalPoint(4, 4), g), autoencoder=autoencoder,
+                   match_wall_of=pixel.name, probe_steps=3 if tiny else 20),
+    )
+    return Suite("latent", models, num_samples, image_metrics="domain-shapes", reference_size=1000,
+                 text_eval=True, prompts=SHAPES_PROMPTS[:4])
+
+
 SUITES: dict[str, Callable[..., Suite]] = {"toy": toy_suite, "digits": digits_suite, "paper": paper_suite,
-                                          "shapes": shapes_suite}
+                                          "shapes": shapes_suite, "latent": latent_suite}
 
 
 # -- running ----------------------------------------------------------------------
@@ -450,6 +504,77 @@ def train_or_reuse(exp: Experiment, data: DataSource) -> torch.nn.Module:
             return load_sampling_weights(build_model(exp, data), state, path=latest).eval()
     result = train(train_job(exp, data, resume=latest is not None))
     return result.ema_model
+
+
+def _with_autoencoder(exp: Experiment, ae: Any, out: Path, device: str) -> tuple[Experiment, dict[str, Any]]:
+    """``exp`` on the autoencoder of run ``ae`` (trained under ``out/runs`` unless a finished run of the same config
+    is there) and that autoencoder's figures (reconstruction and cycle PSNR, KL, training time)."""
+    from experiments.autoencoder import train_autoencoder
+    from ntm.autoencoders import FILE_NAME, PretrainedAutoencoderConfig
+
+    ae = ae.replace(run_dir=str(out / "runs" / ae.name), train=ae.train.replace(device=device))
+    run_dir = Path(ae.resolved_run_dir)
+    saved = run_dir / "config.json"
+    final_file = run_dir / "final.json"
+    reuse = ((run_dir / FILE_NAME).is_file() and final_file.is_file() and saved.is_file()
+             and json.loads(saved.read_text()) == ae.model_dump(mode="json"))
+    if not reuse:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train_autoencoder(ae, quiet=True)
+    final = json.loads(final_file.read_text())
+    keep = ("psnr", "cycle_psnr", "kl_per_latent_dim", "compression", "latent_shape", "wall_seconds", "fingerprint")
+    return exp.replace(autoencoder=PretrainedAutoencoderConfig(path=str(run_dir))), {k: final.get(k) for k in keep}
+
+
+TRAIN_RECORD = "bench_train.json"
+"""A bench run's own record of its training wall time (``{"steps", "wall_s"}``), so a reused run keeps it."""
+
+
+def _train_wall(exp: Experiment) -> float | None:
+    record = Path(exp.resolved_run_dir) / TRAIN_RECORD
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("steps") == exp.train.steps:
+            return float(saved["wall_s"])
+    return None
+
+
+def _record_wall(exp: Experiment, seconds: float) -> None:
+    if _train_wall(exp) is None:
+        record = Path(exp.resolved_run_dir) / TRAIN_RECORD
+        record.write_text(json.dumps({"steps": exp.train.steps, "wall_s": seconds}) + "\n")
+
+
+def _matching_wall(exp: Experiment, data: DataSource, wall: float, probe_steps: int,
+                   out: Path) -> tuple[Experiment, float]:
+    """``exp`` with ``train.steps`` set so that it trains for about ``wall`` seconds: the steps per second of a
+    probe run of ``probe_steps`` steps (after 5 warm-up steps) times ``wall``. The decision is kept in the run
+    directory (``wall_match.json``) so a rerun of the bench reuses the trained run."""
+    run_dir = Path(out / "runs" / exp.name)
+    decision = run_dir / "wall_match.json"
+    if decision.is_file():
+        saved = json.loads(decision.read_text())
+        if saved.get("wall_s") == wall and saved.get("config") == exp.model_dump(mode="json"):
+            steps = int(saved["steps"])
+            return _with_steps(exp, steps), wall
+    probe_dir = out / "runs" / f"{exp.name}-probe"
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    probe = exp.replace(run_dir=str(probe_dir), train=exp.train.replace(
+        steps=5 + probe_steps, log_every=1, sample_every=0, checkpoint_every=5 + probe_steps, warmup_steps=0))
+    train(train_job(probe, data))
+    rates = [json.loads(line)["examples_per_s"] for line in (probe_dir / "metrics.jsonl").read_text().splitlines()]
+    rate = float(np.median(rates[5:] or rates)) / exp.train.batch_size  # steps per second, warm-up skipped
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    steps = max(1, int(wall * rate))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    decision.write_text(json.dumps({"wall_s": wall, "steps_per_s": rate, "steps": steps,
+                                    "config": exp.model_dump(mode="json")}) + "\n")
+    return _with_steps(exp, steps), wall
+
+
+def _with_steps(exp: Experiment, steps: int) -> Experiment:
+    return exp.replace(train=exp.train.replace(steps=steps, checkpoint_every=steps,
+                                               warmup_steps=min(exp.train.warmup_steps, steps // 5)))
 
 
 def distill_or_reuse(exp: Experiment, steps: int, network: LearnedDenoiserConfig,
@@ -530,6 +655,16 @@ def psnr_learned_vs_score(exp: Experiment, model, data: DataSource, point: EvalP
     return 10 * math.log10(max(peak, 1e-12) ** 2 / max(mse, 1e-30))
 
 
+@torch.no_grad()
+def cycle_psnr(data: DataSource, shown: torch.Tensor) -> float:
+    """Mean PSNR (dB) of decoded images ``shown`` (``[0, 1]``) against ``decode(encode(.))`` of themselves, through
+    the autoencoder of latent ``data``: how stably the autoencoder's own decoded samples re-encode."""
+    x = shown * 2 - 1
+    again = data.to_display(data.encode(x))
+    mse = (again - shown).square().flatten(1).mean(1).clamp_min(1e-12)
+    return (10 * torch.log10(1 / mse)).mean().item()
+
+
 @dataclasses.dataclass
 class _Scoring:
     """What every evaluation of one model shares: the suite, the data, its reference set and feature extractor."""
@@ -572,6 +707,8 @@ def _evaluate(sc: _Scoring, exp: Experiment, model, point: EvalPoint, likelihood
         samples = run()  # also the warm-up of the timed call below
         cost = measure(run, repeats=1, warmup=0, device=dev, n=n)
         metrics.update(_quality(sc.suite, data, samples, sc.reference, sc.extractor))
+    if data.spec.encoded_by is not None:  # decoded samples re-encode stably?
+        metrics["cycle_psnr_db"] = cycle_psnr(data, samples if sc.suite.text_eval else data.to_display(samples))
     denoiser = point.denoiser or exp.denoiser
     if isinstance(denoiser, LearnedDenoiserConfig):
         metrics["psnr_learned_vs_score_db"] = psnr_learned_vs_score(exp, model, data, point, n, dev, exp.eval.seed)
@@ -661,6 +798,7 @@ def run_suite(
     figures: dict[str, torch.Tensor] = {}
     prompt_samples: dict[str, torch.Tensor] = {}  # row -> (prompts * per_prompt, C, H, W) in [0, 1]
     finals: dict[str, Path] = {}  # experiment name -> its run's final checkpoint
+    walls: dict[str, float] = {}  # experiment name (as in the suite) -> its training wall time
     bar = Progress(len(suite.models), desc=f"bench {suite.name}", enabled=progress, print_every=1)
     extractor = None
     for bm in suite.models:
@@ -669,12 +807,22 @@ def run_suite(
                                     train=bm.experiment.train.replace(device=device))
         if bm.init_from is not None:
             exp = exp.replace(init=exp.init.replace(path=str(finals[bm.init_from])))
+        extra: dict[str, Any] = {}
+        if bm.autoencoder is not None:
+            exp, extra["autoencoder"] = _with_autoencoder(exp, bm.autoencoder, out, device)
         data = data_for(exp)
+        if bm.match_wall_of is not None:
+            exp, extra["wall_budget_s"] = _matching_wall(exp, data, walls[bm.match_wall_of], bm.probe_steps, out)
         started = time.monotonic()
         model = train_or_reuse(exp, data)
         train_seconds = time.monotonic() - started
         finals[exp.name] = CheckpointManager(Path(exp.resolved_run_dir) / "checkpoints").latest_path()
-        extra: dict[str, Any] = {"train_seconds": train_seconds, "params": generative_params(exp, data)}
+        _record_wall(exp, train_seconds)
+        walls[bm.experiment.name] = _train_wall(exp) or train_seconds
+        extra.update({"train_seconds": train_seconds, "train_wall_s": walls[bm.experiment.name],
+                      "train_examples_per_s": exp.train.steps * exp.train.batch_size / max(walls[bm.experiment.name], 1e-9),
+                      "space": "latent" if data.spec.encoded_by else "pixels",
+                      "params": generative_params(exp, data)})
         distilled_steps = None
         if bm.distill_steps is not None:
             network = next((p.denoiser for p in bm.points if isinstance(p.denoiser, LearnedDenoiserConfig)),
@@ -691,11 +839,12 @@ def run_suite(
         elif suite.image_metrics == "domain-shapes" and extractor is None:
             from eval.fidelity import domain_extractor_for_shapes
 
-            extractor = domain_extractor_for_shapes(data.spec.shape[-1])
+            extractor = domain_extractor_for_shapes((data.spec.image_shape or data.spec.shape)[-1])
         elif suite.image_metrics == "inception":
             extractor = ("inception-v3-compat", {"weights_path": str(inception_weights)})
-        if data.spec.kind == "images":  # the training images (one epoch's worth) as the FID reference
-            reference = next(data.train_batches(suite.reference_size, seed=10_000)).x
+        if data.spec.kind == "images":  # the training images (one epoch's worth, pixels) as the FID reference
+            pixels = pixel_images(data)
+            reference = pixels.to_display(next(pixels.train_batches(suite.reference_size, seed=10_000)).x).clamp(0, 1)
         else:
             reference = torch.cat([b.x for b in data.eval_batches(4096)])
         sc = _Scoring(suite, data, reference, extractor)
@@ -728,7 +877,8 @@ def run_suite(
             _write_mixture(out, data, suite)
     bar.close()
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "results.md").write_text((shapes_table(rows) + "\n" if suite.text_eval else "") + results_table(rows))
+    brief = latent_table(rows) if any(r.get("space") == "latent" for r in rows) else shapes_table(rows)
+    (out / "results.md").write_text((brief + "\n" if suite.text_eval else "") + results_table(rows))
     for key, image in figures.items():
         save_png(image, out / "figures" / f"samples_{key}.png")
     write_comparison(out, suite.comparison)
@@ -787,7 +937,8 @@ def _keep_samples(out: Path, figures: dict[str, torch.Tensor], exp: Experiment, 
 
 def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: torch.Tensor,
              extractor, shown: bool = False) -> dict[str, float]:
-    """Sample-quality metrics of ``samples`` against ``reference`` (``shown``: images already in display space)."""
+    """Sample-quality metrics of ``samples`` against ``reference`` (``shown``: images already in display space;
+    an image ``reference`` is always in display space, pixels even when the model runs on latents)."""
     if data.spec.kind == "points":
         ref = reference[: samples.shape[0]]
         out = {"energy_distance": energy_distance(samples, ref), "mmd": mmd_rbf(samples, ref)}
@@ -801,7 +952,7 @@ def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: t
 
     name, kwargs = extractor
     images = (samples if shown else data.to_display(samples)).clamp(0, 1)
-    return fidelity_metrics(images, data.to_display(reference).clamp(0, 1), extractor=name, kid_subsets=20, **kwargs)
+    return fidelity_metrics(images, reference, extractor=name, kid_subsets=20, **kwargs)
 
 
 def _write_mixture(out: Path, data, suite: Suite) -> None:
@@ -847,6 +998,29 @@ def shapes_table(rows: list[dict]) -> str:
                  *(_fmt(m.get(f"shapes_seen_{c}")) for c in CATEGORIES), _fmt(m.get("fid")),
                  f"{r['params'] / 1e6:.2f} M" if "params" in r else "–", _fmt(r["wall_ms_per_sample"])]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def latent_table(rows: list[dict]) -> str:
+    """Pixel vs latent rows in brief: space, domain FID, judge (seen), wall ms per sample (decoding included),
+    training steps, wall and throughput, the cycle PSNR of decoded samples; then the autoencoder's line."""
+    head = ["model", "space", "K", "guidance", "fid", "seen", "unseen", "ms/sample", "train steps", "train wall s",
+            "train examples/s", "cycle PSNR dB", "params"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r["metrics"]
+        cells = [r["model"], r.get("space", "–"), str(r["K"]), f"{r['guidance']:g}", _fmt(m.get("fid")),
+                 _fmt(m.get("shapes_seen_overall")), _fmt(m.get("shapes_unseen_overall")),
+                 _fmt(r["wall_ms_per_sample"]), str(r["train_steps"]), _fmt(r.get("train_wall_s")),
+                 _fmt(r.get("train_examples_per_s")), _fmt(m.get("cycle_psnr_db")),
+                 f"{r['params'] / 1e6:.2f} M" if "params" in r else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for ae in dict((str(r["autoencoder"]), r["autoencoder"]) for r in rows if r.get("autoencoder")).values():
+        lines.append(f"\nautoencoder {ae.get('fingerprint')}: latents {ae.get('latent_shape')} "
+                     f"({_fmt(ae.get('compression'))}x fewer numbers), held-out reconstruction PSNR "
+                     f"{_fmt(ae.get('psnr'))} dB, cycle {_fmt(ae.get('cycle_psnr'))} dB, KL "
+                     f"{_fmt(ae.get('kl_per_latent_dim'))} nats/dim, trained in {_fmt(ae.get('wall_seconds'))} s "
+                     "(not in the models' wall budget)")
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,8 @@ def shapes_captions(data: DataSource, split: str, n: int) -> list[str]:
 @torch.no_grad()
 def sample_captions(exp: Experiment, model: torch.nn.Module, data: DataSource, captions: list[str], *,
                     seed: int = 0, batch_size: int = 250, **sample_kwargs: Any) -> tuple[torch.Tensor, float]:
-    """``(images, seconds)``: one sample per caption in display space ``[0, 1]`` and the wall time sampling took.
+    """``(images, seconds)``: one sample per caption in display space ``[0, 1]`` and the wall time sampling (and
+    decoding, for a model on latents) took.
 
     Chunk ``i`` (of ``batch_size`` captions) is seeded ``seed + i``; ``sample_kwargs`` go to
     :func:`experiments.build.sample` (``sampler=``, ``denoiser=``, ``denoise=``)."""
@@ -43,8 +44,8 @@ def sample_captions(exp: Experiment, model: torch.nn.Module, data: DataSource, c
         chunk = captions[i : i + batch_size]
         started = time.perf_counter()
         x = sample(exp, model, data, len(chunk), captions=chunk, seed=seed + i, **sample_kwargs)
+        images.append(data.to_display(x).clamp(0, 1))  # timed too: decoding latents is part of a sample's cost
         seconds += time.perf_counter() - started
-        images.append(data.to_display(x).clamp(0, 1))
     return torch.cat(images), seconds
 
 
