@@ -88,6 +88,9 @@ def load_autoencoder(path: str | Path, image_shape: tuple[int, ...] | None = Non
     file, state = read(path)
     config = AUTOENCODERS.get(state["name"]).config_cls.model_validate(state["config"])
     shape = tuple(image_shape or state["image_shape"])
+    if len(shape) == 3 and shape[0] != state["image_shape"][0]:
+        raise AutoencoderError(f"{file} was trained on {state['image_shape'][0]}-channel images; the data has "
+                               f"{shape[0]}")
     model = config.build(shape)
     try:
         model.load_state_dict(state["state_dict"])
