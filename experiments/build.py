@@ -189,10 +189,11 @@ def grid_captions(exp: Experiment, data: DataSource, model: NTM) -> list[str] | 
 def real_examples(exp: Experiment, data: DataSource) -> Tensor | None:
     """A row of held-out images for the sample figure: one per class (classes 0.., at most a row), else the first ones.
 
-    ``None`` for points or when the source has no held-out split.
+    ``None`` for points or when the source has no held-out split. Pixels (from the image source under latents).
     """
     if data.spec.kind != "images":
         return None
+    data = pixel_images(data)  # real images, not their reconstructions, under a model on latents
     columns = exp.eval.grid_columns
     wanted = list(range(min(data.spec.num_classes, columns))) if data.spec.num_classes else []
     picked: dict[int, Tensor] = {}
@@ -227,7 +228,8 @@ def picture(exp: Experiment, data: DataSource, samples: Tensor, real: Tensor | N
         if real is not None:
             pad = (-images.shape[0]) % columns  # finish the last row of samples
             blank = torch.ones(pad + columns, *images.shape[1:], dtype=images.dtype)
-            images = torch.cat([images, blank, data.to_display(real).clamp(0, 1)[:columns].to(images.dtype)])
+            shown_real = pixel_images(data).to_display(real).clamp(0, 1)[:columns].to(images.dtype)
+            images = torch.cat([images, blank, shown_real])
         return image_grid(images, nrow=columns, upscale=upscale)
     return scatter_density(shown[:, :2])
 
