@@ -13,12 +13,41 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.autoencoder import AE_PRESETS
 from experiments.cli import main
 from experiments.config import Experiment
 from experiments.presets import PRESETS
+from ntm.autoencoders import ConvAutoencoderConfig, save_autoencoder
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
 
 QUICK = ["--train.warmup-steps", "0", "--train.log-every", "1", "--eval.num-examples", "128"]
+GPU_PRESETS = ("imagenet-paper", "imagenet64-pixels", "t2i-paper")
+"""Presets sized for a GPU and ImageNet-scale shards: tested at reduced width on tiny shards below."""
+
+
+def tiny_autoencoder(path: Path, config: ConvAutoencoderConfig, image_shape: tuple[int, int, int], data) -> Path:
+    """A width-8 ``config`` (random weights, latent statistics fitted on ``data``) saved to ``path``/autoencoder.pt."""
+    config = config.replace(width=8, blocks=0)
+    torch.manual_seed(0)
+    model = config.build(image_shape)
+    model.fit_latent_stats((b.x for b in data.train_batches(64, seed=0)), max_examples=128)
+    save_autoencoder(path / "autoencoder.pt", model, config, image_shape)
+    return path
+
+
+@pytest.fixture(scope="module")
+def preset_autoencoders(tmp_path_factory) -> dict[str, Path]:
+    """For each latent preset: a tiny autoencoder shaped like the one its autoencoder.path names (e.g. runs/digits-ae
+    -> the digits-ae preset's downsampling and latent channels), for the preset's images."""
+    root = tmp_path_factory.mktemp("autoencoders")
+    out = {}
+    for name, exp in PRESETS.items():
+        if exp.autoencoder.is_identity or name in GPU_PRESETS:
+            continue
+        data = exp.data.build()
+        ae = AE_PRESETS[Path(exp.autoencoder.path).name].autoencoder
+        out[name] = tiny_autoencoder(root / name, ae, tuple(data.spec.shape), data)
+    return out
 
 
 def small(preset: str) -> list[str]:
@@ -49,14 +78,17 @@ def losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in ("imagenet-paper", "t2i-paper")])
-def test_every_preset_trains_through_the_cli(preset, tmp_path, capsys):
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in GPU_PRESETS])
+def test_every_preset_trains_through_the_cli(preset, tmp_path, capsys, preset_autoencoders):
     run_dir = tmp_path / preset
-    args = ["train", preset, "--run-dir", str(run_dir), "--train.steps", "3", "--train.sample-every", "2", *QUICK, *small(preset)]
+    latent = ["--autoencoder.path", str(preset_autoencoders[preset])] if preset in preset_autoencoders else []
+    args = ["train", preset, "--run-dir", str(run_dir), "--train.steps", "3", "--train.sample-every", "2", *QUICK,
+            *small(preset), *latent]
     rc, out, err = run(args, capsys)
     assert rc == 0, err
     final = json.loads((run_dir / "final.json").read_text())
     assert final["steps"] == 3 and torch.isfinite(torch.tensor(final["nll_traj_bpd"]))
+    assert final["nll_space"] == ("latent" if latent else "pixels")
     assert "held-out K=4: nll_traj_bpd" in out
     for name in ("config.json", "data_stats.json", "metrics.jsonl", "samples/final.png", "samples/final.npy",
                  "samples/step_00000002.png"):
@@ -120,27 +152,43 @@ def test_sample_and_eval_commands(tmp_path, capsys):
     assert scores["4"]["examples"] == 64
 
 
-def test_imagenet_paper_builds_and_runs_one_step_at_reduced_width(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def imagenet_like_shards(tmp_path_factory) -> str:
+    """Two shards of 8 random 64x64 RGB images in 2 classes; their brace pattern."""
     from PIL import Image
 
     from ntm.data.shards import write_shards
 
-    folder = tmp_path / "images"
+    root = tmp_path_factory.mktemp("imagenet-like")
+    folder = root / "images"
     gen = torch.Generator().manual_seed(0)
     for cls in ("n01", "n02"):
         (folder / cls).mkdir(parents=True)
         for i in range(4):
             arr = torch.randint(0, 256, (64, 64, 3), generator=gen, dtype=torch.uint8).numpy()
             Image.fromarray(arr).save(folder / cls / f"{i}.png")
-    write_shards(folder, str(tmp_path / "shards" / "train-%06d.tar"), maxcount=4)
-    urls = str(tmp_path / "shards" / "train-{000000..000001}.tar")
+    write_shards(folder, str(root / "shards" / "train-%06d.tar"), maxcount=4)
+    return str(root / "shards" / "train-{000000..000001}.tar")
+
+
+@pytest.mark.parametrize("preset", ["imagenet64-pixels", "imagenet-paper"])
+def test_the_paper_presets_build_and_run_one_step_at_reduced_width(preset, imagenet_like_shards, tmp_path, capsys):
+    """imagenet64-pixels on its 64x64 pixels; imagenet-paper (latent) on 32x32 images through a tiny autoencoder
+    shaped like imagenet-ae (x8, 32 latent channels): 4x4 latents, patch 2."""
+    urls = imagenet_like_shards
+    latent = not PRESETS[preset].autoencoder.is_identity
+    extra = []
+    if latent:
+        data = PRESETS[preset].data.replace(urls=urls, image_size=32, num_workers=0)
+        ae = tiny_autoencoder(tmp_path / "ae", AE_PRESETS["imagenet-ae"].autoencoder, (3, 32, 32), data.build())
+        extra = ["--data.image-size", "32", "--data.num-workers", "0", "--autoencoder.path", str(ae)]
     run_dir = tmp_path / "paper"
     args = [
-        "train", "imagenet-paper", "--run-dir", str(run_dir), "--data.urls", urls, "--data.eval-urls", urls,
+        "train", preset, "--run-dir", str(run_dir), "--data.urls", urls, "--data.eval-urls", urls,
         "--transporter.width", "32", "--transporter.num-heads", "2", "--predictor.width", "32", "--predictor.depth", "2",
         "--predictor.num-heads", "2", "--train.steps", "1", "--train.batch-size", "4", "--train.warmup-steps", "0",
         "--train.sample-every", "0", "--eval.num-examples", "4", "--eval.batch-size", "4", "--eval.grid-columns", "1",
-        "denoiser:none",
+        "denoiser:none", *extra,
     ]
     rc, out, err = run(args, capsys)
     assert rc == 0, err
@@ -149,8 +197,15 @@ def test_imagenet_paper_builds_and_runs_one_step_at_reduced_width(tmp_path, caps
     model = saved["model"]
     assert model["transporter"]["num_blocks"] == 2 and model["transporter"]["layers_per_block"] == 4
     assert model["process"]["steps"] == [4] and saved["conditioner"]["dropout"] == 0.1
-    assert PRESETS["imagenet-paper"].model.predictor.depth == 24
-    assert json.loads((run_dir / "final.json").read_text())["steps"] == 1
+    assert PRESETS[preset].model.predictor.depth == 24
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["steps"] == 1
+    if latent:
+        assert saved["autoencoder"] == {"name": "pretrained", "path": str(tmp_path / "ae")} and saved["patch_size"] == 2
+        assert final["nll_space"] == "latent" and final["nll_dims"] == 32 * 4 * 4
+    else:
+        assert saved["autoencoder"] == {"name": "identity"} and saved["patch_size"] == 4
+        assert final["nll_space"] == "pixels" and final["nll_dims"] == 3 * 64 * 64
 
 
 def _train_cmd(run_dir: Path, steps: int, *extra: str) -> list[str]:
