@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from experiments.autoencoder import AE_PRESETS
 from experiments.build import build_model
 from experiments.cli import parse_experiment
 from experiments.presets import PRESETS
@@ -39,20 +41,39 @@ TINY_POSTERIOR = PosteriorPredictorConfig(xhat=VelocityTransformerConfig(depth=1
 LR = 1e-2
 
 
+GPU_PRESETS = ("imagenet-paper", "imagenet64-pixels", "t2i-paper")
+
+
+def _as_model_sees_it(exp, spec: DataSpec) -> DataSpec:
+    """``spec`` for a pixel preset; for a latent one, the latents of the autoencoder its autoencoder.path names
+    (runs/digits-ae -> the digits-ae preset's downsampling and latent channels; no weights needed)."""
+    if exp.autoencoder.is_identity:
+        return spec
+    ae = AE_PRESETS[Path(exp.autoencoder.path).name].autoencoder
+    c, h, w = spec.shape
+    return dataclasses.replace(spec, shape=(ae.latent_channels, h // ae.downsample, w // ae.downsample),
+                               encoded_by="an autoencoder", image_shape=spec.shape)
+
+
 def _preset_model(preset: str) -> nn.Module:
     exp = PRESETS[preset]
-    if preset in ("imagenet-paper", "t2i-paper"):  # same components at toy widths; the data's shape, no shards
+    if preset in GPU_PRESETS:  # same components at toy widths; the data's shape, no shards
         model = exp.model.replace(
             transporter=exp.model.transporter.replace(width=32, num_heads=4),
             predictor=exp.model.predictor.replace(depth=2, width=32, num_heads=4),
         )
         c = exp.data
         spec = DataSpec(shape=(c.channels, c.image_size, c.image_size), num_classes=c.num_classes, kind="images")
+        spec = _as_model_sees_it(exp, spec)
         if preset == "t2i-paper":  # captions; the frozen text tower random (its weights file is not here)
             spec = SimpleNamespace(**vars(spec), captions=True)
             exp = exp.replace(conditioner=exp.conditioner.replace(weights=None))
         return build_model(exp.replace(model=model), SimpleNamespace(spec=spec))
-    return build_model(exp, exp.data.build())
+    data = exp.data.build()
+    if not exp.autoencoder.is_identity:  # the data as the model sees it, without the autoencoder's weights
+        data = SimpleNamespace(spec=_as_model_sees_it(exp, data.spec), eval_batches=data.eval_batches,
+                               train_batches=data.train_batches)
+    return build_model(exp, data)
 
 
 def _trainable(model: nn.Module) -> list[str]:
@@ -71,6 +92,17 @@ def test_the_groups_partition_every_presets_trainable_parameters(preset: str) ->
     assert list(groups) == expected + encoder
     names = [n for group in groups.values() for n in group]
     assert sorted(names) == sorted(_trainable(model)) and len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("preset, tokens, token_dim", [
+    ("imagenet-paper", 256, 128),  # 32 x 32x32 latents of imagenet-ae, patch 2 (the paper's 256 tokens)
+    ("imagenet64-pixels", 256, 48),  # 3 x 64x64 pixels, patch 4
+    ("digits-latent-ntm", 4, 16),  # 4 x 4x4 latents of digits-ae, patch 2
+    ("shapes-latent-ntm", 16, 16),  # 4 x 8x8 latents of shapes-ae, patch 2
+])
+def test_the_paper_and_latent_presets_token_geometry(preset: str, tokens: int, token_dim: int) -> None:
+    dims = _preset_model(preset).dims
+    assert (dims.num_tokens, dims.token_dim) == (tokens, token_dim)
 
 
 def test_the_posterior_predictor_groups_its_backbone_and_scale_head_and_leaves_frozen_parameters_out() -> None:
