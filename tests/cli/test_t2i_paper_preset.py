@@ -1,5 +1,6 @@
 """The GPU-shaped ``t2i-paper`` preset: its shape, one training step at reduced width on caption shards with a tiny
-open_clip config, and one clear line when the text tower's weights file is missing."""
+open_clip config and a tiny autoencoder shaped like imagenet-ae, and one clear line when the text tower's weights
+file is missing."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import pytest
 import torch
 
+from experiments.autoencoder import AE_PRESETS
 from experiments.cli import main
 from experiments.presets import PRESETS
+from ntm.autoencoders import PretrainedAutoencoderConfig, save_autoencoder
 from ntm.conditioning import OpenClipTextConfig
 from ntm.data.shapes import ShapesConfig
 from ntm.data.shards import write_source_shards
@@ -25,10 +28,16 @@ REDUCED = ["--transporter.width", "32", "--transporter.num-heads", "2", "--predi
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """Caption shards (png + txt) of the shapes source, a tiny open_clip config and a weights file of it."""
+    """Caption shards (png + txt) of the shapes source at 32x32, a tiny open_clip config and a weights file of it,
+    and a width-8 autoencoder shaped like imagenet-ae (x8, 32 latent channels: 4x4 latents, patch 2 -> 4 tokens)."""
     root = tmp_path_factory.mktemp("t2i-paper")
-    write_source_shards(ShapesConfig(image_size=16, train_size=16, eval_size=8), str(root / "train-%06d.tar"), 16,
-                        maxcount=8)
+    shapes = ShapesConfig(image_size=32, train_size=16, eval_size=8)
+    write_source_shards(shapes, str(root / "train-%06d.tar"), 16, maxcount=8)
+    ae = AE_PRESETS["imagenet-ae"].autoencoder.replace(width=8, blocks=0)
+    torch.manual_seed(0)
+    model = ae.build((3, 32, 32))
+    model.fit_latent_stats((b.x for b in shapes.build().train_batches(16, seed=0)), max_examples=16)
+    save_autoencoder(root / "ae" / "autoencoder.pt", model, ae, (3, 32, 32))
     text = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
     vision = {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8}
     (root / f"{TINY}.json").write_text(json.dumps({"embed_dim": 16, "vision_cfg": vision, "text_cfg": text}))
@@ -45,14 +54,18 @@ def test_the_preset_has_the_papers_shape():
     assert exp.model.transporter.num_blocks == 2 and exp.model.transporter.layers_per_block == 4
     assert exp.model.predictor.depth == 24 and exp.model.process.steps == (4,)
     assert exp.train.precision == "bf16" and exp.data.num_classes == 0 and exp.sampler.guidance > 0
+    # imagenet-paper's latent space: 256x256 images through imagenet-ae, patch 2
+    assert exp.autoencoder == PRESETS["imagenet-paper"].autoencoder == PretrainedAutoencoderConfig(path="runs/imagenet-ae")
+    assert exp.data.image_size == 256 and exp.patch_size == 2
 
 
 def train(shards, run, weights) -> int:
-    """``ntm train t2i-paper`` at reduced width on the caption shards, the tiny open_clip tower from ``weights``."""
+    """``ntm train t2i-paper`` at reduced width on the caption shards, the tiny open_clip tower from ``weights``, the
+    tiny autoencoder."""
     urls = str(shards / "train-{000000..000001}.tar")
     return main(["train", "t2i-paper", "--run-dir", str(run), "--data.urls", urls, "--data.eval-urls", urls,
-                 "--data.image-size", "16", "--conditioner.model", TINY, "--conditioner.weights", str(weights),
-                 *REDUCED])
+                 "--data.image-size", "32", "--data.num-workers", "0", "--autoencoder.path", str(shards / "ae"),
+                 "--conditioner.model", TINY, "--conditioner.weights", str(weights), *REDUCED])
 
 
 def test_one_step_at_reduced_width_on_caption_shards(shards, tmp_path, capsys):
@@ -60,7 +73,9 @@ def test_one_step_at_reduced_width_on_caption_shards(shards, tmp_path, capsys):
     assert train(shards, run, shards / "clip.pt") == 0, capsys.readouterr().err
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["transporter"]["layers_per_block"] == 4 and saved["conditioner"]["model"] == TINY
-    assert json.loads((run / "final.json").read_text())["steps"] == 1
+    assert saved["autoencoder"] == {"name": "pretrained", "path": str(shards / "ae")}
+    final = json.loads((run / "final.json").read_text())
+    assert final["steps"] == 1 and final["nll_space"] == "latent" and final["nll_dims"] == 32 * 4 * 4
 
 
 def test_a_missing_weights_file_is_one_line_and_writes_nothing(shards, tmp_path, capsys):
