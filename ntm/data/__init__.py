@@ -8,6 +8,7 @@ running it with ``python -m`` does not load it twice.
 from ntm.data.base import DATA_SOURCES, Batch, DataError, DataSource, DataSpec
 from ntm.data.digits import Digits, DigitsConfig
 from ntm.data.folder import ImageFolder, ImageFolderConfig
+from ntm.data.latent_shards import LatentShardsConfig, LatentShardsSource
 from ntm.data.shapes import Shapes, ShapesConfig
 from ntm.data.streaming import CorruptSampleWarning, WebDatasetConfig, WebDatasetSource
 from ntm.data.streams import InMemorySource, derive_seed
@@ -30,7 +31,7 @@ from ntm.data.toys import (
 __all__ = [
     "DATA_SOURCES", "Batch", "Checkerboard", "CheckerboardConfig", "CorruptSampleWarning", "DataError",
     "DataSource", "DataSpec", "Digits", "DigitsConfig", "EightGaussians", "EightGaussiansConfig", "ImageFolder",
-    "ImageFolderConfig", "InMemorySource", "Mixture", "MixtureConfig", "MixtureSource", "Moons", "MoonsConfig",
-    "Shapes", "ShapesConfig", "Spirals", "SpiralsConfig", "ToyConfig", "ToySource", "WebDatasetConfig",
-    "WebDatasetSource", "derive_seed",
+    "ImageFolderConfig", "InMemorySource", "LatentShardsConfig", "LatentShardsSource", "Mixture", "MixtureConfig",
+    "MixtureSource", "Moons", "MoonsConfig", "Shapes", "ShapesConfig", "Spirals", "SpiralsConfig", "ToyConfig",
+    "ToySource", "WebDatasetConfig", "WebDatasetSource", "derive_seed",
 ]
