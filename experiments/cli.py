@@ -560,7 +560,10 @@ def _latency(a: BenchArgs) -> int:
 @dataclasses.dataclass(frozen=True)
 class ShardsWrite:
     """Write webdataset tar shards from an image folder (flat, or one subfolder per class) or from a registered
-    image source (--source shapes --count N): png, cls, txt caption and json annotation per sample."""
+    image source (--source shapes --count N): png, cls, txt caption and json annotation per sample. With
+    --encode RUN, an autoencoder's latents instead (latent.npy per sample, the posterior mean at unit scale, with
+    cls/txt/json), encoded once, and a latents.json sidecar written last beside the shards; a run reads them with
+    data:latent-shards --data.urls ... and autoencoder:pretrained --autoencoder.path RUN."""
 
     out: str
     """Shard path pattern, e.g. 'shards/train-%06d.tar'."""
@@ -581,6 +584,9 @@ class ShardsWrite:
     """Seed of the sample order across shards (a folder) or of the training stream (--source)."""
     sorted: bool = False
     """Keep the folder's sorted order instead of shuffling (folders only)."""
+    encode: Path | None = None
+    """An autoencoder run directory or its autoencoder.pt: write its latents instead of PNGs (a folder is read at
+    the autoencoder's image size; images that do not fit it are refused before anything is written)."""
 
 
 def _source_config(name: str, options: tuple[str, ...]) -> Any:
@@ -618,19 +624,45 @@ def shards_command(args: list[str]) -> int:
     elif a.count is None and a.split == "train":
         raise UsageError("--source needs --count N with --split train (a training stream is endless)")
     try:
-        if a.folder is not None:
+        if a.encode is not None:  # latents: every check (weights, image size) before the first file is written
+            from ntm.autoencoders import LatentSource
+            from ntm.autoencoders.files import load_autoencoder, read
+            from ntm.data.latent_shards import folder_images, write_latent_shards
+
+            file, state = read(a.encode)
+            if a.folder is not None:
+                images = folder_images(a.folder, tuple(state["image_shape"]), seed=None if a.sorted else a.seed)
+                where = {"folder": str(a.folder), "split": "all", "order": "sorted" if a.sorted else f"seed {a.seed}"}
+            else:
+                images = _source_config(a.source, a.source_options).build()
+                where = {"source": a.source, "options": list(a.source_options), "seed": a.seed}
+            autoencoder, _ = load_autoencoder(file)
+            if not bool(autoencoder.stats_fitted):
+                raise AutoencoderError(f"{file} has no fitted latent statistics, so no run could match its latents; "
+                                       "fit them first (ntm autoencoder train does at the end)")
+            if images.spec.kind == "images":
+                autoencoder.latent_shape(tuple(images.spec.shape))  # images that do not fit: one line, here
+                autoencoder, _ = load_autoencoder(file, tuple(images.spec.shape))  # as a run builds it
+            summary = write_latent_shards(LatentSource(images, autoencoder), a.out, a.count, a.maxcount,
+                                          split="eval" if a.folder is not None else a.split, seed=a.seed,
+                                          autoencoder_path=str(file), origin=where)
+        elif a.folder is not None:
             summary = write_shards(a.folder, a.out, a.maxcount, seed=None if a.sorted else a.seed)
         else:
             summary = write_source_shards(_source_config(a.source, a.source_options), a.out, a.count, a.maxcount,
                                           split=a.split, seed=a.seed)
     except pydantic.ValidationError:
         raise
+    except AutoencoderError:
+        raise
     except ValueError as e:
         raise DataError(str(e)) from None
     classes = f"{len(summary.class_names)} classes" if summary.class_names else "unconditional"
     origin = f" from {a.source} ({a.split})" if a.source else ""
     annotations = f", {summary.num_annotations} annotations" if summary.num_annotations else ""
-    print(f"wrote {summary.num_samples} samples{origin} ({classes}, {summary.num_captions} captions{annotations}) "
+    what = "samples" if a.encode is None else \
+        f"latents {'x'.join(map(str, summary.latent_shape))} of autoencoder {summary.autoencoder}"
+    print(f"wrote {summary.num_samples} {what}{origin} ({classes}, {summary.num_captions} captions{annotations}) "
           f"to {len(summary.shards)} shards: {summary.shards[0]} .. {summary.shards[-1]}")
     return 0
 
