@@ -52,7 +52,7 @@ def saved(tmp_path, digits):
 @pytest.mark.parametrize("shape", [(3, 16, 16), (1, 8, 24)])
 def test_latent_and_decoded_shapes(downsample, shape):
     model = built(tiny(downsample, latent_channels=3), shape)
-    c, h, w = shape
+    _, h, w = shape
     expected = (3, h // downsample, w // downsample)
     assert model.latent_shape(shape) == expected
     x = torch.rand(2, *shape) * 2 - 1

@@ -28,7 +28,7 @@ class FakeOutsideVAE(nn.Module):
         self.up = nn.ConvTranspose2d(latent_channels, in_channels, 2, stride=2)
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "FakeOutsideVAE":
+    def from_pretrained(cls, path: str) -> FakeOutsideVAE:
         module = cls()
         module.load_state_dict(torch.load(path, weights_only=True))
         return module
@@ -41,12 +41,12 @@ class FakeOutsideVAE(nn.Module):
         return SimpleNamespace(sample=self.up(z))
 
 
-# -- the adapter ------------------------------------------------------------------------------------------------
+# -- the adapter: a config naming the weights, and an Autoencoder around the outside module --------------------------
 class OutsideVAEConfig(AutoencoderConfig):
     path: str
     """The outside VAE's weights."""
 
-    def build(self, image_shape: tuple[int, ...]) -> "OutsideVAE":
+    def build(self, image_shape: tuple[int, ...]) -> OutsideVAE:
         model = OutsideVAE(FakeOutsideVAE.from_pretrained(self.path))
         model.latent_shape(tuple(image_shape))  # images it cannot take: one clear line
         return model
@@ -62,7 +62,6 @@ class OutsideVAE(Autoencoder):
 
     def decode_raw(self, z):
         return self.vae.decode(z).sample
-# ------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -73,7 +72,8 @@ def registered():
 
 
 TINY = ["--train.steps", "3", "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "64",
-        "--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "32", "--predictor.depth", "2"]
+        "--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "32",
+        "--predictor.depth", "2"]
 
 
 def test_an_outside_vae_trains_a_latent_ntm_through_the_cli(registered, tmp_path, capsys):
@@ -90,9 +90,10 @@ def test_an_outside_vae_trains_a_latent_ntm_through_the_cli(registered, tmp_path
 
     # the weights brought no statistics: they were fitted on the digits, and the run recorded that autoencoder
     stats = json.loads((run / "data_stats.json").read_text())
+    unfitted = OutsideVAEConfig(path=str(weights)).build((1, 8, 8))
     source = LatentSource(DigitsConfig().build(), OutsideVAEConfig(path=str(weights)).build((1, 8, 8)))
-    assert bool(source.autoencoder.stats_fitted)
-    assert stats["autoencoder"] == source.fingerprint != OutsideVAEConfig(path=str(weights)).build((1, 8, 8)).fingerprint()
+    assert bool(source.autoencoder.stats_fitted) and not bool(unfitted.stats_fitted)
+    assert stats["autoencoder"] == source.fingerprint != unfitted.fingerprint()
     assert stats["latent_shape"] == [4, 4, 4] and stats["latent_scale"] != [1.0] * 4
     z = torch.cat([b.x for b in source.eval_batches(256)]).double()
     assert z.mean().abs() < 0.2 and (z.std() - 1).abs() < 0.2  # near unit scale on held-out digits too

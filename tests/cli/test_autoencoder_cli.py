@@ -67,7 +67,8 @@ def shapes_ae(tmp_path_factory) -> Path:
     config = ConvAutoencoderConfig(downsample=2, latent_channels=4, width=8, blocks=0)
     torch.manual_seed(0)
     model = config.build((3, 16, 16))
-    model.fit_latent_stats((b.x for b in ShapesConfig(image_size=16).build().train_batches(64, seed=0)), max_examples=64)
+    batches = ShapesConfig(image_size=16).build().train_batches(64, seed=0)
+    model.fit_latent_stats((b.x for b in batches), max_examples=64)
     return save_autoencoder(tmp_path_factory.mktemp("shapes-ae") / "autoencoder.pt", model, config, (3, 16, 16))
 
 

@@ -185,12 +185,12 @@ def test_the_paper_presets_build_and_run_one_step_at_reduced_width(preset, image
     run_dir = tmp_path / "paper"
     args = [
         "train", preset, "--run-dir", str(run_dir), "--data.urls", urls, "--data.eval-urls", urls,
-        "--transporter.width", "32", "--transporter.num-heads", "2", "--predictor.width", "32", "--predictor.depth", "2",
-        "--predictor.num-heads", "2", "--train.steps", "1", "--train.batch-size", "4", "--train.warmup-steps", "0",
-        "--train.sample-every", "0", "--eval.num-examples", "4", "--eval.batch-size", "4", "--eval.grid-columns", "1",
-        "denoiser:none", *extra,
+        "--transporter.width", "32", "--transporter.num-heads", "2", "--predictor.width", "32",
+        "--predictor.depth", "2", "--predictor.num-heads", "2", "--train.steps", "1", "--train.batch-size", "4",
+        "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "4", "--eval.batch-size", "4",
+        "--eval.grid-columns", "1", "denoiser:none", *extra,
     ]
-    rc, out, err = run(args, capsys)
+    rc, _, err = run(args, capsys)
     assert rc == 0, err
     saved = json.loads((run_dir / "config.json").read_text())
     # the paper's shape is kept: 2 blocks x 4 layers, a 24-layer... here reduced to depth 2, K = 4, 10% dropout

@@ -55,7 +55,8 @@ def test_the_preset_has_the_papers_shape():
     assert exp.model.predictor.depth == 24 and exp.model.process.steps == (4,)
     assert exp.train.precision == "bf16" and exp.data.num_classes == 0 and exp.sampler.guidance > 0
     # imagenet-paper's latent space: 256x256 images through imagenet-ae, patch 2
-    assert exp.autoencoder == PRESETS["imagenet-paper"].autoencoder == PretrainedAutoencoderConfig(path="runs/imagenet-ae")
+    assert exp.autoencoder == PRESETS["imagenet-paper"].autoencoder
+    assert exp.autoencoder == PretrainedAutoencoderConfig(path="runs/imagenet-ae")
     assert exp.data.image_size == 256 and exp.patch_size == 2
 
 

@@ -50,7 +50,7 @@ def _as_model_sees_it(exp, spec: DataSpec) -> DataSpec:
     if exp.autoencoder.is_identity:
         return spec
     ae = AE_PRESETS[Path(exp.autoencoder.path).name].autoencoder
-    c, h, w = spec.shape
+    _, h, w = spec.shape
     return dataclasses.replace(spec, shape=(ae.latent_channels, h // ae.downsample, w // ae.downsample),
                                encoded_by="an autoencoder", image_shape=spec.shape)
 
