@@ -18,7 +18,9 @@ from ntm.data import DigitsConfig
 from ntm.data.shapes import ShapesConfig
 from ntm.train.checkpoint import CheckpointManager
 
-AE_TINY = ["--autoencoder.width", "8", "--train.warmup-steps", "0", "--train.log-every", "1"]
+AE_TINY = ["--autoencoder.width", "8", "--autoencoder.latent-channels", "4", "--train.warmup-steps", "0",
+           "--train.log-every", "1"]
+"""digits-ae at width 8 with 4 latent channels (pinned: the tests below count on 4 x 4x4 latents)."""
 NTM_TINY = ["--train.steps", "3", "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "64",
             "--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "32",
             "--predictor.depth", "2"]

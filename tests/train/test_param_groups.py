@@ -95,12 +95,14 @@ def test_the_groups_partition_every_presets_trainable_parameters(preset: str) ->
 
 
 @pytest.mark.parametrize("preset, tokens, token_dim", [
-    ("imagenet-paper", 256, 128),  # 32 x 32x32 latents of imagenet-ae, patch 2 (the paper's 256 tokens)
-    ("imagenet64-pixels", 256, 48),  # 3 x 64x64 pixels, patch 4
-    ("digits-latent-ntm", 4, 16),  # 4 x 4x4 latents of digits-ae, patch 2
-    ("shapes-latent-ntm", 16, 16),  # 4 x 8x8 latents of shapes-ae, patch 2
+    ("imagenet-paper", 256, 32 * 2 * 2),  # 32 x 32x32 latents of imagenet-ae, patch 2 (the paper's 256 tokens)
+    ("imagenet64-pixels", 256, 3 * 4 * 4),  # 3 x 64x64 pixels, patch 4
+    ("digits-latent-ntm", 4, "digits-ae"),  # c x 4x4 latents of digits-ae, patch 2
+    ("shapes-latent-ntm", 16, "shapes-ae"),  # c x 8x8 latents of shapes-ae, patch 2
 ])
-def test_the_paper_and_latent_presets_token_geometry(preset: str, tokens: int, token_dim: int) -> None:
+def test_the_paper_and_latent_presets_token_geometry(preset: str, tokens: int, token_dim: int | str) -> None:
+    if isinstance(token_dim, str):  # c x 2x2 values per token, c the latent channels of that autoencoder preset
+        token_dim = AE_PRESETS[token_dim].autoencoder.latent_channels * 2 * 2
     dims = _preset_model(preset).dims
     assert (dims.num_tokens, dims.token_dim) == (tokens, token_dim)
 
