@@ -76,11 +76,11 @@ class AutoencoderExperiment(ComponentConfig):
         return self.run_dir or f"runs/{self.name}"
 
 
-# digits: 8x8 -> 4 x 4x4 (64 latent dims for 64 pixels; the CPU demo of the workflow)
+# digits: 8x8 -> 2 x 4x4 (x2: 32 latent dims for 64 pixels; the CPU demo of the workflow)
 _DIGITS_AE = AutoencoderExperiment(
     name="digits-ae", data=DigitsConfig(),
-    autoencoder=ConvAutoencoderConfig(downsample=2, latent_channels=4, width=32),
-    train=TrainConfig(steps=3000, batch_size=128, lr=2e-3, warmup_steps=100, sample_every=1000,
+    autoencoder=ConvAutoencoderConfig(downsample=2, latent_channels=2, width=32),
+    train=TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup_steps=100, sample_every=500,
                       checkpoint_every=500, ema_decay=0.999),
     eval=AutoencoderEvalConfig(num_examples=360),
 )

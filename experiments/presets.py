@@ -142,7 +142,7 @@ _T2I_PAPER = _IMAGENET_PAPER.replace(
 )
 
 # Latent-space NTMs on CPU: first `ntm autoencoder train digits-ae` / `shapes-ae` (experiments/autoencoder.py).
-# digits: 4 x 4x4 latents, patch 2 -> 4 tokens of 16 values.
+# digits: 2 x 4x4 latents, patch 2 -> 4 tokens of 8 values.
 _DIGITS_LATENT = _DIGITS.replace(name="digits-latent-ntm", autoencoder=PretrainedAutoencoderConfig(path="runs/digits-ae"))
 # shapes at 32x32 through the x4 autoencoder: 4 x 8x8 latents, patch 2 -> 16 tokens of 16 values (the pixel model
 # at 32x32 needs 64 tokens of 48 at patch 4).
