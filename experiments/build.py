@@ -38,6 +38,10 @@ def data_for(exp: Experiment) -> DataSource:
     (encoded on the fly, or cached latent shards checked against the autoencoder's fingerprint)."""
     data = exp.data.build()
     if exp.autoencoder.is_identity:
+        if data.spec.encoded_by is not None:
+            raise AutoencoderError(f"data source '{DATA_SOURCES.name_of(exp.data)}' yields latents of autoencoder "
+                                   f"{data.spec.encoded_by}; give the run the autoencoder that wrote them "
+                                   "(autoencoder:pretrained --autoencoder.path RUN)")
         return data
     name = AUTOENCODERS.name_of(exp.autoencoder)
     if exp.autoencoder.untrained():
@@ -59,7 +63,12 @@ def pixel_images(data: DataSource) -> DataSource:
 
 def layout_for(exp: Experiment, data: DataSource) -> TokenLayout:
     spec = data.spec
-    return TokenLayout(spec.shape, exp.patch_size if len(spec.shape) == 3 else 1)
+    try:
+        return TokenLayout(spec.shape, exp.patch_size if len(spec.shape) == 3 else 1)
+    except ValueError as e:  # a patch that does not divide the image (or latent) size
+        space = "latent" if spec.encoded_by else "image"
+        raise DataError(f"patch_size {exp.patch_size} does not divide the {space} size {spec.shape[-2]}x"
+                        f"{spec.shape[-1]} ({e})") from None
 
 
 def provides(data: DataSource, field: str) -> bool:

@@ -51,7 +51,7 @@ def read(path: str | Path) -> tuple[Path, dict[str, Any]]:
     try:
         state = load_checkpoint(file)
     except CheckpointError as e:
-        raise AutoencoderError(str(e)) from None
+        raise AutoencoderError(f"autoencoder weights {file} are not an autoencoder.pt ({e})") from None
     if state.get("kind") != KIND:
         raise AutoencoderError(f"{file} is not an autoencoder file (an ntm run checkpoint? pass the autoencoder run's "
                                f"directory or its {FILE_NAME})")

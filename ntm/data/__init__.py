@@ -1,8 +1,8 @@
 """Data sources. Each variant registers in ``DATA_SOURCES``; every variant module is imported here explicitly.
 
-Shard writing (``write_shards``, ``python -m ntm.data.shards write ...``) lives
-in :mod:`ntm.data.shards`, which is deliberately not imported here so that
-running it with ``python -m`` does not load it twice.
+Shard writing (``write_shards``, ``write_source_shards``; the command line is
+``ntm shards write``) lives in :mod:`ntm.data.shards`; cached latents
+(``ntm shards write --encode``) in :mod:`ntm.data.latent_shards`.
 """
 
 from ntm.data.base import DATA_SOURCES, Batch, DataError, DataSource, DataSpec

@@ -404,6 +404,7 @@ class LatentShardsSource(ShardStream):
                              encoded_by=self.meta["autoencoder"], image_shape=tuple(self.meta["image_shape"]))
         self.skipped = 0
         self.skip_messages: list[str] = []
+        self._autoencoder = None
 
     def _check_listed(self, urls: list[str]) -> None:
         """Every local shard is listed in its directory's sidecar, and those sidecars agree with the first."""
@@ -432,8 +433,24 @@ class LatentShardsSource(ShardStream):
                 "skipped": self.skipped}
 
     def to_display(self, x: Tensor) -> Tensor:
-        raise DataError(f"latent-shards: latents of autoencoder {self.meta['autoencoder']} cannot be shown without "
-                        "it; give the run autoencoder:pretrained --autoencoder.path (the autoencoder that wrote them)")
+        """Latents -> images ``(B, *image_shape)`` in ``[0, 1]``, decoded by the autoencoder that wrote them (the file
+        the sidecar names, loaded on first use and checked against the fingerprint). A run decodes through its own
+        autoencoder (:class:`ntm.autoencoders.LatentSource`); this is for looking at shards on their own."""
+        if self._autoencoder is None:
+            from ntm.autoencoders.files import load_autoencoder  # the one use of the autoencoders by the data layer
+
+            path, fingerprint = self.meta.get("autoencoder_path"), self.meta["autoencoder"]
+            try:
+                model, _ = load_autoencoder(path, self.spec.image_shape)
+            except (TypeError, ValueError) as e:
+                raise DataError(f"latent-shards: latents of autoencoder {fingerprint} cannot be shown without it "
+                                f"({e}); give the run autoencoder:pretrained --autoencoder.path") from None
+            if model.fingerprint() != fingerprint:
+                raise DataError(f"latent-shards: {path} is autoencoder {model.fingerprint()} now, but the shards were "
+                                f"written by {fingerprint}; give the run the autoencoder that wrote them")
+            self._autoencoder = model.eval()
+        with torch.no_grad():
+            return ((self._autoencoder.decode(x.float()) + 1) / 2).clamp(0, 1)
 
 
 __all__ = [

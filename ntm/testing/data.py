@@ -20,7 +20,7 @@ unconditional). The checks:
 * ``eval_batches``: finite batches of the same per-example shape, at most
   ``batch_size`` each, the same examples in the same order on every pass and
   for every batch size, and ``max_examples`` truncating the pass;
-* ``stats()`` is JSON-serialisable and ``to_display`` keeps the shape
+* ``stats()`` is JSON-serialisable and ``to_display`` keeps the shape (latents: shows ``spec.image_shape``)
   (images land in ``[0, 1]``).
 """
 
@@ -91,7 +91,7 @@ def check_batch(batch: object, spec: DataSpec, subject: str, what: str, size: in
     b = x.shape[0] if size is None else size
     check(b >= 1, subject, f"{what} is empty")
     check_tensor(x, subject, f"{what}.x", (b, *spec.shape), dtype=torch.float32)
-    if spec.kind == "images" and x.numel():
+    if spec.kind == "images" and spec.encoded_by is None and x.numel():  # latents are unit-scale, unbounded
         lo, hi = x.min().item(), x.max().item()
         check(lo >= -1 and hi <= 1, subject, f"{what}.x holds images outside [-1, 1] (range [{lo:g}, {hi:g}])")
     if spec.num_classes:
@@ -132,7 +132,9 @@ def check_data_source(
     for i, batch in enumerate(fresh):
         check_batch(batch, spec, subject, f"training batch {i} (seed={seed})", batch_size)
         display = source.to_display(batch.x)
-        check(isinstance(display, Tensor) and display.shape == batch.x.shape, subject, "to_display changed the shape")
+        shown = (batch.x.shape[0], *spec.image_shape) if spec.encoded_by is not None else tuple(batch.x.shape)
+        check(isinstance(display, Tensor) and tuple(display.shape) == shown, subject,
+              f"to_display gave shape {tuple(display.shape)}, expected {shown} (latents show as spec.image_shape)")
         if spec.kind == "images":
             check(display.min().item() >= 0 and display.max().item() <= 1, subject, "to_display of images left [0, 1]")
     again = _take(build().train_batches(batch_size, seed=seed), start_step + steps)

@@ -35,7 +35,30 @@ def webdataset_source(tmp_path, image_folder):
     return config, {"resume": "reseed", "ranks": "differ"}
 
 
-FIXTURES: dict[str, Callable] = {"image-folder": image_folder_source, "webdataset": webdataset_source}
+def latent_shards_source(tmp_path, image_folder):
+    """The latents of 20 images (4 shards of 5) under a tiny x2 autoencoder: unit-scale, shown through it (its
+    file, as the sidecar records it); split and reseeded like webdataset."""
+    from ntm.autoencoders import ConvAutoencoderConfig, LatentSource, save_autoencoder
+    from ntm.data.latent_shards import LatentShardsConfig, write_latent_shards
+
+    folder = image_folder(tmp_path / "images", 20, classes=("a", "b"), size=(6, 5))
+    write_shards(folder, str(tmp_path / "shards" / "s-%04d.tar"), maxcount=20)
+    pixels = WebDatasetConfig(urls=str(tmp_path / "shards" / "s-0000.tar"), eval_urls=str(tmp_path / "shards" /
+                              "s-0000.tar"), image_size=4, num_classes=2, shuffle_buffer=0).build()
+    config = ConvAutoencoderConfig(downsample=2, latent_channels=2, width=8, blocks=0)
+    torch.manual_seed(0)
+    ae = config.build((3, 4, 4))
+    ae.fit_latent_stats((b.x for b in pixels.eval_batches(20)), max_examples=20)
+    path = save_autoencoder(tmp_path / "ae" / "autoencoder.pt", ae, config, (3, 4, 4))
+    write_latent_shards(LatentSource(pixels, ae), str(tmp_path / "latents" / "l-%04d.tar"), None, 5, split="eval",
+                        autoencoder_path=str(path))
+    urls = str(tmp_path / "latents" / "l-{0000..0003}.tar")
+    return LatentShardsConfig(urls=urls, eval_urls=urls, num_classes=2, shuffle_buffer=8), {"resume": "reseed",
+                                                                                          "ranks": "differ"}
+
+
+FIXTURES: dict[str, Callable] = {"image-folder": image_folder_source, "webdataset": webdataset_source,
+                                 "latent-shards": latent_shards_source}
 """Name -> ``(tmp_path, image_folder) -> (config, check_data_source options)``; default: ``(config_cls(), {})``."""
 
 

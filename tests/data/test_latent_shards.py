@@ -231,6 +231,27 @@ def test_unlisted_shards_bad_sidecars_and_showing_bare_latents(digit_latents, tm
     with pytest.raises(DataError, match="x-000.tar is not listed in"):
         LatentShardsConfig(urls=str(stray / "x-000.tar")).build()
     source = shards(digit_latents)
-    with pytest.raises(DataError, match="autoencoder:pretrained"):
+    source.meta = {**source.meta, "autoencoder_path": str(tmp_path / "moved-away")}  # the autoencoder is gone
+    with pytest.raises(DataError, match="cannot be shown without it.*autoencoder:pretrained"):
         source.to_display(next(source.eval_batches(2)).x)
     assert source.stats()["autoencoder"] == source.spec.encoded_by
+
+
+def test_identity_run_on_latent_shards_is_refused_before_training(digit_latents, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["train", "digits-ntm", "data:latent-shards", "--data.urls", digit_latents["urls"], "--run-dir",
+            str(run_dir), "--train.steps", "2", *SMALL]
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert "yields latents of autoencoder" in line and "autoencoder:pretrained" in line
+    assert not run_dir.exists()
+
+
+def test_raw_latent_shards_show_through_the_autoencoder_that_wrote_them(digit_latents, digits_ae):
+    source = shards(digit_latents)
+    batch = next(iter(source.eval_batches(5)))
+    model, _ = load_autoencoder(digits_ae)
+    with torch.no_grad():
+        expected = ((model.decode(batch.x) + 1) / 2).clamp(0, 1)
+    shown = source.to_display(batch.x)
+    assert shown.shape == (5, 1, 8, 8) and torch.allclose(shown, expected)
