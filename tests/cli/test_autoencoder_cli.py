@@ -234,3 +234,9 @@ def test_conv_without_weights_tells_to_train_one(tmp_path, capsys):
 def test_autoencoder_train_without_a_known_preset(args, text, tmp_path, capsys):
     refused(["autoencoder", "train", *[a.format(tmp=tmp_path / "a") for a in args]], capsys, text)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_patch_that_does_not_divide_the_latents_is_one_line(ae_run, tmp_path, capsys):
+    refused(["train", "digits-latent-ntm", "--autoencoder.path", ae_run, "--patch-size", "3", "--run-dir",
+             tmp_path / "r"], capsys, "patch_size 3 does not divide the latent size 4x4")
+    assert not (tmp_path / "r").exists()
