@@ -90,6 +90,9 @@ class Experiment(ComponentConfig):
             check = getattr(slot, "check_model", None)
             if check is not None:
                 check(self.model)
+        if getattr(self.sampler, "guidance", 0.0) and CONDITIONERS.name_of(self.conditioner) == "none":
+            raise ValueError(f"sampler.guidance is {self.sampler.guidance:g} but conditioner:none makes an unconditional "
+                             "model; set --sampler.guidance 0 or condition the model")
         if self.eval.steps is not None:
             unknown = sorted(set(self.eval.steps) - set(self.model.process.steps))
             if unknown:
