@@ -1,21 +1,28 @@
-"""TarFlow-style transporter: causal affine autoregressive transformer blocks.
+"""TarFlow-style transporter: causal autoregressive transformer blocks with an elementwise transform.
 
 Each block scans the tokens in one order (alternating between blocks) and
-maps token ``i`` by ``u_i = (x_i - mu_i) * exp(-a_i)`` where ``(mu_i, a_i)``
-come from a causal transformer over the tokens *before* ``i`` (a learned
-start token stands in front, carrying the level's time and, optionally, the
-condition). The Jacobian is triangular: ``log|det| = -sum a``. An encoded
-condition with tokens (a caption) is read by cross-attention in every layer:
-its keys are the same for every token of the scan, so the causal mask, the
-start token and the KV cache of the sequential inverse are as without it.
+maps token ``i`` by a monotone elementwise map ``u_i = tau(x_i; theta_i)``
+whose parameters ``theta_i`` come from a causal transformer over the tokens
+*before* ``i`` (a learned start token stands in front, carrying the level's
+time and, optionally, the condition). The Jacobian is triangular:
+``log|det| = sum log|tau'(x_i; theta_i)|``. An encoded condition with tokens
+(a caption) is read by cross-attention in every layer: its keys are the same
+for every token of the scan, so the causal mask, the start token and the KV
+cache of the sequential inverse are as without it.
+
+The block (:class:`CausalARBlock`) takes the transform as an
+:class:`ElementwiseTransform`; TarFlow's is :class:`AffineTransform`,
+``u_i = (x_i - mu_i) * exp(-a_i)`` with ``log|det| = -sum a``
+(:mod:`ntm.transporters.spline_tarflow` plugs in a rational-quadratic spline).
 
 Output projections are zero-initialised, so a new transporter is the
-identity. The affine math runs in float32 (or wider) even under autocast,
+identity. The transform math runs in float32 (or wider) even under autocast,
 and log-scales pass through ``c * tanh(a / c)`` when ``soft_clip = c``.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import pydantic
@@ -28,9 +35,11 @@ from ntm.spec import ModelDims
 from ntm.transporters.base import TRANSPORTERS, Transporter, TransporterConfig
 
 
-class TarFlowConfig(TransporterConfig):
+class CausalFlowConfig(TransporterConfig):
+    """Fields every causal AR transporter shares; subclasses choose the elementwise transform."""
+
     num_blocks: int = pydantic.Field(2, ge=1)
-    """Affine AR blocks; block j scans left-to-right when j is even, right-to-left when odd."""
+    """AR blocks; block j scans left-to-right when j is even, right-to-left when odd."""
     layers_per_block: int = pydantic.Field(2, ge=1)
     """Transformer layers inside each block."""
     deep_layers: int | None = pydantic.Field(None, ge=1)
@@ -55,10 +64,21 @@ class TarFlowConfig(TransporterConfig):
     """Jacobi stops once no coordinate moves more than this."""
 
     @pydantic.model_validator(mode="after")
-    def _heads_divide_width(self) -> "TarFlowConfig":
+    def _heads_divide_width(self) -> "CausalFlowConfig":
         if self.width % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
         return self
+
+    def elementwise(self) -> "ElementwiseTransform":  # pragma: no cover - interface
+        """The transform every block applies to each value of a token."""
+        raise NotImplementedError
+
+
+class TarFlowConfig(CausalFlowConfig):
+    """Affine AR blocks (TarFlow)."""
+
+    def elementwise(self) -> "AffineTransform":
+        return AffineTransform(self.soft_clip)
 
     def build(self, dims: ModelDims) -> "TarFlow":
         return TarFlow(self, dims)
@@ -83,16 +103,67 @@ def _affine_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-class CausalAffineBlock(nn.Module):
-    """One causal affine AR block over ``(B, N, d)`` tokens in a fixed scan order."""
+class ElementwiseTransform(ABC):
+    """A strictly increasing map of each value given ``num_params`` numbers of its own.
+
+    ``params`` has shape ``(..., num_params, d)`` for values ``(..., d)``:
+    parameter ``p`` of value ``j`` is ``params[..., p, j]``. The block feeds
+    the zero-initialised read-out straight in, so all-zero ``params`` must
+    give exactly the identity with a zero log-derivative. Stateless (no
+    learned weights of its own).
+    """
+
+    num_params: int
+    """Parameters per value."""
+
+    @abstractmethod
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, log du/dx)``, both shaped like ``x``."""
+
+    @abstractmethod
+    def inverse(self, u: Tensor, params: Tensor) -> Tensor:
+        """``x`` with ``forward(x, params)[0] == u``."""
+
+    def __call__(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward(x, params)
+
+
+class AffineTransform(ElementwiseTransform):
+    """``u = (x - mu) * exp(-a)``, ``params = (mu, a)``; ``a`` passes through ``c * tanh(a / c)`` when ``soft_clip = c``.
+
+    ``log du/dx = -a``.
+    """
+
+    num_params = 2
+
+    def __init__(self, soft_clip: float | None) -> None:
+        self.soft_clip = soft_clip
+
+    def _clip(self, a: Tensor) -> Tensor:
+        if self.soft_clip is None:
+            return a
+        return self.soft_clip * torch.tanh(a / self.soft_clip)
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        mu, a = params.unbind(-2)
+        a = self._clip(a)
+        return (x - mu) * torch.exp(-a), -a
+
+    def inverse(self, u: Tensor, params: Tensor) -> Tensor:
+        mu, a = params.unbind(-2)
+        return u * torch.exp(self._clip(a)) + mu
+
+
+class CausalARBlock(nn.Module):
+    """One causal AR block over ``(B, N, d)`` tokens in a fixed scan order, mapping each value by ``transform``."""
 
     def __init__(
-        self, config: TarFlowConfig, dims: ModelDims, reverse: bool, num_layers: int | None = None,
-        cross_attention: bool = False,
+        self, config: CausalFlowConfig, dims: ModelDims, transform: ElementwiseTransform, reverse: bool,
+        num_layers: int | None = None, cross_attention: bool = False,
     ) -> None:
         super().__init__()
         self.reverse = reverse
-        self.soft_clip = config.soft_clip
+        self.transform = transform
         w = config.width
         self.in_proj = nn.Linear(dims.token_dim, w)
         self.start = nn.Parameter(torch.zeros(1, 1, w))
@@ -101,22 +172,20 @@ class CausalAffineBlock(nn.Module):
             AdaLNBlock(w, config.num_heads, w, config.mlp_ratio, layer_index=i, cross_attention=cross_attention)
             for i in range(num_layers or config.layers_per_block)
         )
-        self.out = FinalLayer(w, w, 2 * dims.token_dim)
+        self.out = FinalLayer(w, w, transform.num_params * dims.token_dim)
 
     def _order(self, x: Tensor) -> Tensor:
         return x.flip(1) if self.reverse else x
 
-    def _params(self, h: Tensor, c: Context, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+    def _raw_params(self, h: Tensor, c: Context, cache: KVCache | None = None) -> Tensor:
         c, context = c
         for layer in self.layers:
             h = layer(h, c, mask="causal", cache=cache, context=context)
-        mu, a = self.out(h, c).chunk(2, dim=-1)
-        return mu, a
+        return self.out(h, c)
 
-    def _clip(self, a: Tensor) -> Tensor:
-        if self.soft_clip is None:
-            return a
-        return self.soft_clip * torch.tanh(a / self.soft_clip)
+    def _cast(self, raw: Tensor, like: Tensor) -> Tensor:
+        """``(..., P d)`` read-out -> ``(..., P, d)`` parameters in float32 or wider."""
+        return raw.to(_affine_dtype(like)).unflatten(-1, (self.transform.num_params, -1))
 
     def _inputs(self, xs: Tensor) -> Tensor:
         """Shifted inputs: the start token, then tokens ``0..N-2`` (scan order)."""
@@ -124,17 +193,15 @@ class CausalAffineBlock(nn.Module):
         prefix = self.in_proj(xs[:, :-1])
         return torch.cat([self.start.expand(b, -1, -1).to(prefix.dtype), prefix], dim=1) + self.pos
 
-    def affine_params(self, xs: Tensor, c: Context) -> tuple[Tensor, Tensor]:
-        """``(mu, a)`` for every token of ``xs`` (scan order), in float32 or wider."""
-        mu, a = self._params(self._inputs(xs), c)
-        dtype = _affine_dtype(xs)
-        return mu.to(dtype), self._clip(a.to(dtype))
+    def transform_params(self, xs: Tensor, c: Context) -> Tensor:
+        """``(B, N, num_params, d)`` for every token of ``xs`` (scan order), in float32 or wider."""
+        return self._cast(self._raw_params(self._inputs(xs), c), xs)
 
     def forward(self, x: Tensor, c: Context) -> tuple[Tensor, Tensor]:
         xs = self._order(x)
-        mu, a = self.affine_params(xs, c)
-        u = (xs.to(mu.dtype) - mu) * torch.exp(-a)
-        return self._order(u.to(x.dtype)), -a.flatten(1).sum(-1)
+        params = self.transform_params(xs, c)
+        u, log_du = self.transform(xs.to(params.dtype), params)
+        return self._order(u.to(x.dtype)), log_du.flatten(1).sum(-1)
 
     def inverse_sequential(self, u: Tensor, c: Context) -> Tensor:
         """Decode token by token; the KV cache makes each step one token's work."""
@@ -144,9 +211,8 @@ class CausalAffineBlock(nn.Module):
         h = self.start.expand(b, -1, -1).to(self.pos.dtype) + self.pos[:, :1]
         out = []
         for i in range(n):
-            mu, a = self._params(h, c, cache=cache)
-            dtype = _affine_dtype(us)
-            x_i = us[:, i : i + 1].to(dtype) * torch.exp(self._clip(a.to(dtype))) + mu.to(dtype)
+            params = self._cast(self._raw_params(h, c, cache=cache), us)
+            x_i = self.transform.inverse(us[:, i : i + 1].to(params.dtype), params)
             out.append(x_i.to(u.dtype))
             if i + 1 < n:
                 h = self.in_proj(out[-1]) + self.pos[:, i + 1 : i + 2]
@@ -157,18 +223,18 @@ class CausalAffineBlock(nn.Module):
         us = self._order(u)
         xs = torch.zeros_like(us)
         for i in range(us.shape[1]):
-            mu, a = self.affine_params(xs, c)
+            params = self.transform_params(xs, c)
             xs = xs.clone()
-            xs[:, i] = (us[:, i].to(mu.dtype) * torch.exp(a[:, i]) + mu[:, i]).to(u.dtype)
+            xs[:, i] = self.transform.inverse(us[:, i].to(params.dtype), params[:, i]).to(u.dtype)
         return self._order(xs)
 
     def inverse_jacobi(self, u: Tensor, c: Context, max_iters: int | None, tol: float) -> Tensor:
-        """Parallel fixed-point iteration ``x <- u * exp(a(x)) + mu(x)``; exact after N sweeps."""
+        """Parallel fixed-point iteration ``x <- transform^{-1}(u; theta(x))``; exact after N sweeps."""
         us = self._order(u)
         xs = us.clone()
         for _ in range(max_iters or us.shape[1]):
-            mu, a = self.affine_params(xs, c)
-            new = (us.to(mu.dtype) * torch.exp(a) + mu).to(u.dtype)
+            params = self.transform_params(xs, c)
+            new = self.transform.inverse(us.to(params.dtype), params).to(u.dtype)
             delta = (new - xs).abs().max()
             xs = new
             if delta <= tol:
@@ -176,13 +242,12 @@ class CausalAffineBlock(nn.Module):
         return self._order(xs)
 
 
-@TRANSPORTERS.register("tarflow", TarFlowConfig)
-class TarFlow(Transporter):
-    """A stack of :class:`CausalAffineBlock` with alternating scan order."""
+class CausalFlow(Transporter):
+    """A stack of :class:`CausalARBlock` with alternating scan order; values are mapped by ``config.elementwise()``."""
 
     inverse_methods = ("sequential", "jacobi", "naive")
 
-    def __init__(self, config: TarFlowConfig, dims: ModelDims) -> None:
+    def __init__(self, config: CausalFlowConfig, dims: ModelDims) -> None:
         super().__init__()
         self.config = config
         self.time_embed = TimeEmbedding(config.width)
@@ -191,9 +256,12 @@ class TarFlow(Transporter):
             dims.num_classes if use else 0, config.width, dims.cond_dim if use else 0, dims.cond_len if use else 0
         )
         last = config.num_blocks - 1
+        transform = config.elementwise()
         self.blocks = nn.ModuleList(
-            CausalAffineBlock(config, dims, reverse=bool(j % 2), num_layers=config.deep_layers if j == last else None,
-                              cross_attention=self.cond_embed.has_tokens)
+            CausalARBlock(
+                config, dims, transform, reverse=bool(j % 2), num_layers=config.deep_layers if j == last else None,
+                cross_attention=self.cond_embed.has_tokens,
+            )
             for j in range(config.num_blocks)
         )
 
@@ -226,3 +294,8 @@ class TarFlow(Transporter):
             else:
                 raise ValueError(f"unknown inverse method {method!r}; use sequential, jacobi or naive")
         return u
+
+
+@TRANSPORTERS.register("tarflow", TarFlowConfig)
+class TarFlow(CausalFlow):
+    """Causal affine AR blocks (:class:`CausalARBlock` with :class:`AffineTransform`), alternating scan order."""
