@@ -240,3 +240,29 @@ def test_a_patch_that_does_not_divide_the_latents_is_one_line(ae_run, tmp_path, 
     refused(["train", "digits-latent-ntm", "--autoencoder.path", ae_run, "--patch-size", "3", "--run-dir",
              tmp_path / "r"], capsys, "patch_size 3 does not divide the latent size 4x4")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("source", ["image-folder", "webdataset"])
+def test_autoencoder_trains_on_image_folders_and_shards(source, tmp_path, capsys):
+    from PIL import Image
+
+    from ntm.data.shards import write_shards
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 255 - 20 * i, 7)).save(folder / f"img{i:02d}.png")
+    if source == "image-folder":
+        data = ["data:image-folder", "--data.path", folder, "--data.image-size", "8"]
+    else:
+        write_shards(folder, str(tmp_path / "shards" / "s-%02d.tar"), maxcount=6)
+        urls = str(tmp_path / "shards" / "s-{00..01}.tar")
+        data = ["data:webdataset", "--data.urls", urls, "--data.eval-urls", urls, "--data.image-size", "8"]
+    run_dir = tmp_path / "ae"
+    rc, out, err = run(["autoencoder", "train", "digits-ae", *data, "--train.steps", "4", "--train.batch-size", "4",
+                        *AE_TINY, "--eval.num-examples", "8", "--eval.stats-examples", "8", "--run-dir", run_dir],
+                       capsys)
+    assert rc == 0, err
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["image_shape"] == [3, 8, 8] and final["latent_shape"] == [4, 4, 4]
+    assert (run_dir / "autoencoder.pt").is_file()
