@@ -11,6 +11,8 @@
     ntm distill --run runs/digits-ntm && ntm sample --run runs/digits-ntm --denoiser learned   # one-pass denoiser
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
     ntm bench latency --out runs/bench-latency              # time to one image vs a deep-shallow AR flow
+    ntm ablate toy --slot transporter=identity,tarflow --steps 1 2 4 --out runs/ablate   # a grid over variants
+    ntm autoencoder train shapes-ae && ntm train shapes-latent-ntm   # an NTM in an autoencoder's latent space
     ntm shards write --folder images/ --out 'shards/train-%06d.tar'
     ntm shards write --source shapes --count 20000 --out 'shards/shapes-%06d.tar'   # captioned procedural scenes
     ntm train shapes-t2i-ntm && ntm sample --run runs/shapes-t2i-ntm --prompt "two red circles"   # text-to-image
@@ -713,6 +715,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "bench": bench_command, "shards": shards_command,
     "distill": lambda a: __import__("experiments.distill", fromlist=["_"]).distill_command(a),
     "autoencoder": lambda a: __import__("experiments.autoencoder", fromlist=["_"]).autoencoder_command(a),
+    "ablate": lambda a: __import__("experiments.ablate", fromlist=["_"]).ablate_command(a),
 }
 
 
