@@ -4,7 +4,8 @@
 
     l_k = sum_d NLL(u_{k-1,d}; mu_k, sigma_k) - log|det df(x_{t_{k-1}})/dx|
 
-with ``(mu_k, log sigma_k) = g(u_k; t_k, t_{k-1}, c)``. All tensors are
+with ``(mu_k, log sigma_k) = g(u_k; t_k, t_{k-1}, c)`` (or another distribution of the predictor's
+head, §12: the sum is then its ``nll_sum``). All tensors are
 tokens ``(B, N, d)``; trajectories carry a leading level axis.
 
 Conditions. ``cond`` reaching :meth:`NTM.forward`, a sampler, a denoiser or
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from ntm.conditioning.base import ConditionEncoder
 from ntm.conditioning.condition import Cond, Condition
-from ntm.distributions import Gaussian, sum_except_batch
+from ntm.distributions import Distribution
 from ntm.forward import FORWARD_PROCESSES, MarkovConfig, MarkovProcess
 from ntm.predictors import PREDICTORS, Predictor, TransformerPredictorConfig
 from ntm.spec import ModelDims
@@ -38,7 +39,7 @@ class NTMConfig(ComponentConfig):
     transporter: TRANSPORTERS.field() = TarFlowConfig()
     """Invertible per-level map x -> u."""
     predictor: PREDICTORS.field() = TransformerPredictorConfig()
-    """Gaussian predictor of u_{k-1} from u_k."""
+    """Predictor of u_{k-1} from u_k (a distribution: Gaussian, or its head's)."""
     process: FORWARD_PROCESSES.field() = MarkovConfig()
     """Markov forward process: schedule and the step counts K trained for."""
 
@@ -57,12 +58,12 @@ class StepTerms:
     """``(K + 1, B, N, d)``: ``u_0 .. u_K`` (``u_K = x_{t_K}``)."""
     logdet: Tensor
     """``(K, B)``: ``log|det df(x_{t_k})/dx|`` for ``k < K``."""
-    gaussian: Gaussian
-    """``(K, B, N, d)``: entry ``k - 1`` is the predictor's Gaussian over ``u_{k-1}`` from level ``k``."""
+    distribution: Distribution
+    """Leading dims ``(K, B)``: entry ``k - 1`` is the predictor's distribution over ``u_{k-1}`` from level ``k``."""
 
     def step_nlls(self) -> Tensor:
         """``l_1 .. l_K`` in nats, ``(B, K)``."""
-        nll = sum_except_batch(self.gaussian.nll(self.u[:-1]), batch_dims=2) - self.logdet  # (K, B)
+        nll = self.distribution.nll_sum(self.u[:-1], batch_dims=2) - self.logdet  # (K, B)
         return nll.transpose(0, 1)
 
 
@@ -172,7 +173,7 @@ class NTM(nn.Module):
 
     # -- likelihood -------------------------------------------------------
     def step_terms(self, trajectory: Tensor, times: Tensor, cond: Tensor | None = None) -> "StepTerms":
-        """The pieces of the per-step NLLs of one trajectory: u-levels, log-dets and predicted Gaussians.
+        """The pieces of the per-step NLLs of one trajectory: u-levels, log-dets and predicted distributions.
 
         ``trajectory`` is ``(K + 1, B, N, d)`` = ``x_{t_0} .. x_{t_K}``; ``times`` is ``(K + 1,)``.
         """
@@ -200,7 +201,7 @@ class NTM(nn.Module):
         at_noise = (t >= 1).reshape(-1, *([1] * (x_t.ndim - 1)))
         u_t = torch.where(at_noise, x_t, u_t)
         g = self.predictor(u_t, t, s, cond)
-        return sum_except_batch(g.nll(u_s)) - logdet
+        return g.nll_sum(u_s) - logdet
 
     def trajectory_nll(
         self, x: Tensor, num_steps: int, cond: Tensor | None = None, generator: torch.Generator | None = None

@@ -57,7 +57,7 @@ class FinetuneLoss(EndToEndLoss):
         trajectory = model.process.sample_trajectory(x, times, generator)
         terms = model.step_terms(trajectory, times, cond)
         target = model.predictor.reference_trajectory(trajectory[1:], times, cond)  # (K, B, N, d), no grad
-        align = (terms.gaussian.mu - target).square().mean(dim=(0, 2, 3))  # (B,)
+        align = (terms.distribution.mean - target).square().mean(dim=(0, 2, 3))  # (B,)
         return terms.step_nlls(), trajectory, times, align
 
     def extra_term(self, extra_mean: Tensor, metrics: dict[str, Tensor]) -> Tensor:

@@ -1,4 +1,7 @@
-"""The predictor interface: ``(u_t, t, s, cond) -> Gaussian(mu, log_sigma)`` over ``u_s`` (docs/math.md §5).
+"""The predictor interface: ``(u_t, t, s, cond) -> Distribution`` over ``u_s`` (docs/math.md §5).
+
+The distribution is a diagonal :class:`~ntm.distributions.Gaussian` unless the predictor's head says otherwise
+(:meth:`PredictorConfig.output_distribution`; the transformer predictors' ``head`` slot, §12).
 
 ``cond`` is ``None``, ``(B,)`` int64 labels or an encoded
 :class:`~ntm.conditioning.condition.Condition` (whose batch operations match
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
-from ntm.distributions import Gaussian
+from ntm.distributions import Distribution, Gaussian
 from ntm.nn.component import TrainableComponent
 from ntm.spec import ModelDims
 from registry import ComponentConfig, Registry
@@ -35,14 +38,14 @@ class Predictor(TrainableComponent, ABC):
     param_group: ClassVar[str] = "predictor"
 
     @abstractmethod
-    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
+    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Distribution:
         """One step: ``u_t`` ``(B, N, d)``, times ``t > s`` of shape ``(B,)``."""
 
-    def forward_trajectory(self, u_levels: Tensor, times: Tensor, cond: Tensor | None = None) -> Gaussian:
+    def forward_trajectory(self, u_levels: Tensor, times: Tensor, cond: Tensor | None = None) -> Distribution:
         """Teacher-forced pass over a whole trajectory.
 
         ``u_levels`` is ``(K, B, N, d)`` holding ``u_1 .. u_K`` (index ``k - 1``
-        holds ``u_k``); ``times`` is ``(K + 1,)``. Returns a Gaussian of shape
+        holds ``u_k``); ``times`` is ``(K + 1,)``. Returns a distribution of shape
         ``(K, B, N, d)`` whose entry ``k - 1`` is the prediction of ``u_{k-1}``
         from level ``k``. Markov predictors batch the levels.
         """
@@ -57,7 +60,7 @@ class Predictor(TrainableComponent, ABC):
         """Sampling state carried from noisier to cleaner levels (``None`` if Markov)."""
         return None
 
-    def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: Any) -> Gaussian:
+    def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: Any) -> Distribution:
         """One sampling step; levels arrive from ``t_K`` down to ``t_1``."""
         return self(u_t, t, s, cond)
 
@@ -98,6 +101,10 @@ class PredictorConfig(ComponentConfig):
     def gives_velocity(self) -> bool:
         """Whether the built predictor is a :class:`VelocityPredictor` (decided from classes, not names)."""
         return issubclass(self.predictor_class(), VelocityPredictor)
+
+    def output_distribution(self) -> type[Distribution]:
+        """The class of the distributions the built predictor returns (:class:`Gaussian` unless overridden)."""
+        return Gaussian
 
 
 PREDICTORS: Registry[Predictor] = Registry("predictor", base=Predictor)

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 
 from ntm.samplers.base import SAMPLERS, SampleOutput, Sampler, SamplerConfig, model_device_dtype
-from ntm.samplers.guidance import guidance_conditions, guide, guided
+from ntm.distributions import Gaussian
+from ntm.samplers.guidance import GAUSSIAN_ONLY, guidance_conditions, guide, guided
 
 if TYPE_CHECKING:
-    from ntm.model import NTM
+    from ntm.model import NTM, NTMConfig
 
 
 class AncestralConfig(SamplerConfig):
@@ -26,10 +27,15 @@ class AncestralConfig(SamplerConfig):
     def build(self) -> "AncestralSampler":
         return AncestralSampler(self)
 
+    def check_model(self, model: "NTMConfig") -> None:
+        if self.guidance and not issubclass(model.predictor.output_distribution(), Gaussian):
+            raise ValueError(GAUSSIAN_ONLY)
+
 
 @SAMPLERS.register("ancestral", AncestralConfig)
 class AncestralSampler(Sampler):
-    """``u_K ~ N(0, tau^2)``; ``u_{k-1} = mu + sigma tau z`` with guided ``(mu, sigma)``; ``x_{t_0} = f^{-1}(u_0)``.
+    """``u_K ~ N(0, tau^2)``; ``u_{k-1}`` drawn from the predictor's distribution at temperature ``tau`` (a Gaussian:
+    ``mu + sigma tau z`` with guided ``(mu, sigma)``); ``x_{t_0} = f^{-1}(u_0)``.
 
     ``return_trajectory="u"`` stops before ``f^{-1}``: the u-trajectory alone, nothing decoded.
     """
@@ -67,8 +73,7 @@ class AncestralSampler(Sampler):
             t = times[k].expand(n)
             s = times[k - 1].expand_as(t)
             g = guided(step, (u, t, s), cond, weight=self.config.guidance, null=null, rule=guide)
-            z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-            u = (g.mu + g.sigma * tau * z).to(dtype)
+            u = g.sample(tau, generator).to(dtype)
             levels.append(u)
         u_traj = torch.stack(levels[::-1])  # u_0 .. u_K
         if return_trajectory == "u":  # the caller decodes what it needs (e.g. a denoiser that reads u_0)

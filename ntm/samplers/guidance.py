@@ -28,6 +28,9 @@ class Splittable(Protocol):
 
 R = TypeVar("R", bound="Tensor | Splittable")
 
+GAUSSIAN_ONLY = "guidance is defined for the gaussian head only; set --sampler.guidance 0"
+"""Why a model whose predictor returns another distribution (a mixture head) cannot be guided (docs/math.md §12)."""
+
 UNCONDITIONAL = ("guidance needs a conditional model (class-conditional, or conditioned on encoded captions); "
                  "this model has no condition")
 
@@ -107,6 +110,8 @@ def guide(conditional: Gaussian, unconditional: Gaussian, weight: float) -> Gaus
     """
     if weight == 0:
         return conditional
+    if not (isinstance(conditional, Gaussian) and isinstance(unconditional, Gaussian)):
+        raise TypeError(GAUSSIAN_ONLY)
     w = weight
     ratio = torch.exp(conditional.log_sigma - unconditional.log_sigma).clamp(max=1.0)
     s = ratio.square()
@@ -121,4 +126,4 @@ def guide_velocity(conditional: Tensor, unconditional: Tensor, weight: float) ->
     return unconditional + (1 + weight) * (conditional - unconditional)
 
 
-__all__ = ["guidance_conditions", "guide", "guide_velocity", "guided", "null_condition"]
+__all__ = ["GAUSSIAN_ONLY", "guidance_conditions", "guide", "guide_velocity", "guided", "null_condition"]

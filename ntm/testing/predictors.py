@@ -1,18 +1,20 @@
 """The Predictor contract (:mod:`ntm.predictors.base`) as plain checks.
 
 A predictor maps ``u_t`` ``(B, N, d)`` at times ``t > s`` (``(B,)`` each)
-and labels ``cond`` (``(B,)`` or ``None``) to a diagonal
-``Gaussian(mu, log_sigma)`` over ``u_s``, both ``(B, N, d)``. On a
+and labels ``cond`` (``(B,)`` or ``None``) to a
+:class:`~ntm.distributions.Distribution` over ``u_s`` ``(B, N, d)`` (a diagonal
+``Gaussian(mu, log_sigma)``, both ``(B, N, d)``, or its head's). On a
 trajectory ``u_1 .. u_K`` (``u_levels`` ``(K, B, N, d)``, ``times``
 ``(K + 1,)``), ``forward_trajectory`` returns ``(K, B, N, d)`` whose entry
 ``k - 1`` predicts ``u_{k-1}`` from level ``k``. The checks (float64,
 weights perturbed by ``scale * N(0, 1)``):
 
-* shapes ``(B, N, d)`` / ``(K, B, N, d)``, float64, finite;
+* draws of shape ``(B, N, d)`` / ``(K, B, N, d)``; every parameter tensor of
+  the shape the distribution declares for them (``param_shapes``), float64, finite;
 * teacher-forced == cached sampling: entry ``k - 1`` of
   ``forward_trajectory`` equals ``step(u_k, t_k, t_{k-1}, cond, cache)``
-  run from ``k = K`` down to ``1`` with one ``new_cache()`` (``atol``
-  ``1e-12``); for Markov predictors it also equals the plain call
+  run from ``k = K`` down to ``1`` with one ``new_cache()`` (every parameter
+  tensor within ``atol`` ``1e-12``); for Markov predictors it also equals the plain call
   ``predictor(u_k, t_k, t_{k-1}, cond)``;
 * causality in levels: moving a cleaner level ``u_j`` changes no prediction
   made from a noisier level ``k > j``.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ntm.distributions import Gaussian
+from ntm.distributions import Distribution
 from ntm.spec import ModelDims
 from ntm.testing._util import check, check_tensor, describe, max_abs_diff, perturb_, seeded
 from ntm.testing.conditions import TEXT_DIMS, condition_inputs, describe_condition
@@ -63,16 +65,21 @@ def predictor_inputs(
     return u, times, condition_inputs(dims, batch, gen, with_condition=with_labels)
 
 
-def _check_gaussian(g: object, subject: str, what: str, shape: tuple[int, ...]) -> Gaussian:
-    check(isinstance(g, Gaussian), subject, f"{what} returned {type(g).__name__}, expected ntm.distributions.Gaussian")
-    assert isinstance(g, Gaussian)
-    check_tensor(g.mu, subject, f"{what}.mu", shape, dtype=torch.float64)
-    check_tensor(g.log_sigma, subject, f"{what}.log_sigma", shape, dtype=torch.float64)
+def _check_distribution(g: object, subject: str, what: str, shape: tuple[int, ...]) -> Distribution:
+    check(isinstance(g, Distribution), subject,
+          f"{what} returned {type(g).__name__}, expected an ntm.distributions.Distribution")
+    assert isinstance(g, Distribution)
+    params = g.params()
+    for name, expected in g.param_shapes(shape).items():
+        check(name in params, subject, f"{what} has no parameter {name!r}")
+        check_tensor(params[name], subject, f"{what}.{name}", expected, dtype=torch.float64)
     return g
 
 
-def _close(a: Gaussian, b: Gaussian, atol: float, subject: str, message: str) -> None:
-    err = max(max_abs_diff(a.mu, b.mu), max_abs_diff(a.log_sigma, b.log_sigma))
+def _close(a: Distribution, b: Distribution, atol: float, subject: str, message: str) -> None:
+    check(type(a) is type(b), subject, f"{message}: {type(a).__name__} vs {type(b).__name__}")
+    pa, pb = a.params(), b.params()
+    err = max(max_abs_diff(pa[name], pb[name]) for name in pa)
     check(err <= atol, subject, f"{message}: max difference {err:.3g} > {atol:g}")
 
 
@@ -88,13 +95,14 @@ def check_predictor_outputs(
     config, *, dims: ModelDims = DEFAULT_DIMS, batch: int = 4, times=DEFAULT_TIMES, seed: int = 0, scale: float = 0.05,
     with_labels: bool = True,
 ) -> None:
-    """One step and a teacher-forced pass return finite float64 Gaussians of shape ``(B, N, d)`` and ``(K, B, N, d)``."""
+    """One step and a teacher-forced pass return distributions of finite float64 parameters over ``(B, N, d)`` and
+    ``(K, B, N, d)``."""
     subject, predictor, u, times, cond = _setup(config, dims, batch, times, seed, scale, with_labels)
     k = u.shape[0]
     with torch.no_grad():
         one = predictor(u[-1], times[k].expand(batch), times[k - 1].expand(batch), cond)
-        _check_gaussian(one, subject, "forward", tuple(u.shape[1:]))
-        _check_gaussian(predictor.forward_trajectory(u, times, cond), subject, "forward_trajectory", tuple(u.shape))
+        _check_distribution(one, subject, "forward", tuple(u.shape[1:]))
+        _check_distribution(predictor.forward_trajectory(u, times, cond), subject, "forward_trajectory", tuple(u.shape))
     check(isinstance(getattr(type(predictor), "markov", None), bool), subject, "class attribute 'markov' must be a bool")
 
 
@@ -109,12 +117,12 @@ def check_predictor_trajectory(
     subject, predictor, u, times, cond = _setup(config, dims, batch, times, seed, scale, with_labels)
     k = u.shape[0]
     with torch.no_grad():
-        batched = _check_gaussian(predictor.forward_trajectory(u, times, cond), subject, "forward_trajectory", tuple(u.shape))
+        batched = _check_distribution(predictor.forward_trajectory(u, times, cond), subject, "forward_trajectory", tuple(u.shape))
         cache = predictor.new_cache()
         for level in range(k, 0, -1):
             t, s = times[level].expand(batch), times[level - 1].expand(batch)
             step = predictor.step(u[level - 1], t, s, cond, cache)
-            _check_gaussian(step, subject, f"step at level {level}", tuple(u.shape[1:]))
+            _check_distribution(step, subject, f"step at level {level}", tuple(u.shape[1:]))
             _close(step, batched.map(lambda z: z[level - 1]), atol, subject,
                    f"teacher-forced forward_trajectory != cached step at level {level} of {k}")
             if type(predictor).markov:
