@@ -45,7 +45,7 @@ from ntm.data.base import DataSource
 from ntm.denoisers import DENOISERS, DenoiserConfig, LearnedDenoiserConfig, NoDenoiserConfig, ScoreDenoiserConfig
 from ntm.denoisers.learned import DENOISER_DIR
 from ntm.losses import FlowMatchingConfig
-from ntm.predictors import PosteriorPredictorConfig, PredictorConfig, VelocityTransformerConfig
+from ntm.predictors import GaussianHeadConfig, PosteriorPredictorConfig, PredictorConfig, VelocityTransformerConfig
 from ntm.samplers import AncestralConfig, EulerConfig, HeunConfig, ODEConfig, SamplerConfig
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint, load_sampling_weights
 from ntm.train.init import initialize_from
@@ -223,7 +223,7 @@ def _family(base: Experiment, prefix: str, train_steps: int, seed: int, tiny: bo
     for k in gaussian_ks:
         models.append(BenchModel("gaussian", v(f"gaussian-K{k}", (k,), transporter=IdentityConfig()), (EvalPoint(k, k),)))
         sigma = v(f"gaussian-posterior-sigma-K{k}", (k,), transporter=IdentityConfig(),
-                  predictor=predictor.replace(sigma="posterior"))
+                  predictor=predictor.replace(head=GaussianHeadConfig(sigma="posterior")))
         models.append(BenchModel("gaussian-posterior-sigma", sigma, (EvalPoint(k, k),)))
     # flow matching: a velocity network of the predictor's size on x directly, sampled by an ODE solver
     velocity = PosteriorPredictorConfig(learned_scale=False, xhat=VelocityTransformerConfig(

@@ -1,7 +1,17 @@
-"""Gaussian predictors ``(u_t, t, s, cond) -> N(mu, sigma^2)``. Each variant registers in ``PREDICTORS``."""
+"""Predictors ``(u_t, t, s, cond) -> Distribution`` over ``u_s``. Each variant registers in ``PREDICTORS``, each
+output head of the transformer predictors in ``HEADS``."""
 
 from ntm.predictors.base import PREDICTORS, VELOCITY_HINT, Predictor, PredictorConfig, VelocityPredictor, velocity_model
-from ntm.predictors.heads import gaussian_head
+from ntm.predictors.heads import (
+    HEADS,
+    GaussianHead,
+    GaussianHeadConfig,
+    Head,
+    HeadConfig,
+    MixtureHead,
+    MixtureHeadConfig,
+    gaussian_head,
+)
 from ntm.predictors.posterior import (
     XHAT_MODELS,
     PosteriorPredictor,
@@ -20,6 +30,7 @@ from ntm.predictors.transformer import (
 )
 
 __all__ = [
+    "HEADS", "GaussianHead", "GaussianHeadConfig", "Head", "HeadConfig", "MixtureHead", "MixtureHeadConfig",
     "PREDICTORS", "VELOCITY_HINT", "XHAT_MODELS", "PosteriorPredictor", "PosteriorPredictorConfig", "Predictor",
     "PredictorConfig", "TrajectoryPredictor", "TrajectoryPredictorConfig", "TransformerPredictor",
     "TransformerPredictorConfig", "VelocityPosteriorPredictor", "VelocityPredictor", "VelocityTransformer",

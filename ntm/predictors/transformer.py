@@ -12,18 +12,22 @@ level and never enter the KV cache).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import pydantic
 import torch
 from torch import Tensor
 
-from ntm.distributions import Gaussian
+from ntm.distributions import Distribution
 from ntm.nn import KVCache
 from ntm.nn.backbone import TokenTransformer
 from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig
-from ntm.predictors.heads import Parameterization, gaussian_head
+from ntm.predictors.heads import HEADS, GaussianHeadConfig
 from ntm.spec import ModelDims
+from registry import ComponentConfig
+
+_GAUSSIAN_HEAD_FIELDS = ("parameterization", "sigma")
+"""Fields of the predictor before the head slot; they are ``head:gaussian``'s now."""
 
 
 class TransformerPredictorConfig(PredictorConfig):
@@ -35,18 +39,33 @@ class TransformerPredictorConfig(PredictorConfig):
     """Attention heads (must divide width)."""
     mlp_ratio: float = pydantic.Field(4.0, gt=0)
     """MLP hidden size as a multiple of width."""
-    parameterization: Parameterization = "posterior"
-    """'posterior': outputs x_hat and a log-scale correction read through the §4 posterior; 'direct': mu, log_sigma."""
-    sigma: Literal["learned", "posterior"] = "learned"
-    """'posterior' fixes sigma to the §4 posterior's (needs parameterization 'posterior'): the DDPM-style ablation."""
+    head: HEADS.field() = GaussianHeadConfig()
+    """The output distribution read from the network: gaussian (§5; parameterization, sigma) or mixture (§12)."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Read configs written before the head slot: ``parameterization`` / ``sigma`` at the predictor's top level
+        are ``head:gaussian``'s fields (merged into the given Gaussian head, if any)."""
+        if not isinstance(data, dict) or not any(k in data for k in _GAUSSIAN_HEAD_FIELDS):
+            return data
+        moved = {k: data[k] for k in _GAUSSIAN_HEAD_FIELDS if k in data}
+        rest = {k: v for k, v in data.items() if k not in moved}
+        head = rest.get("head", {"name": "gaussian"})
+        if isinstance(head, ComponentConfig):
+            head = HEADS.dump(head)
+        if not isinstance(head, dict) or head.get("name") != "gaussian":
+            raise ValueError(f"{', '.join(moved)} belong to head:gaussian, not to {head!r}")
+        return {**rest, "head": {**head, **moved}}
 
     @pydantic.model_validator(mode="after")
     def _heads_divide_width(self) -> "TransformerPredictorConfig":
         if self.width % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
-        if self.sigma == "posterior" and self.parameterization != "posterior":
-            raise ValueError("sigma 'posterior' needs parameterization 'posterior'")
         return self
+
+    def output_distribution(self) -> type[Distribution]:
+        return self.head.distribution_class()
 
     def build(self, dims: ModelDims) -> "TransformerPredictor":
         return TransformerPredictor(self, dims)
@@ -59,8 +78,9 @@ class TransformerPredictor(Predictor):
     def __init__(self, config: TransformerPredictorConfig, dims: ModelDims) -> None:
         super().__init__()
         self.config = config
+        self.head = config.head.build(dims)
         self.net = TokenTransformer(
-            dims.token_dim, dims.num_tokens, 2 * dims.token_dim, width=config.width, depth=config.depth,
+            dims.token_dim, dims.num_tokens, self.head.raw_dim, width=config.width, depth=config.depth,
             num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=dims.num_classes, num_times=2,
             cond_dim=dims.cond_dim, cond_len=dims.cond_len,
         )
@@ -68,9 +88,9 @@ class TransformerPredictor(Predictor):
     def _context(self, t: Tensor, s: Tensor, cond: Tensor | None) -> Tensor:
         return self.net.context((t, s), cond)
 
-    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
+    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Distribution:
         raw = self.net(u_t, self._context(t, s, cond)[:, None], cond=cond)
-        return gaussian_head(raw, u_t, t, s, self.config.parameterization, self.config.sigma)
+        return self.head(raw, u_t, t, s)
 
 
 class TrajectoryPredictorConfig(TransformerPredictorConfig):
@@ -84,7 +104,7 @@ class TrajectoryPredictor(TransformerPredictor):
 
     markov = False
 
-    def forward_trajectory(self, u_levels: Tensor, times: Tensor, cond: Tensor | None = None) -> Gaussian:
+    def forward_trajectory(self, u_levels: Tensor, times: Tensor, cond: Tensor | None = None) -> Distribution:
         k, b, n, d = u_levels.shape
         seq = u_levels.flip(0).permute(1, 0, 2, 3).reshape(b, k * n, d)  # levels K, K-1, ..., 1
         t = times[1:].flip(0).to(u_levels.dtype)
@@ -93,19 +113,19 @@ class TrajectoryPredictor(TransformerPredictor):
         c = c.repeat_interleave(n, dim=1)  # (B, K*N, W): each token gets its level's context
         level = torch.arange(k, device=u_levels.device).repeat_interleave(n)
         mask = level[:, None] >= level[None, :]  # see own level and every noisier one
-        raw = self.net(seq, c, mask=mask, cond=cond).reshape(b, k, n, 2 * d).permute(1, 0, 2, 3).flip(0)
+        raw = self.net(seq, c, mask=mask, cond=cond).reshape(b, k, n, self.head.raw_dim).permute(1, 0, 2, 3).flip(0)
         t_all = times[1:].to(u_levels.dtype).repeat_interleave(b)
         s_all = times[:-1].to(u_levels.dtype).repeat_interleave(b)
-        g = gaussian_head(raw.flatten(0, 1), u_levels.flatten(0, 1), t_all, s_all, self.config.parameterization, self.config.sigma)
+        g = self.head(raw.flatten(0, 1), u_levels.flatten(0, 1), t_all, s_all)
         return g.map(lambda z: z.unflatten(0, (k, b)))
 
     def new_cache(self) -> KVCache:
         return KVCache()
 
-    def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: KVCache) -> Gaussian:
+    def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: KVCache) -> Distribution:
         raw = self.net(u_t, self._context(t, s, cond)[:, None], mask="full", cache=cache, cond=cond)
-        return gaussian_head(raw, u_t, t, s, self.config.parameterization, self.config.sigma)
+        return self.head(raw, u_t, t, s)
 
-    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Gaussian:
+    def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Distribution:
         """A single level with no noisier context (exactly the first sampling step)."""
         return self.step(u_t, t, s, cond, cache=None)

@@ -170,7 +170,7 @@ def test_suite_variants_are_typed_configs():
     assert ar.model.transporter.layers_per_block == 1 and ar.model.transporter.width == 16
     assert ar.model.predictor.depth == 1 and isinstance(ar.denoiser, ScoreDenoiserConfig)
     sigma = by_name["gaussian-posterior-sigma"].experiment.model.predictor
-    assert sigma.sigma == "posterior" and sigma.width == 16
+    assert sigma.head.sigma == "posterior" and sigma.width == 16
     # teacher posterior: the flow-matching run itself, sampled ancestrally at K = 4, no denoiser, unguided and w = 1.5
     posterior = by_name["teacher-posterior"]
     assert posterior.experiment == teacher and posterior.likelihood

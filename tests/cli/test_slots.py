@@ -81,7 +81,9 @@ def test_transformer_on_digits_is_the_markov_transformer_with_its_class_defaults
     assert main(["train", "digits-ntm", "predictor:transformer", "--dry-run"]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["model"]["predictor"] == {"name": "transformer", "depth": 6, "width": 128, "num_heads": 4,
-                                              "mlp_ratio": 4.0, "parameterization": "posterior", "sigma": "learned"}
+                                              "mlp_ratio": 4.0, "head": {"name": "gaussian",
+                                                                         "parameterization": "posterior",
+                                                                         "sigma": "learned"}}
     # the documented ablation runs: the Markov transformer with pair-wise training
     assert main(["train", "digits-ntm", "predictor:transformer", "loss:pair-wise", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == {"name": "pair-wise"}
