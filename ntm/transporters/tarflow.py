@@ -154,6 +154,27 @@ class AffineTransform(ElementwiseTransform):
         return u * torch.exp(self._clip(a)) + mu
 
 
+class ComposedTransform(ElementwiseTransform):
+    """``second(first(x))``: ``params`` holds ``first``'s rows, then ``second``'s; log-derivatives add."""
+
+    def __init__(self, first: ElementwiseTransform, second: ElementwiseTransform) -> None:
+        self.first, self.second = first, second
+        self.num_params = first.num_params + second.num_params
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        return params.split([self.first.num_params, self.second.num_params], dim=-2)
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        p1, p2 = self._split(params)
+        z, log_dz = self.first(x, p1)
+        u, log_du = self.second(z, p2)
+        return u, log_dz + log_du
+
+    def inverse(self, u: Tensor, params: Tensor) -> Tensor:
+        p1, p2 = self._split(params)
+        return self.first.inverse(self.second.inverse(u, p2), p1)
+
+
 class CausalARBlock(nn.Module):
     """One causal AR block over ``(B, N, d)`` tokens in a fixed scan order, mapping each value by ``transform``."""
 
