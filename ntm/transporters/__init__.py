@@ -2,6 +2,10 @@
 
 from ntm.transporters.base import TRANSPORTERS, Transporter, TransporterConfig
 from ntm.transporters.identity import IdentityConfig, IdentityTransporter
+from ntm.transporters.spline_tarflow import SplineTarFlow, SplineTarFlowConfig
 from ntm.transporters.tarflow import TarFlow, TarFlowConfig
 
-__all__ = ["TRANSPORTERS", "IdentityConfig", "IdentityTransporter", "TarFlow", "TarFlowConfig", "Transporter", "TransporterConfig"]
+__all__ = [
+    "TRANSPORTERS", "IdentityConfig", "IdentityTransporter", "SplineTarFlow", "SplineTarFlowConfig", "TarFlow",
+    "TarFlowConfig", "Transporter", "TransporterConfig",
+]
