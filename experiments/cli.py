@@ -383,7 +383,9 @@ def sampler_for(exp: Experiment, **settings: Any):
     """The run's sampler config with ``settings`` (None: keep) applied, validated; errors name ``sampler.<field>``."""
     updates = {k: v for k, v in settings.items() if v is not None}
     try:
-        return exp.sampler.replace(**updates)
+        sampler = exp.sampler.replace(**updates)
+        exp.replace(sampler=sampler)  # the run's own checks of a sampler against its model (e.g. guidance)
+        return sampler
     except pydantic.ValidationError as e:
         problems = [(f"sampler.{p}" if p else "sampler", m) for p, m in config_error(e).problems]
         raise ConfigError(problems) from None
