@@ -76,7 +76,8 @@ class AutoencoderExperiment(ComponentConfig):
         return self.run_dir or f"runs/{self.name}"
 
 
-# digits: 8x8 -> 2 x 4x4 (x2: 32 latent dims for 64 pixels; the CPU demo of the workflow)
+# digits: 8x8 -> 2 x 4x4 (x2: 32 latent dims for 64 pixels; the CPU demo of the workflow): 80 s on 2 idle CPU cores,
+# held-out PSNR 30.97 dB (2026-11-29)
 _DIGITS_AE = AutoencoderExperiment(
     name="digits-ae", data=DigitsConfig(),
     autoencoder=ConvAutoencoderConfig(downsample=2, latent_channels=2, width=32),
@@ -84,7 +85,8 @@ _DIGITS_AE = AutoencoderExperiment(
                       checkpoint_every=500, ema_decay=0.999),
     eval=AutoencoderEvalConfig(num_examples=360),
 )
-# shapes: 32x32 RGB -> 4 x 8x8 (x4 downsampling, 256 latent dims for 3,072 pixels)
+# shapes: 32x32 RGB -> 4 x 8x8 (x4 downsampling, 256 latent dims for 3,072 pixels): 358 s on 2 idle CPU cores,
+# held-out PSNR 38.31 dB (2026-11-29, `ntm bench latent`)
 _SHAPES_AE = AutoencoderExperiment(
     name="shapes-ae", data=ShapesConfig(image_size=32),
     autoencoder=ConvAutoencoderConfig(downsample=4, latent_channels=4, width=32),
