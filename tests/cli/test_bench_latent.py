@@ -5,31 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from eval.domain_classifier import DomainClassifierConfig, shapes_domain_classifier
 from experiments.cli import main
 
 
 @pytest.fixture
-def cheap_scoring(monkeypatch, tmp_path):
-    """A judge stand-in (the judge is tested in tests/eval) and a small shapes domain classifier at 32x32."""
-    import eval.fidelity as fidelity
-    import eval.shapes_judge as sj
-    import experiments.t2i as t2i
-
-    shapes = []
-
-    def fake_score(judge, images, captions, *, held_out=None, **kw):
-        shapes.append(tuple(images.shape[1:]))
-        assert images.min() >= 0 and images.max() <= 1
-        verdicts = [i % 2 == 0 for i in range(len(captions))]
-        return {**sj.summarise([sj.parse_caption(c) for c in captions], verdicts, held_out), "verdicts": verdicts}
-
-    classifier = shapes_domain_classifier(32, tmp_path / "dc", DomainClassifierConfig(epochs=1, width=4), train_size=64)
-    monkeypatch.setattr(t2i, "score_images", fake_score)
-    monkeypatch.setattr(t2i, "shapes_judge", lambda size: object())
-    monkeypatch.setattr(fidelity, "domain_extractor_for_shapes",
-                        lambda size: (fidelity.DOMAIN_EXTRACTOR, {"weights_path": str(classifier.cache_path)}))
-    return shapes
+def cheap_scoring(cheap_shapes_scoring):
+    """The judge stand-in and a small domain classifier at 32x32 (tests/cli/conftest.py); the recorded calls."""
+    return cheap_shapes_scoring(32)
 
 
 def test_bench_latent_compares_pixels_and_latents_at_one_wall_budget(tmp_path, capsys, cheap_scoring):
@@ -40,7 +22,7 @@ def test_bench_latent_compares_pixels_and_latents_at_one_wall_budget(tmp_path, c
     rows = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in rows] == ["pixel-ntm", "pixel-ntm-w1.5", "latent-ntm", "latent-ntm-w1.5"]
     # the judge sees decoded pixels for both models: 32x32 RGB, never 8x8 latents
-    assert set(cheap_scoring) == {(3, 32, 32)}
+    assert {shape for _, shape in cheap_scoring} == {(3, 32, 32)}
     pixel, latent = rows[0], rows[2]
     assert pixel["space"] == "pixels" and latent["space"] == "latent"
     assert pixel["train_steps"] == 3 and latent["train_steps"] >= 1

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from eval.domain_classifier import DomainClassifierConfig, shapes_domain_classifier
 from experiments.bench import SHAPES_PROMPTS, generative_params, shapes_suite
 from experiments.cli import main
 from ntm.data.shapes import parse_caption
@@ -13,27 +12,9 @@ from ntm.viz import load_png
 
 
 @pytest.fixture
-def cheap_scoring(monkeypatch, tmp_path):
-    """A judge stand-in (the judge is tested in tests/eval) that passes every other image, and a small shapes
-    domain classifier (1 epoch, 64 scenes) in a private cache."""
-    import eval.fidelity as fidelity
-    import eval.shapes_judge as sj
-    import experiments.t2i as t2i
-
-    calls = []
-
-    def fake_score(judge, images, captions, *, held_out=None, **kw):
-        calls.append(len(captions))
-        assert images.min() >= 0 and images.max() <= 1 and images.shape[1:] == (3, 16, 16)
-        verdicts = [i % 2 == 0 for i in range(len(captions))]
-        return {**sj.summarise([sj.parse_caption(c) for c in captions], verdicts, held_out), "verdicts": verdicts}
-
-    classifier = shapes_domain_classifier(16, tmp_path / "dc", DomainClassifierConfig(epochs=1, width=4), train_size=64)
-    monkeypatch.setattr(t2i, "score_images", fake_score)
-    monkeypatch.setattr(t2i, "shapes_judge", lambda size: object())
-    monkeypatch.setattr(fidelity, "domain_extractor_for_shapes",
-                        lambda size: (fidelity.DOMAIN_EXTRACTOR, {"weights_path": str(classifier.cache_path)}))
-    return calls
+def cheap_scoring(cheap_shapes_scoring):
+    """The judge stand-in and a small domain classifier at 16x16 (tests/cli/conftest.py); the recorded calls."""
+    return cheap_shapes_scoring(16)
 
 
 def test_bench_shapes_runs_end_to_end(tmp_path, capsys, cheap_scoring):
@@ -47,7 +28,7 @@ def test_bench_shapes_runs_end_to_end(tmp_path, capsys, cheap_scoring):
                                                                       "flow-matching-euler-w1.5"] * 3 + [
         "ar-flow", "ar-flow-w1.5"]
     assert [r["K"] for r in rows if r["model"].startswith("flow-matching")] == [4, 4, 16, 16, 64, 64]
-    assert cheap_scoring == [8] * 2 * len(rows)  # seen and unseen captions, per row
+    assert cheap_scoring == [(8, (3, 16, 16))] * 2 * len(rows)  # seen and unseen captions, per row
     for r in rows:
         m = r["metrics"]
         assert r["suite"] == "shapes" and r["train_steps"] == 2 and r["wall_ms_per_sample"] > 0
