@@ -8,7 +8,7 @@ K of ``--steps``, trained on the same budget and seed. ``--slot`` takes a slot b
 (``transporter``, ``predictor``, ``process.schedule``, ``conditioner``, ...) and any names registered in it,
 plugins' included: a name the preset already uses keeps the preset's settings, another starts from its config's
 defaults (as ``slot:name`` on the command line does). The cells run through the bench (:mod:`experiments.bench`:
-train or reuse, score, one table and figures), so a toy row has the oracle gap, energy distance and wall time
+train or reuse, score, one table and figures; ``figures/compare.png`` shows every cell at the largest K), so a toy row has the oracle gap, energy distance and wall time
 and a digits row the held-out NLL and domain FID. When the grid holds ``transporter=identity`` each row also
 gets ``gap_ratio`` (toy) or ``nll_ratio`` (digits): its value over the identity cell with the same other
 settings and K (the Gaussian model: 1 means the transporter bought nothing).
@@ -121,6 +121,7 @@ def ablation_suite(suite: str, slots: list[tuple[str, str, list[str]]], steps: t
                    seed: int, tiny: bool, num_samples: int) -> Suite:
     base = PRESETS[SUITE_PRESETS[suite]]
     models = []
+    panels = []
     for names in itertools.product(*[n for _, _, n in slots]):
         choice = [(slot, path, name) for (slot, path, _), name in zip(slots, names)]
         label = ",".join(f"{slot}={name}" for slot, _, name in choice) or "preset"
@@ -130,8 +131,10 @@ def ablation_suite(suite: str, slots: list[tuple[str, str, list[str]]], steps: t
             variant = _variant(exp, name, steps=(k,), train_steps=train_steps, seed=seed, tiny=tiny,
                                transporter=exp.model.transporter, predictor=exp.model.predictor)
             models.append(BenchModel(label, variant, (EvalPoint(k, k, guidance=0.0),)))
+        panels.append((f"{label}_K{max(steps)}", f"{label} @{max(steps)}"))
+    # figures/compare.png: every cell's samples side by side at the largest K
     return Suite(f"ablate-{suite}", tuple(models), num_samples,
-                 image_metrics="domain-digits" if suite == "digits" else "none")
+                 image_metrics="domain-digits" if suite == "digits" else "none", comparison=tuple(panels))
 
 
 def add_ratios(rows: list[dict], suite: str, slots: list[tuple[str, str, list[str]]]) -> None:

@@ -23,6 +23,7 @@ def test_ablate_toy_grid_runs_every_cell_with_ratios(tmp_path, capsys):
         identity = next(x for x in rows if x["K"] == r["K"] and x["model"] == "transporter=identity")
         assert m["gap_ratio"] == pytest.approx(m["oracle_gap_bpd"] / identity["metrics"]["oracle_gap_bpd"])
     assert "gap_ratio" in (out / "results.md").read_text()
+    assert (out / "figures" / "compare.png").is_file()  # both cells side by side at K = 2
 
 
 def test_cells_keep_the_presets_variant_and_default_the_others():
