@@ -14,7 +14,6 @@ reconstruction PSNR, the KL term, the encode-decode cycle PSNR, the latent stati
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -241,13 +240,6 @@ def train_autoencoder(exp: AutoencoderExperiment, *, resume: bool = False, quiet
         print(f"autoencoder: {run_dir / FILE_NAME} (fingerprint {final['fingerprint']}); "
               f"reconstructions: {run_dir / 'samples' / 'reconstructions.png'}")
     return final
-
-
-@dataclasses.dataclass(frozen=True)
-class AutoencoderRequest:
-    experiment: AutoencoderExperiment
-    resume: bool = False
-    dry_run: bool = False
 
 
 def autoencoder_command(args: list[str]) -> int:

@@ -65,7 +65,8 @@ def ood_run(exp: Experiment, data: DataSource, model: torch.nn.Module, *, num_st
         raise DataError("--ood scores images; this run's data are points")
     pixels = pixel_images(data)
     images, _ = _heldout(pixels, max_examples)
-    levels = int(pixels.stats().get("pixel_max", 255)) + 1 if "pixel_max" in pixels.stats() else None
+    pixel_max = pixels.stats().get("pixel_max")  # the data's grey levels, for noise and shapes on the same grid
+    levels = None if pixel_max is None else int(pixel_max) + 1
     sets = {"heldout": images, **ood_sets(images, seed=exp.eval.seed, levels=levels)}
     encode = getattr(data, "encode", None)  # a run on latents scores the encoded images
     layout = layout_for(exp, data)
