@@ -7,7 +7,8 @@ Consumers use the interface only: ``nll_sum`` (the loss, score denoising),
 and ``cat`` over the leading dimensions (splitting levels, guidance
 branches). :class:`Gaussian` is the diagonal Gaussian of docs/math.md §5;
 :class:`Mixture` is a mixture of diagonal Gaussians over the whole state with
-one component index per example (§12).
+one component index per example (§12); :class:`LogisticMixture` is a mixture of
+logistics per coordinate (§12).
 """
 
 from __future__ import annotations
@@ -183,9 +184,79 @@ class Mixture(Distribution):
         return {"mu": components, "log_sigma": components, "logits": (*lead, self.num_components)}
 
 
+@dataclasses.dataclass
+class LogisticMixture(Distribution):
+    """``sum_j softmax(logits)_j Logistic(loc_j, exp(log_scale_j))`` for EVERY coordinate on its own (docs/math.md §12).
+
+    A continuous density (not discretised); coordinates are independent, each with its own component weights.
+    The three tensors are ``(*shape, M)``: the component axis is last, so :meth:`map`'s ``fn`` sees the same
+    leading dimensions in every field. A logistic of scale ``s`` has variance ``s^2 pi^2 / 3``.
+    """
+
+    loc: Tensor
+    log_scale: Tensor
+    logits: Tensor
+
+    @property
+    def num_components(self) -> int:
+        return self.logits.shape[-1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.loc.shape[:-1])
+
+    def log_weights(self) -> Tensor:
+        """``log softmax(logits)`` over the components, ``(*shape, M)``, in float32 or wider."""
+        return torch.log_softmax(self.logits.to(torch.promote_types(self.logits.dtype, torch.float32)), dim=-1)
+
+    def nll(self, x: Tensor) -> Tensor:
+        """Elementwise ``-log p(x)`` in nats, of :attr:`shape`, computed in float32 or wider.
+
+        Component ``j``: ``log p_j = -z - log s_j - 2 softplus(-z)`` with ``z = (x - loc_j) / s_j`` (stable for
+        every ``z``); the mixture is their log-sum-exp with the log-weights.
+        """
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        log_scale = self.log_scale.to(dtype)
+        z = (x.to(dtype).unsqueeze(-1) - self.loc.to(dtype)) * torch.exp(-log_scale)
+        log_p = -z - log_scale - 2.0 * torch.nn.functional.softplus(-z)
+        return -torch.logsumexp(self.log_weights().to(dtype) + log_p, dim=-1)
+
+    def nll_sum(self, x: Tensor, batch_dims: int = 1) -> Tensor:
+        return sum_except_batch(self.nll(x), batch_dims)
+
+    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """Per coordinate: the component from the weights (inverse CDF of one uniform), then
+        ``loc_j + temperature s_j logit(v)`` with a second uniform ``v``: the temperature scales the chosen
+        logistic's scale (its standard deviation), the weights are not tempered, as for :class:`Mixture`."""
+        dtype, device = self.loc.dtype, self.loc.device
+        weights = self.log_weights().exp()
+        uniform = torch.rand(self.shape, dtype=weights.dtype, device=device, generator=generator)
+        index = (weights.cumsum(-1) <= uniform[..., None]).sum(-1, keepdim=True).clamp(max=self.num_components - 1)
+        loc = self.loc.gather(-1, index).squeeze(-1)
+        scale = self.log_scale.gather(-1, index).squeeze(-1).exp()
+        eps = torch.finfo(dtype).eps
+        v = torch.rand(self.shape, dtype=dtype, device=device, generator=generator).clamp(eps, 1 - eps)
+        return loc + scale * temperature * (torch.log(v) - torch.log1p(-v))
+
+    @property
+    def mean(self) -> Tensor:
+        return (self.log_weights().exp().to(self.loc.dtype) * self.loc).sum(-1)
+
+    @property
+    def variance(self) -> Tensor:
+        """``sum_j w_j (s_j^2 pi^2 / 3 + loc_j^2) - mean^2``, of :attr:`shape`."""
+        weights = self.log_weights().exp().to(self.loc.dtype)
+        second = (weights * ((2.0 * self.log_scale).exp() * (math.pi**2 / 3) + self.loc.square())).sum(-1)
+        return second - self.mean.square()
+
+    def param_shapes(self, shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        full = (*tuple(shape), self.num_components)
+        return {"loc": full, "log_scale": full, "logits": full}
+
+
 def sum_except_batch(x: Tensor, batch_dims: int = 1) -> Tensor:
     """Sum over every dimension after the first ``batch_dims``."""
     return x.flatten(batch_dims).sum(-1)
 
 
-__all__ = ["LOG_2PI", "Distribution", "Gaussian", "Mixture", "sum_except_batch"]
+__all__ = ["LOG_2PI", "Distribution", "Gaussian", "LogisticMixture", "Mixture", "sum_except_batch"]

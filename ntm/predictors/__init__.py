@@ -12,6 +12,7 @@ from ntm.predictors.heads import (
     MixtureHeadConfig,
     gaussian_head,
 )
+from ntm.predictors.logistic_mixture_head import LogisticMixtureHead, LogisticMixtureHeadConfig
 from ntm.predictors.posterior import (
     XHAT_MODELS,
     PosteriorPredictor,
@@ -31,6 +32,7 @@ from ntm.predictors.transformer import (
 
 __all__ = [
     "HEADS", "GaussianHead", "GaussianHeadConfig", "Head", "HeadConfig", "MixtureHead", "MixtureHeadConfig",
+    "LogisticMixtureHead", "LogisticMixtureHeadConfig",
     "PREDICTORS", "VELOCITY_HINT", "XHAT_MODELS", "PosteriorPredictor", "PosteriorPredictorConfig", "Predictor",
     "PredictorConfig", "TrajectoryPredictor", "TrajectoryPredictorConfig", "TransformerPredictor",
     "TransformerPredictorConfig", "VelocityPosteriorPredictor", "VelocityPredictor", "VelocityTransformer",
