@@ -5,7 +5,8 @@ Each registered name is exercised through its default config shrunk to a
 tiny network (``depth``, ``width``, ``num_heads`` wherever they appear,
 nested configs included), plus the extra settings listed in ``EXTRA``; a
 config class with a ``conformance_configs()`` classmethod supplies its own
-list instead. A new variant is covered the moment it registers.
+list instead. A new variant is covered the moment it registers; so is a new
+output head of the transformer predictors (``HEADS``), through its default config.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ntm import testing
 from ntm.distributions import Gaussian
-from ntm.predictors import PREDICTORS, Predictor, PredictorConfig
+from ntm.predictors import HEADS, PREDICTORS, Predictor, PredictorConfig
 from ntm.spec import ModelDims
 from registry import ComponentConfig
 
@@ -54,6 +55,19 @@ CASES = [pytest.param(name, i, id=f"{name}-{i}") for name in PREDICTORS.names() 
 @pytest.mark.parametrize("name, index", CASES)
 def test_predictor_meets_the_contract(name, index):
     testing.check_predictor(configs(name)[index])
+
+
+HEAD_CASES = [
+    pytest.param(head, predictor, id=f"{predictor}-head-{head}")
+    for head in HEADS.names() if head != "gaussian" for predictor in ("transformer", "trajectory")
+]
+"""Every registered head but the default (which the predictor cases above run) in both transformer predictors."""
+
+
+@pytest.mark.parametrize("head, predictor", HEAD_CASES)
+def test_every_registered_head_meets_the_contract(head, predictor):
+    config = shrink(PREDICTORS.get(predictor).config_cls()).replace(head=HEADS.get(head).config_cls())
+    testing.check_predictor(config)
 
 
 def test_every_registered_predictor_is_exercised_tiny():
