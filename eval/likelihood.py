@@ -20,8 +20,12 @@ calibration error over 15 equal-width confidence bins).
 ``nll`` (unconditional bits per dimension), ``typicality`` (``|nll - mean nll
 of training data|``: an atypically *high* likelihood is flagged too) and
 ``likelihood-ratio`` (``log p(x) - max_c log p(x | c)``: in-distribution images
-gain from their class, out-of-distribution ones little). AUROC against the
-held-out split for each score.
+gain from their class, out-of-distribution ones little) and, for class-conditional
+models, ``class-marginal`` (the NLL of the class mixture ``log sum_c p(c) p(x | c)``
+in bits per dimension: the same marginal as ``nll`` in exact arithmetic, but read
+from the conditional model, which trains on every example, where the null
+condition trains on the dropped-out fraction only). AUROC against the held-out
+split for each score.
 """
 
 from __future__ import annotations
@@ -128,13 +132,19 @@ def nll_bits(loglik: Tensor, dims: int) -> Tensor:
     return -loglik[:, -1] / (dims * math.log(2))
 
 
-def ood_scores(loglik: Tensor, dims: int, train_nll_bpd: float) -> dict[str, Tensor]:
-    """The three scores from ``loglik (N, C + 1)`` (null last; ``dims = K D``): higher means more anomalous."""
+def ood_scores(loglik: Tensor, dims: int, train_nll_bpd: float, log_prior: Tensor | None = None) -> dict[str, Tensor]:
+    """The scores from ``loglik (N, C + 1)`` (null last; ``dims = K D``): higher means more anomalous.
+    ``log_prior (C,)`` weighs the classes of ``class-marginal`` (uniform when not given)."""
     null = loglik[:, -1]
     nll_bpd = nll_bits(loglik, dims)
     scores = {"nll": nll_bpd, "typicality": (nll_bpd - train_nll_bpd).abs()}
     if loglik.shape[1] > 1:
-        scores["likelihood-ratio"] = null - loglik[:, :-1].max(dim=1).values
+        per_class = loglik[:, :-1]
+        scores["likelihood-ratio"] = null - per_class.max(dim=1).values
+        if log_prior is None:
+            log_prior = torch.full((per_class.shape[1],), -math.log(per_class.shape[1]), dtype=per_class.dtype)
+        marginal = torch.logsumexp(per_class + log_prior.to(per_class), dim=1)
+        scores["class-marginal"] = -marginal / (dims * math.log(2))
     return scores
 
 

@@ -58,7 +58,8 @@ def classify_run(exp: Experiment, data: DataSource, model: torch.nn.Module, *, n
 
 def ood_run(exp: Experiment, data: DataSource, model: torch.nn.Module, *, num_steps: int, trajectories: int = 4,
             max_examples: int | None = 500) -> dict[str, Any]:
-    """AUROC of each score (``nll``, ``typicality``, ``likelihood-ratio`` when the model has classes) for the
+    """AUROC of each score (``nll``, ``typicality``; ``likelihood-ratio`` and ``class-marginal`` when the model has
+    classes) for the
     held-out split against each out-of-distribution set, with the mean NLL (bits/dim) of every set."""
     started = time.monotonic()
     if data.spec.kind != "images":
@@ -72,6 +73,7 @@ def ood_run(exp: Experiment, data: DataSource, model: torch.nn.Module, *, num_st
     layout = layout_for(exp, data)
     dims = layout.dim * num_steps
     with_classes = model.dims.num_classes > 0
+    prior = class_prior(data, model.dims.num_classes) if with_classes else None
     train_x = next(pixels.train_batches(min(len(images), 512), seed=10_000)).x
     train = class_log_likelihoods(model, _chunks(encode(train_x) if encode else train_x), layout, num_steps,
                                   trajectories=trajectories, seed=exp.eval.seed + 1, with_classes=False)["traj"]
@@ -81,7 +83,7 @@ def ood_run(exp: Experiment, data: DataSource, model: torch.nn.Module, *, num_st
     for name, x in sets.items():
         loglik = class_log_likelihoods(model, _chunks(encode(x) if encode else x), layout, num_steps,
                                        trajectories=trajectories, seed=exp.eval.seed, with_classes=with_classes)
-        scores[name] = ood_scores(loglik["traj"], dims, train_nll)
+        scores[name] = ood_scores(loglik["traj"], dims, train_nll, log_prior=prior)
         nll_means[name] = scores[name]["nll"].mean().item()
     auc = {name: {score: auroc(scores["heldout"][score], values) for score, values in scores[name].items()}
            for name in sets if name != "heldout"}

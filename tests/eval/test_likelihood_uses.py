@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -92,6 +93,11 @@ def test_ood_sets_and_scores(tiny_digits):
     scores = ood_scores(loglik, dims=4, train_nll_bpd=5.0)
     assert scores["likelihood-ratio"].tolist() == [-1.0, -5.0]  # null minus the best class
     assert torch.allclose(scores["typicality"], (scores["nll"] - 5.0).abs())
+    # class-marginal: -log sum_c p(c) p(x | c) in bits per dim (uniform prior by default, a given prior weighs it)
+    uniform = -torch.logsumexp(loglik[:, :2] - math.log(2), dim=1) / (4 * math.log(2))
+    assert torch.allclose(scores["class-marginal"], uniform)
+    skewed = ood_scores(loglik, dims=4, train_nll_bpd=5.0, log_prior=torch.log(torch.tensor([1.0, 1e-12])))
+    assert torch.allclose(skewed["class-marginal"], -loglik[:, 0] / (4 * math.log(2)), atol=1e-9)
 
 
 def test_eval_classify_and_ood_from_the_command_line(tmp_path, capsys):
@@ -106,7 +112,7 @@ def test_eval_classify_and_ood_from_the_command_line(tmp_path, capsys):
         assert 0 <= classified[score]["accuracy"] <= 1 and classified[score]["examples"] == 20
     ood = json.loads((run / "ood.json").read_text())
     assert set(ood["auroc"]) == {"noise", "flipped", "inverted", "shapes"}
-    assert all(set(v) == {"nll", "typicality", "likelihood-ratio"} for v in ood["auroc"].values())
+    assert all(set(v) == {"nll", "typicality", "likelihood-ratio", "class-marginal"} for v in ood["auroc"].values())
     assert all(0 <= a <= 1 for v in ood["auroc"].values() for a in v.values())
 
 
