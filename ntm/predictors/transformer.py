@@ -40,7 +40,7 @@ class TransformerPredictorConfig(PredictorConfig):
     mlp_ratio: float = pydantic.Field(4.0, gt=0)
     """MLP hidden size as a multiple of width."""
     head: HEADS.field() = GaussianHeadConfig()
-    """The output distribution read from the network: gaussian (§5; parameterization, sigma) or mixture (§12)."""
+    """The output distribution read from the network: gaussian (§5; parameterization, sigma) mixture or logistic-mixture (§12)."""
 
     @pydantic.model_validator(mode="before")
     @classmethod
