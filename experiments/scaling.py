@@ -1,0 +1,428 @@
+"""Sizing a run before it starts: model dims without data, parameter counts, training FLOPs and memory per GPU.
+
+``python -m experiments.scaling imagenet-paper --gpus 8 64`` prints the memory table of docs/scaling.md.
+
+Nothing here reads data or weights: the model is built on the meta device from the preset's config, the token
+geometry comes from the data config and the autoencoder preset named by ``autoencoder.path`` (:func:`model_dims`).
+
+**Training FLOPs per example** (:func:`train_flops`; the model FLOPs of MFU, counted as in the PaLM paper: a
+multiply-add is 2 FLOPs, the backward pass costs twice the forward, attention counted over every key of the
+sequence, masked or not). The model is a set of transformer *stacks*, each run on ``S`` sequences of ``T`` tokens
+per example, with ``L`` layers of width ``d`` and MLP hidden size ``h``:
+
+- the transporter's AR blocks: ``S = K`` levels, ``T = N`` tokens, adaLN context per sequence;
+- the trajectory predictor: ``S = 1``, ``T = K N`` (all levels in one block-causal sequence), adaLN context per token;
+  a Markov predictor or a posterior predictor's x-hat network: ``S = K``, ``T = N``, context per sequence.
+
+One stack's forward pass costs, per sequence,
+
+    F = L [2 T (4 d^2 + 2 d h) + 2 T' (6 d^2) + 4 T^2 d] + 2 T d (d_in + d_out) + 2 T' (2 d^2)
+
+where ``T' = T`` for a per-token adaLN context and ``1`` for a per-sequence one (``6 d^2``: the adaLN modulation,
+``2 d^2``: the read-out's), ``d_in`` / ``d_out`` the token width in and the read-out width. Training is
+``3 S F`` per stack, summed over stacks; time and label embeddings (per sequence, ``O(d^2)``) are left out.
+With ``K`` drawn from a set, the mean ``K`` is used.
+
+**Memory per GPU** (:func:`memory_estimate`), with ``P`` parameters sharded over ``n`` GPUs (FSDP2):
+
+    M = P (4 + 4 + 8 + 4) / n                  fp32 master weights, fp32 gradients, AdamW moments, EMA
+      + C                                       weights in compute precision, not sharded (below)
+      + b sum_stacks S T L a d                  activations, no checkpointing
+      | b sum_stacks S T (4 L d + c) + b max_stacks S T a d     full checkpointing (per block)
+
+``b`` is the micro-batch per GPU (``batch_size / (n grad_accum)``). ``a`` is the activation bytes per token per
+unit of width one block saves for its backward pass, measured on the block itself (:func:`activation_bytes`,
+about 70 for the trajectory predictor's per-token context and 49 for the transporter's in bf16). Under full
+checkpointing a block keeps only its input (the float32 residual stream: ``4 d`` bytes per token), the stack's
+per-token context ``c = 4 d`` once (``0`` for a per-sequence one), and one block's activations are live again
+while it is recomputed. ``C``: with autocast alone every weight's bf16 copy is cached for the step (``2 P``);
+with FSDP2's bf16 parameter policy only the units being gathered are (``2 (2 U + R)``: the largest unit ``U``,
+prefetched while the previous computes, and the root's own parameters ``R``), or ``2 P`` when
+``reshard_after_forward`` is off. On one GPU there is no FSDP: ``n = 1`` and ``C = 2 P`` (autocast) or ``0``
+(float32). Not counted: the CUDA context and allocator slack (1-3 GB), the loss's own tensors (a few per token,
+under 1 %), the text encoder of a caption-conditioned model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from experiments.config import Experiment
+from ntm.data.base import DataSpec
+from ntm.model import NTM
+from ntm.nn.backbone import TokenTransformer
+from ntm.nn.layers import AdaLNBlock
+from ntm.predictors.posterior import PosteriorPredictor
+from ntm.predictors.transformer import TrajectoryPredictor, TransformerPredictor
+from ntm.spec import ModelDims
+from ntm.train.distributed import shard_units
+from ntm.transporters.tarflow import CausalFlow
+
+GiB = 1024**3
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 tensor-core peak (TFLOP/s, no sparsity) of common GPUs; MFU is measured against it."""
+
+
+class _Spec:
+    """A stand-in data source holding only a spec (what :func:`experiments.build.dims_for` reads)."""
+
+    def __init__(self, spec: DataSpec) -> None:
+        self.spec = spec
+
+
+def data_spec(exp: Experiment) -> DataSpec:
+    """The spec of ``exp.data``: from the config of an image-shard source (its shards need not exist), else from
+    the built source."""
+    data = exp.data
+    if "urls" in type(data).model_fields and all(hasattr(data, f) for f in ("channels", "image_size")):
+        size = int(data.image_size)
+        return DataSpec(shape=(int(data.channels), size, size), num_classes=int(data.num_classes or 0), kind="images")
+    return data.build().spec
+
+
+def latent_shape(exp: Experiment, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """What the model sees of an example of ``shape``: the autoencoder's latent shape, or ``shape`` on pixels.
+
+    A pretrained autoencoder's weights file is read when it exists; otherwise the autoencoder preset of the same
+    name as its run directory (``runs/imagenet-ae`` -> ``imagenet-ae``) is built with random weights.
+    """
+    ae = exp.autoencoder
+    if ae.is_identity:
+        return shape
+    path = getattr(ae, "path", None)
+    if path is not None and not Path(path).exists():
+        from experiments.autoencoder import AE_PRESETS
+
+        name = Path(path).name
+        if name not in AE_PRESETS:
+            raise FileNotFoundError(f"autoencoder.path {path} does not exist and names no autoencoder preset "
+                                    f"({', '.join(AE_PRESETS)})")
+        ae = AE_PRESETS[name].autoencoder
+        with torch.device("meta"):  # random weights of the preset's architecture: only the shapes are read
+            return tuple(ae.build(shape).latent_shape(shape))
+    return tuple(ae.build(shape).latent_shape(shape))
+
+
+def model_dims(exp: Experiment) -> ModelDims:
+    """The token geometry and conditioning of ``exp``'s model, without reading data or weights."""
+    from experiments.build import dims_for
+
+    spec = data_spec(exp)
+    if not exp.autoencoder.is_identity:
+        spec = DataSpec(shape=latent_shape(exp, tuple(spec.shape)), num_classes=spec.num_classes, kind="images")
+    return dims_for(exp, _Spec(spec))
+
+
+def meta_model(exp: Experiment, dims: ModelDims | None = None) -> NTM:
+    """``exp``'s model built on the meta device (shapes only, no memory)."""
+    dims = dims or model_dims(exp)
+    encoder = getattr(exp.conditioner, "encoder", None)
+    with torch.device("meta"):
+        return exp.model.build(dims, condition_encoder=None if encoder is None else encoder(dims))
+
+
+def count(module: nn.Module, trainable: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters: ``total``, per component, ``largest_unit`` (the largest FSDP unit) and ``root``
+    (those in no unit, gathered for the whole step)."""
+    out = {"total": count(model)}
+    for name in ("transporter", "predictor", "condition_encoder"):
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module):
+            out[name] = count(part)
+    units = shard_units(model)
+    out["largest_unit"] = max((count(u) for u in units), default=0)
+    out["root"] = out["total"] - sum(count(u) for u in units)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """A transformer stack run on ``sequences`` sequences of ``tokens`` tokens per example."""
+
+    name: str
+    layers: int
+    width: int
+    hidden: int
+    tokens: int
+    sequences: float
+    per_token_context: bool
+    d_in: int
+    d_out: int
+
+    def forward_flops(self) -> float:
+        """Forward FLOPs per example (the formula of the module docstring, times ``sequences``)."""
+        d, h, t = self.width, self.hidden, self.tokens
+        ctx = t if self.per_token_context else 1
+        layer = 2 * t * (4 * d * d + 2 * d * h) + 2 * ctx * 6 * d * d + 4 * t * t * d
+        return self.sequences * (self.layers * layer + 2 * t * d * (self.d_in + self.d_out) + 2 * ctx * 2 * d * d)
+
+
+def _blocks_stack(name: str, blocks: list[AdaLNBlock], tokens: int, sequences: float, per_token: bool, d_in: int,
+                  d_out: int) -> Stack:
+    first = blocks[0]
+    return Stack(name, len(blocks), first.mlp.fc1.in_features, first.mlp.fc1.out_features, tokens, sequences,
+                 per_token, d_in, d_out)
+
+
+def stacks(model: NTM, *, num_steps: float, flow_matching: bool = False) -> list[Stack]:
+    """The transformer stacks of ``model`` and how a training example runs them at ``num_steps`` levels.
+
+    Known components: causal-flow transporters (``tarflow``, ``spline-tarflow``), the ``trajectory`` and
+    ``transformer`` predictors, a ``posterior`` predictor over a token-transformer x-hat network (one pass per
+    level; one pass per example under flow matching). Others raise ``NotImplementedError``.
+    """
+    dims = model.dims
+    n, p = dims.num_tokens, dims.token_dim
+    out: list[Stack] = []
+    if isinstance(model.transporter, CausalFlow):
+        for j, block in enumerate(model.transporter.blocks):
+            out.append(_blocks_stack(f"transporter.block{j}", list(block.layers), n, num_steps, False, p,
+                                     block.out.linear.out_features))
+    elif count(model.transporter, trainable=False):
+        raise NotImplementedError(f"no FLOP formula for the transporter {type(model.transporter).__name__}")
+    predictor = model.predictor
+    if isinstance(predictor, TrajectoryPredictor):
+        net = predictor.net
+        out.append(_blocks_stack("predictor", list(net.blocks), round(num_steps * n), 1, True, p,
+                                 net.final.linear.out_features))
+    elif isinstance(predictor, TransformerPredictor):
+        net = predictor.net
+        out.append(_blocks_stack("predictor", list(net.blocks), n, num_steps, False, p, net.final.linear.out_features))
+    elif isinstance(predictor, PosteriorPredictor) and isinstance(getattr(predictor.xhat, "net", None),
+                                                                  TokenTransformer):
+        net = predictor.xhat.net
+        out.append(_blocks_stack("predictor.xhat", list(net.blocks), n, 1 if flow_matching else num_steps, False, p,
+                                 net.final.linear.out_features))
+    else:
+        raise NotImplementedError(f"no FLOP formula for the predictor {type(predictor).__name__}")
+    return out
+
+
+def exp_stacks(exp: Experiment, model: NTM | None = None, *, largest: bool = False) -> list[Stack]:
+    """:func:`stacks` of ``exp``'s model at its mean K (``largest``: its largest K, for memory)."""
+    from ntm.losses import FlowMatchingConfig
+
+    model = model or meta_model(exp)
+    steps = exp.model.process.steps
+    k = max(steps) if largest else sum(steps) / len(steps)
+    return stacks(model, num_steps=k, flow_matching=isinstance(exp.loss, FlowMatchingConfig))
+
+
+def train_flops(exp: Experiment, model: NTM | None = None) -> dict[str, float]:
+    """Training FLOPs per example: ``{stack name: 3 x forward, ..., "total": sum}`` (module docstring)."""
+    per = {s.name: 3 * s.forward_flops() for s in exp_stacks(exp, model)}
+    return {**per, "total": sum(per.values())}
+
+
+@functools.lru_cache(maxsize=None)
+def activation_bytes(per_token_context: bool, mlp_ratio: float, precision: Literal["bf16", "fp32"] = "bf16") -> float:
+    """Bytes one :class:`AdaLNBlock` saves for backward per token and unit of width (``a`` of the formula).
+
+    Measured, not assumed: a width-64 block runs forward (CPU, bf16 autocast or float32, causal attention: the
+    fused kernels that keep no attention matrix) at two batch sizes under ``saved_tensors_hooks``; the growth of
+    the distinct storages it saved (weights and their casts do not grow with the batch) per added token and unit
+    of width is ``a``.
+    """
+    width, length = 64, 32
+    torch.manual_seed(0)
+    block = AdaLNBlock(width, 4, width, mlp_ratio)
+
+    def saved(batch: int) -> int:
+        x = torch.randn(batch, length, width, requires_grad=True)
+        c = torch.randn(batch, length if per_token_context else 1, width, requires_grad=True)
+        sizes: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            block(x, c, mask="causal")
+        return sum(sizes.values())
+
+    return (saved(6) - saved(2)) / (4 * length * width)
+
+
+def memory_estimate(
+    exp: Experiment, *, gpus: int, micro_batch: int, checkpointing: Literal["none", "full"] = "none",
+    compute_copies: Literal["autocast", "bf16-policy", "none"] = "autocast", reshard_after_forward: bool = True,
+    model: NTM | None = None,
+) -> dict[str, float]:
+    """Bytes per GPU of ``exp`` trained on ``gpus`` GPUs at ``micro_batch`` examples per GPU (module docstring).
+
+    ``compute_copies``: how the weights reach the matmuls in bf16 -- ``autocast`` (every weight's bf16 copy
+    cached for the step), ``bf16-policy`` (FSDP2 gathers bf16 weights, unit by unit) or ``none`` (float32).
+    Returns the terms (``state``, ``compute_copies``, ``activations``) and their ``total``.
+    """
+    model = model or meta_model(exp)
+    params = param_counts(model)
+    p = params["total"]
+    state = p * (4 + 4 + 8 + 4) / gpus
+    if compute_copies == "none":
+        copies = 0.0
+    elif compute_copies == "autocast" or gpus == 1 or not reshard_after_forward:
+        copies = 2.0 * p
+    else:
+        copies = 2.0 * (2 * params["largest_unit"] + params["root"])
+    precision = "fp32" if compute_copies == "none" else "bf16"
+    acts = 0.0
+    live = 0.0
+    for s in exp_stacks(exp, model, largest=True):
+        a = activation_bytes(s.per_token_context, s.hidden / s.width, precision)
+        rows = micro_batch * s.sequences * s.tokens
+        if checkpointing == "none":
+            acts += rows * s.layers * a * s.width
+        else:
+            acts += rows * (4 * s.layers * s.width + (4 * s.width if s.per_token_context else 0))
+            live = max(live, rows * a * s.width)
+    out = {"params": float(p), "state": state, "compute_copies": copies, "activations": acts + live}
+    out["total"] = state + copies + acts + live
+    return out
+
+
+def memory_table(exp: Experiment, gpus: tuple[int, ...] = (8, 64), batch_size: int | None = None) -> str:
+    """Markdown: memory per GPU for each GPU count, at the preset's global batch without gradient accumulation,
+    with and without full activation checkpointing, for autocast and FSDP2's bf16 parameter policy."""
+    model = meta_model(exp)
+    batch = batch_size or exp.train.batch_size
+    rows = ["| GPUs | micro-batch / GPU | checkpointing | state (GiB) | bf16 weights: autocast / bf16 policy (GiB) "
+            "| activations (GiB) | total: autocast / bf16 policy (GiB) |", "|---|---|---|---|---|---|---|"]
+    for n in gpus:
+        micro = math.ceil(batch / n)
+        for ac in ("none", "full"):
+            auto = memory_estimate(exp, gpus=n, micro_batch=micro, checkpointing=ac, model=model)
+            pol = memory_estimate(exp, gpus=n, micro_batch=micro, checkpointing=ac, model=model,
+                                  compute_copies="bf16-policy")
+            rows.append(f"| {n} | {micro} | {ac} | {auto['state'] / GiB:.1f} | {auto['compute_copies'] / GiB:.1f} / "
+                        f"{pol['compute_copies'] / GiB:.2f} | {auto['activations'] / GiB:.1f} | "
+                        f"{auto['total'] / GiB:.1f} / {pol['total'] / GiB:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
+
+
+TINY = {"depth": 1, "width": 16, "num_heads": 2, "layers_per_block": 1}
+"""The fields :func:`tiny_experiment` shrinks, wherever a network config has them."""
+
+
+def _shrunk(cfg):
+    fields = type(cfg).model_fields
+    updates = {key: value for key, value in TINY.items() if key in fields}
+    if "xhat" in fields:
+        updates["xhat"] = _shrunk(cfg.xhat)
+    return cfg.replace(**updates) if updates else cfg
+
+
+def tiny_experiment(exp: Experiment) -> Experiment:
+    """``exp`` with its transporter, predictor (and x-hat network) and text encoder shrunk to a minimum (smoke
+    tests): same token geometry, same loss and training step."""
+    model = exp.model.replace(transporter=_shrunk(exp.model.transporter), predictor=_shrunk(exp.model.predictor))
+    return exp.replace(model=model, conditioner=_shrunk(exp.conditioner))
+
+# -- one training step, timed ----------------------------------------------------------------------------------
+
+
+def checkpoint_blocks(model: nn.Module) -> int:
+    """Full activation checkpointing: every :class:`AdaLNBlock` of ``model`` recomputes its forward in the backward
+    pass (``torch.utils.checkpoint``, non-reentrant) and keeps only its inputs. Returns the number of blocks."""
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = [m for m in model.modules() if isinstance(m, AdaLNBlock)]
+    for block in blocks:
+        block.forward = functools.partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
+    return len(blocks)
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """``torch.compile`` every :class:`AdaLNBlock` of ``model`` in place (blocks of one shape share a graph; the
+    loss around them, with its data-dependent grouping by K, stays eager). Returns the number of blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, AdaLNBlock)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+class TrainStep:
+    """One step of the training loop outside it: the conditioner, ``model(x, cond, objective, generator)`` under
+    the experiment's autocast, backward, gradient clipping, AdamW and the EMA update, on one device (no
+    process group, no gradient accumulation, nothing written). ``step(batch)`` returns the loss as a float
+    (read back every step, as the loop does)."""
+
+    def __init__(self, exp: Experiment, model: NTM, *, device: torch.device | str,
+                 precision: Literal["bf16", "fp32"] | None = None) -> None:
+        from experiments.build import conditioner_of
+        from ntm.train.ema import EMA
+        from ntm.train.loop import make_optimizer, param_group_names
+
+        self.exp = exp
+        self.device = torch.device(device)
+        self.model = model.to(self.device).train()
+        self.optimizer = make_optimizer(self.model, param_group_names(self.model), exp.train)
+        self.ema = EMA(self.model, decay=exp.train.ema_decay, warmup=True)
+        self.objective = exp.loss.build()
+        self.conditioner = conditioner_of(exp.conditioner)
+        self.field = getattr(self.conditioner, "reads", "label")
+        precision = precision or exp.train.precision
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                       enabled=self.device.type == "cuda" and precision == "bf16")
+        self.steps = 0
+
+    def __call__(self, x: torch.Tensor, raw_cond) -> float:
+        """``x``: the batch in tokens ``(B, N, d)``; ``raw_cond``: the batch field the conditioner reads."""
+        from ntm.train.loop import noise_generator
+
+        seed = self.exp.train.seed
+        cond = self.conditioner(raw_cond, self.model.dims.num_classes,
+                                noise_generator(torch.device("cpu"), seed, self.steps, 0))
+        cond = None if cond is None else cond.to(self.device)
+        with self.autocast:
+            loss, _ = self.model(x.to(self.device, non_blocking=True), cond, self.objective,
+                                 noise_generator(self.device, seed, self.steps, 0))
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.exp.train.grad_clip or math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model, decay=self.ema.decay_at(self.ema.num_updates))
+        self.steps += 1
+        return loss.item()
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.presets import PRESETS
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.scaling", description=__doc__.split("\n")[0])
+    parser.add_argument("preset", nargs="?", default="imagenet-paper", choices=sorted(PRESETS))
+    parser.add_argument("--gpus", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
+    args = parser.parse_args(argv)
+    exp = PRESETS[args.preset]
+    model = meta_model(exp)
+    params = param_counts(model)
+    flops = train_flops(exp, model)
+    dims = model.dims
+    print(f"{args.preset}: {dims.num_tokens} tokens x {dims.token_dim}, K = {list(exp.model.process.steps)}; "
+          + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in params.items()) + " parameters")
+    print(f"training FLOPs per example: {flops['total'] / 1e12:.3f} TFLOP ("
+          + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in flops.items() if k != "total") + ")")
+    for s in exp_stacks(exp, model, largest=True):
+        print(f"  {s.name}: {s.layers} layers, width {s.width}, {s.sequences:g} x {s.tokens} tokens, "
+              f"a = {activation_bytes(s.per_token_context, s.hidden / s.width):.1f} bytes / token / width (bf16)")
+    print(memory_table(exp, tuple(args.gpus), args.batch_size), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
