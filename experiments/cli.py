@@ -11,6 +11,7 @@
     ntm distill --run runs/digits-ntm && ntm sample --run runs/digits-ntm --denoiser learned   # one-pass denoiser
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
     ntm bench latency --out runs/bench-latency              # time to one image vs a deep-shallow AR flow
+    ntm bench loader --out runs/bench-loader                # data loader vs training step: data- or compute-bound
     ntm ablate toy --slot transporter=identity,tarflow --steps 1 2 4 --out runs/ablate   # a grid over variants
     ntm autoencoder train shapes-ae && ntm train shapes-latent-ntm   # an NTM in an autoencoder's latent space
     ntm shards write --folder images/ --out 'shards/train-%06d.tar'
@@ -520,13 +521,14 @@ def eval_command(args: list[str]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BenchArgs:
-    suite: tyro.conf.Positional[Literal["toy", "digits", "shapes", "latent", "paper", "latency"]]
+    suite: tyro.conf.Positional[Literal["toy", "digits", "shapes", "latent", "paper", "latency", "loader"]]
     """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores), shapes (text-to-image on procedural
     captioned shapes: NTM@4 vs Gaussian@4, flow matching Euler@4/16/64 and a deep-shallow AR flow of the same size,
     scored by the shapes-eval judge), latent (pixel vs latent NTM@4 on shapes at 32x32, same training wall time: domain
     FID, judge, ms/sample with decoding, training examples/s; trains the shapes-ae autoencoder first), paper (GPU, imagenet-paper family) or latency (time to one image and batched
     throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the same size and flow matching, random
-    weights, ~3 min on CPU)."""
+    weights, ~3 min on CPU) or loader (data loader examples/s per num_workers vs the training step: data-bound or
+    compute-bound; its own flags: ntm bench loader --help)."""
     out: Path = Path("runs/bench")
     """Output directory (results.json, results.md, plots, figures, runs/)."""
     train_steps: int | None = None
@@ -558,7 +560,17 @@ class BenchArgs:
 def bench_command(args: list[str]) -> int:
     from experiments.bench import SUITES, run_suite
 
+    if args[:1] == ["loader"]:  # its own flags (experiments/loader_bench.py)
+        from experiments.loader_bench import loader_command
+
+        return loader_command(args[1:])
     a = run_tyro(tyro.cli, BenchArgs, prog="ntm bench", argv=args)
+    if a.suite == "loader":
+        from experiments.loader_bench import loader_command
+
+        rest = list(args)
+        rest.remove("loader")
+        return loader_command(rest)
     if a.suite == "latency":
         return _latency(a)
     kwargs = {"seed": a.seed, "tiny": a.tiny}
