@@ -1,0 +1,379 @@
+"""The imagenet-paper training step on one GPU: throughput, MFU, memory, bf16 vs fp32 NLL, sampling latency.
+
+    python -m experiments.gpu_bench --out runs/gpu-bench            # about 3-5 minutes on one H100/H200
+    python -m experiments.gpu_bench --out /tmp/gb --tiny --device cpu   # a smoke run of every part on CPU
+
+Random data of the model's shape (latents at unit scale ``(B, 256, 128)`` and class labels; no dataset, no
+autoencoder) through the preset's model and loss, one device, no process group. Parts, each written to
+``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` as soon as it is done (a run cut short keeps what it measured):
+
+1. **Training step** (:class:`experiments.scaling.TrainStep`: the loop's step -- forward through the loss,
+   backward, clipping, AdamW, EMA -- at ``--batch`` examples) in bf16 autocast, in up to four settings:
+   eager, full activation checkpointing (every transformer block recomputed in the backward pass), each also with
+   ``torch.compile`` of the blocks. Per setting: seconds per step (median of ``--steps`` after ``--warmup``),
+   examples/s, image tokens/s (examples x N), model TFLOP/s and MFU, peak memory
+   (``torch.cuda.max_memory_allocated``) next to the :func:`experiments.scaling.memory_estimate` for it.
+   Model FLOPs per example are the analytic count of :mod:`experiments.scaling` (``train_flops``; also reported:
+   ``torch.utils.flop_counter`` on one example, a check of the formula). MFU = model FLOP/s / ``--peak-tflops``
+   (default: 989 dense bf16 on H100/H200, from the device name; the target is 40 %).
+2. **bf16 vs fp32 NLL**: the trained eager model's loss (trajectory NLL, bits/dim) on 4 fixed batches with the
+   same noise, in float32 (TF32 off) and under bf16 autocast: absolute and relative differences.
+3. **Sampling latency** at batch 1 and ``--sample-batch`` (median of 3): NTM@4 (ancestral, decoded through the
+   transporter's sequential inverse; no denoiser), its 4 predictor steps alone (``u``-space), and flow matching
+   with Euler@50 over a velocity transformer of the predictor's depth, width and heads (random weights: the cost
+   of sampling does not depend on their values).
+
+Without CUDA (and without ``--device cpu``) it stops at once with one line and status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+TARGET_MFU = 0.40
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    checkpointing: bool
+    compile: bool
+
+
+SETTINGS = (Setting("bf16", False, False), Setting("bf16 + checkpointing", True, False),
+            Setting("bf16 + compile", False, True), Setting("bf16 + checkpointing + compile", True, True))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.gpu_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output directory (gpu_bench.json, gpu_bench.md)")
+    p.add_argument("--preset", default="imagenet-paper", help="the preset whose model is measured")
+    p.add_argument("--batch", type=int, default=32, help="examples per training step (default 32)")
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per setting (default 8)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiled settings: 2 more)")
+    p.add_argument("--sample-batch", type=int, default=16, help="batch of the batched sampling timing")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="measure the torch.compile settings (auto: on CUDA)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="dense bf16 peak of the device, TFLOP/s (default: from the device name)")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny: the smoke run)")
+    p.add_argument("--tiny", action="store_true", help="shrink the model and the token count (smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for name in ("batch", "steps", "sample_batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    """``given``, else the dense bf16 peak of a known device name (:data:`experiments.scaling.PEAK_TFLOPS`)."""
+    from experiments.scaling import PEAK_TFLOPS
+
+    if given is not None:
+        return given
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
+    from eval.timing import measure
+
+    return float(measure(fn, repeats=repeats, warmup=warmup, device=device, track_memory=False)["wall_ms"])
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from experiments.presets import PRESETS
+        from experiments.scaling import meta_model, model_dims, param_counts, tiny_experiment, train_flops
+
+        self.args = args
+        self.device = torch.device(args.device)
+        exp = PRESETS[args.preset]
+        if args.tiny:
+            exp = tiny_experiment(exp).replace(patch_size=exp.patch_size * 4)  # 16 tokens instead of 256
+        self.exp = exp
+        self.dims = model_dims(exp)
+        meta = meta_model(exp, self.dims)
+        self.flops = train_flops(exp, meta)
+        self.params = param_counts(meta)
+        self.peak = peak_tflops(self.device, args.peak_tflops)
+        self.compile = args.compile == "on" or (args.compile == "auto" and self.device.type == "cuda")
+        self.out = args.out
+        self.result: dict[str, Any] = {
+            "preset": args.preset, "tiny": args.tiny, "device": self._device_name(), "torch": torch.__version__,
+            "precision": "bf16" if self.device.type == "cuda" else "fp32 (autocast is CUDA-only, as in the loop)",
+            "batch": args.batch, "tokens": self.dims.num_tokens, "token_dim": self.dims.token_dim,
+            "steps_K": list(exp.model.process.steps), "params": self.params,
+            "train_flops_per_example": self.flops, "peak_tflops": self.peak, "target_mfu": TARGET_MFU,
+            "train": [], "nll": None, "sampling": [],
+        }
+
+    def _device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "gpu_bench.json").write_text(json.dumps(self.result, indent=2) + "\n")
+        (self.out / "gpu_bench.md").write_text(report(self.result))
+
+    # -- pieces ---------------------------------------------------------------------------------------------
+    def model(self, seed: int = 0):
+        """The preset's model with fresh weights (seeded), built on the device: no host copy of the weights."""
+        torch.manual_seed(seed)
+        encoder = getattr(self.exp.conditioner, "encoder", None)
+        with torch.device(self.device):
+            return self.exp.model.build(self.dims, condition_encoder=None if encoder is None else encoder(self.dims))
+
+    def batch(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, self.dims.num_tokens, self.dims.token_dim, generator=g)
+        labels = torch.randint(0, self.dims.num_classes, (n,), generator=g) if self.dims.num_classes else None
+        return x.to(self.device), labels
+
+    def counted_flops(self) -> float:
+        """``torch.utils.flop_counter`` over one training example's forward and backward pass."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        model = self.model()
+        x, labels = self.batch(1, 0)
+        objective = self.exp.loss.build()
+        cond = None if labels is None else labels.to(self.device)
+        # the counter knows the CUDA attention kernels but not the CPU ones: on CPU, attention runs as matmuls
+        kernels = sdpa_kernel([SDPBackend.MATH]) if self.device.type == "cpu" else contextlib.nullcontext()
+        with kernels, FlopCounterMode(display=False) as counter, self.autocast():
+            loss, _ = model(x, cond, objective, torch.Generator(device=self.device).manual_seed(0))
+            loss.backward()
+        del model
+        return float(counter.get_total_flops())
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    # -- parts ----------------------------------------------------------------------------------------------
+    def train_setting(self, setting: Setting):
+        """Time ``setting``; returns its row and the trained model."""
+        from experiments.scaling import TrainStep, checkpoint_blocks, compile_blocks, memory_estimate
+
+        model = self.model(self.args.seed)
+        if setting.checkpointing:
+            checkpoint_blocks(model)
+        if setting.compile:
+            compile_blocks(model)
+        step = TrainStep(self.exp, model, device=self.device, precision="bf16")
+        x, labels = self.batch(self.args.batch, self.args.seed)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        for _ in range(self.args.warmup + (2 if setting.compile else 0)):
+            step(x, labels)
+        _sync(self.device)
+        warm_s = time.perf_counter() - started
+        times, losses = [], []
+        for _ in range(self.args.steps):
+            t0 = time.perf_counter()
+            losses.append(step(x, labels))  # reads the loss back: synchronises, as the loop does
+            _sync(self.device)
+            times.append(time.perf_counter() - t0)
+        step_s = statistics.median(times)
+        examples = self.args.batch / step_s
+        model_tflops = self.flops["total"] * examples / 1e12
+        estimate = memory_estimate(self.exp, gpus=1, micro_batch=self.args.batch,
+                                   activation_checkpointing="full" if setting.checkpointing else "none",
+                                   precision="bf16" if self.device.type == "cuda" else "fp32")
+        row = {"setting": setting.name, "checkpointing": setting.checkpointing, "compile": setting.compile,
+               "warmup_s": warm_s, "step_s": step_s, "examples_per_s": examples,
+               "tokens_per_s": examples * self.dims.num_tokens, "model_tflops_per_s": model_tflops,
+               "mfu": None if self.peak is None else model_tflops / self.peak,
+               "peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30
+               if self.device.type == "cuda" else None,
+               "estimated_memory_gib": estimate["total"] / 2**30, "last_loss": losses[-1],
+               "loss_finite": all(math.isfinite(v) for v in losses)}
+        return row, model
+
+    def nll_agreement(self, model, batches: int = 4) -> dict:
+        """The loss (trajectory NLL, bits/dim) on fixed batches and noise: float32 vs bf16 autocast."""
+        objective = self.exp.loss.build()
+        model.eval()
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        pairs = []
+        try:
+            with torch.no_grad():
+                for i in range(batches):
+                    x, labels = self.batch(self.args.batch, 1000 + i)
+                    cond = None if labels is None else labels.to(self.device)
+                    values = []
+                    for bf16 in (False, True):
+                        gen = torch.Generator(device=self.device).manual_seed(2000 + i)
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and self.device.type == "cuda"):
+                            loss, metrics = model(x, cond, objective, gen)
+                        values.append(float(metrics.get("nll_traj_bpd", loss)))
+                    pairs.append(values)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+        diffs = [abs(b - a) for a, b in pairs]
+        return {"batches": batches, "fp32_bpd": [a for a, _ in pairs], "bf16_bpd": [b for _, b in pairs],
+                "max_abs_diff_bpd": max(diffs), "max_rel_diff": max(d / abs(a) for d, (a, _) in zip(diffs, pairs)),
+                "autocast": self.device.type == "cuda"}
+
+    def sampling(self, ntm) -> list[dict]:
+        """Latency at batch 1 and throughput at ``--sample-batch``: NTM@4 decoded and in u-space, flow matching
+        Euler@50 over a velocity transformer of the predictor's size."""
+        from ntm.predictors import PosteriorPredictorConfig, VelocityTransformerConfig
+        from ntm.samplers import AncestralConfig, EulerConfig
+        from ntm.transporters import IdentityConfig
+
+        ntm = ntm.eval()
+        pred = self.exp.model.predictor
+        fm_cfg = self.exp.model.replace(
+            transporter=IdentityConfig(),
+            predictor=PosteriorPredictorConfig(xhat=VelocityTransformerConfig(
+                depth=pred.depth, width=pred.width, num_heads=pred.num_heads, mlp_ratio=pred.mlp_ratio)))
+        torch.manual_seed(0)
+        with torch.device(self.device):
+            fm = fm_cfg.build(self.dims).eval()
+        ancestral, euler = AncestralConfig(num_steps=4).build(), EulerConfig(num_steps=50).build()
+
+        def labels(n: int):
+            return (torch.arange(n, device=self.device) % self.dims.num_classes) if self.dims.num_classes else None
+
+        def gen():
+            return torch.Generator(device=self.device).manual_seed(0)
+
+        runs = {
+            "ntm-K4 (decoded)": (ntm, 4, lambda n: ancestral(ntm, n, labels(n), generator=gen())),
+            "ntm-K4 (u-space, no decoding)": (ntm, 4, lambda n: ancestral(ntm, n, labels(n), generator=gen(),
+                                                                          return_trajectory="u")),
+            "flow-matching-euler50": (fm, 50, lambda n: euler(fm, n, labels(n), generator=gen())),
+        }
+        rows = []
+        for name, (model, steps, fn) in runs.items():
+            with torch.no_grad(), self.autocast():
+                one = _median_ms(lambda: fn(1), self.device)
+                many = _median_ms(lambda: fn(self.args.sample_batch), self.device, repeats=2)
+            rows.append({"model": name, "steps": steps, "params": sum(p.numel() for p in model.parameters()),
+                         "tokens": self.dims.num_tokens, "latency_ms": one, "batch": self.args.sample_batch,
+                         "samples_per_s": self.args.sample_batch / (many / 1000)})
+        fm_row = rows[-1]
+        for r in rows:
+            r["latency_vs_fm"] = fm_row["latency_ms"] / r["latency_ms"]
+        return rows
+
+    def run(self) -> dict:
+        self.result["train_flops_counted_per_example"] = self.counted_flops()
+        self.save()
+        trained = None
+        for setting in SETTINGS:
+            if setting.compile and not self.compile:
+                continue
+            try:
+                row, model = self.train_setting(setting)
+            except torch.cuda.OutOfMemoryError as e:
+                row, model = {"setting": setting.name, "error": f"out of memory: {str(e).splitlines()[0]}"}, None
+            self.result["train"].append(row)
+            print(_train_line(row), flush=True)
+            if trained is None and model is not None and not setting.checkpointing and not setting.compile:
+                trained = model
+            else:
+                del model
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.save()
+        if trained is None:
+            trained = self.model(self.args.seed)
+        self.result["nll"] = self.nll_agreement(trained)
+        print(f"nll: fp32 vs bf16 max |diff| {self.result['nll']['max_abs_diff_bpd']:.2e} bits/dim", flush=True)
+        self.save()
+        self.result["sampling"] = self.sampling(trained)
+        self.save()
+        return self.result
+
+
+def _train_line(row: dict) -> str:
+    if "error" in row:
+        return f"{row['setting']}: {row['error']}"
+    mfu = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f} %"
+    mem = "" if row["peak_memory_gib"] is None else f", peak {row['peak_memory_gib']:.1f} GiB"
+    return (f"{row['setting']}: {row['step_s'] * 1000:.0f} ms/step, {row['examples_per_s']:.1f} examples/s, "
+            f"{row['tokens_per_s']:.0f} tokens/s, {row['model_tflops_per_s']:.1f} TFLOP/s{mfu}{mem}")
+
+
+def report(r: dict) -> str:
+    """The markdown of ``gpu_bench.json``."""
+    p = r["params"]
+    counted = r.get("train_flops_counted_per_example")
+    lines = [
+        f"# {r['preset']} on {r['device']} (torch {r['torch']}{', tiny' if r['tiny'] else ''})", "",
+        f"{r['tokens']} tokens x {r['token_dim']}, K = {r['steps_K']}, {p['total'] / 1e6:.1f} M parameters "
+        f"(transporter {p.get('transporter', 0) / 1e6:.1f} M, predictor {p.get('predictor', 0) / 1e6:.1f} M); "
+        f"training FLOPs per example {r['train_flops_per_example']['total'] / 1e12:.3f} TFLOP (formula)"
+        + ("" if counted is None else f", {counted / 1e12:.3f} TFLOP (flop counter)")
+        + f"; batch {r['batch']}, {r['precision']}; peak {r['peak_tflops'] or '?'} TFLOP/s, MFU target "
+          f"{100 * r['target_mfu']:.0f} %.",
+        "", "## Training step", "",
+        "| setting | ms/step | examples/s | tokens/s | model TFLOP/s | MFU | peak memory (GiB) | estimated (GiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in r["train"]:
+        if "error" in t:
+            lines.append(f"| {t['setting']} | {t['error']} | | | | | | |")
+            continue
+        mfu = "n/a" if t["mfu"] is None else f"{100 * t['mfu']:.1f} %"
+        peak = "n/a" if t["peak_memory_gib"] is None else f"{t['peak_memory_gib']:.1f}"
+        lines.append(f"| {t['setting']} | {t['step_s'] * 1000:.1f} | {t['examples_per_s']:.1f} | "
+                     f"{t['tokens_per_s']:.0f} | {t['model_tflops_per_s']:.1f} | {mfu} | {peak} | "
+                     f"{t['estimated_memory_gib']:.1f} |")
+    if r["nll"]:
+        n = r["nll"]
+        lines += ["", "## bf16 vs fp32 NLL", "",
+                  f"Trajectory NLL on {n['batches']} fixed batches (bits/dim), fp32: "
+                  + ", ".join(f"{v:.4f}" for v in n["fp32_bpd"]) + "; bf16 autocast: "
+                  + ", ".join(f"{v:.4f}" for v in n["bf16_bpd"])
+                  + f". Largest difference {n['max_abs_diff_bpd']:.2e} bits/dim ({100 * n['max_rel_diff']:.3f} %)."]
+    if r["sampling"]:
+        lines += ["", "## Sampling", "",
+                  "| model | steps | params | tokens | latency, batch 1 (ms) | FM latency / this | samples/s |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['model']} | {s['steps']} | {s['params'] / 1e6:.1f} M | {s['tokens']} | {s['latency_ms']:.1f} "
+                  f"| {s['latency_vs_fm']:.2f}x | {s['samples_per_s']:.1f} (batch {s['batch']}) |"
+                  for s in r["sampling"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_bench: error: no CUDA device here; this benchmark needs a GPU (--tiny --device cpu: the CPU "
+              "smoke run)", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(args.device))
+    bench = Bench(args)
+    bench.run()
+    print(report(bench.result), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
