@@ -23,24 +23,26 @@ where ``T' = T`` for a per-token adaLN context and ``1`` for a per-sequence one 
 ``3 S F`` per stack, summed over stacks; time and label embeddings (per sequence, ``O(d^2)``) are left out.
 With ``K`` drawn from a set, the mean ``K`` is used.
 
-**Memory per GPU** (:func:`memory_estimate`), with ``P`` parameters sharded over ``n`` GPUs (FSDP2):
+**Memory per GPU** (:func:`memory_estimate`; its keywords are the ``train.*`` fields of the same names), with
+``P`` parameters sharded over ``n`` GPUs (FSDP2):
 
     M = P (4 + 4 + 8 + 4) / n                  fp32 master weights, fp32 gradients, AdamW moments, EMA
-      + C                                       weights in compute precision, not sharded (below)
-      + b sum_stacks S T L a d                  activations, no checkpointing
-      | b sum_stacks S T (4 L d + c) + b max_stacks S T a d     full checkpointing (per block)
+      + W                                       gathered and bf16 copies of the weights, not sharded (below)
+      + b sum_stacks S T L a d                  activations, activation_checkpointing none
+      | b sum_stacks S T (4 L d + c) + b max_stacks S T a d     full (every block recomputed)
 
 ``b`` is the micro-batch per GPU (``batch_size / (n grad_accum)``). ``a`` is the activation bytes per token per
 unit of width one block saves for its backward pass, measured on the block itself (:func:`activation_bytes`,
-about 70 for the trajectory predictor's per-token context and 49 for the transporter's in bf16). Under full
-checkpointing a block keeps only its input (the float32 residual stream: ``4 d`` bytes per token), the stack's
-per-token context ``c = 4 d`` once (``0`` for a per-sequence one), and one block's activations are live again
-while it is recomputed. ``C``: with autocast alone every weight's bf16 copy is cached for the step (``2 P``);
-with FSDP2's bf16 parameter policy only the units being gathered are (``2 (2 U + R)``: the largest unit ``U``,
-prefetched while the previous computes, and the root's own parameters ``R``), or ``2 P`` when
-``reshard_after_forward`` is off. On one GPU there is no FSDP: ``n = 1`` and ``C = 2 P`` (autocast) or ``0``
-(float32). Not counted: the CUDA context and allocator slack (1-3 GB), the loss's own tensors (a few per token,
-under 1 %), the text encoder of a caption-conditioned model.
+about 70 for the trajectory predictor's per-token context and 49 for the transporter's in bf16). A checkpointed
+block keeps only its input (the float32 residual stream: ``4 d`` bytes per token), the stack its per-token
+context ``c = 4 d`` once (``0`` for a per-sequence one), and one block's activations are live again while it is
+recomputed; ``selective`` checkpoints every second block. ``W``: under FSDP the units in flight are gathered
+(``mixed_precision`` bf16: 2 bytes a weight, none: 4) -- the one computing and the one prefetched, ``2 U + R``
+with the largest unit ``U`` and the root's own weights ``R`` (``reshard_after_forward`` true; ``auto`` keeps the
+last unit: ``3 U + R``; false keeps them all: ``P``), plus one unit's unsharded gradients (``4 U``); and bf16
+autocast without FSDP's bf16 weights (``mixed_precision`` none, or one GPU) caches a bf16 copy of every weight
+for the step: ``2 P``. Not counted: the CUDA context and allocator slack (1-3 GB), the loss's own tensors (a few
+per token, under 1 %), the text encoder of a caption-conditioned model.
 """
 
 from __future__ import annotations
@@ -258,61 +260,74 @@ def activation_bytes(per_token_context: bool, mlp_ratio: float, precision: Liter
 
 
 def memory_estimate(
-    exp: Experiment, *, gpus: int, micro_batch: int, checkpointing: Literal["none", "full"] = "none",
-    compute_copies: Literal["autocast", "bf16-policy", "none"] = "autocast", reshard_after_forward: bool = True,
-    model: NTM | None = None,
+    exp: Experiment, *, gpus: int, micro_batch: int,
+    activation_checkpointing: Literal["none", "selective", "full"] = "none",
+    mixed_precision: Literal["none", "bf16"] = "none", precision: Literal["bf16", "fp32"] = "bf16",
+    reshard_after_forward: bool | Literal["auto"] = "auto", model: NTM | None = None,
 ) -> dict[str, float]:
     """Bytes per GPU of ``exp`` trained on ``gpus`` GPUs at ``micro_batch`` examples per GPU (module docstring).
 
-    ``compute_copies``: how the weights reach the matmuls in bf16 -- ``autocast`` (every weight's bf16 copy
-    cached for the step), ``bf16-policy`` (FSDP2 gathers bf16 weights, unit by unit) or ``none`` (float32).
-    Returns the terms (``state``, ``compute_copies``, ``activations``) and their ``total``.
+    The keywords are the ``train.*`` fields of the same names. ``precision="bf16"`` (autocast) with
+    ``mixed_precision="none"`` caches a bf16 copy of every weight for the step; ``mixed_precision="bf16"`` (FSDP2
+    gathers bf16 weights, unit by unit) does not. ``"selective"`` checkpointing recomputes every second block.
+    Returns the terms (``state``, ``weights``: gathered and cast copies, ``activations``) and their ``total``.
     """
     model = model or meta_model(exp)
     params = param_counts(model)
-    p = params["total"]
+    p, unit, root = params["total"], params["largest_unit"], params["root"]
     state = p * (4 + 4 + 8 + 4) / gpus
-    if compute_copies == "none":
-        copies = 0.0
-    elif compute_copies == "autocast" or gpus == 1 or not reshard_after_forward:
-        copies = 2.0 * p
-    else:
-        copies = 2.0 * (2 * params["largest_unit"] + params["root"])
-    precision = "fp32" if compute_copies == "none" else "bf16"
+    weights = 0.0
+    if gpus > 1:  # FSDP2: units gathered in flight (the one computing, the one prefetched), the root throughout
+        in_flight = {True: 2 * unit + root, "auto": 3 * unit + root, False: p}[reshard_after_forward]
+        weights += (2 if mixed_precision == "bf16" else 4) * in_flight + 4 * unit  # + a unit's unsharded gradients
+    if precision == "bf16" and (mixed_precision == "none" or gpus == 1):
+        weights += 2.0 * p  # autocast's cache of bf16 weight copies, held for the whole step
     acts = 0.0
     live = 0.0
     for s in exp_stacks(exp, model, largest=True):
         a = activation_bytes(s.per_token_context, s.hidden / s.width, precision)
         rows = micro_batch * s.sequences * s.tokens
-        if checkpointing == "none":
-            acts += rows * s.layers * a * s.width
-        else:
-            acts += rows * (4 * s.layers * s.width + (4 * s.width if s.per_token_context else 0))
+        kept = {"none": s.layers, "selective": s.layers // 2, "full": 0}[activation_checkpointing]
+        acts += rows * kept * a * s.width
+        if kept < s.layers:  # checkpointed blocks keep their float32 input; one recomputes at a time
+            acts += rows * (4 * (s.layers - kept) * s.width + (4 * s.width if s.per_token_context else 0))
             live = max(live, rows * a * s.width)
-    out = {"params": float(p), "state": state, "compute_copies": copies, "activations": acts + live}
-    out["total"] = state + copies + acts + live
+    out = {"params": float(p), "state": state, "weights": weights, "activations": acts + live}
+    out["total"] = state + weights + acts + live
     return out
 
 
-def memory_table(exp: Experiment, gpus: tuple[int, ...] = (8, 64), batch_size: int | None = None) -> str:
-    """Markdown: memory per GPU for each GPU count, at the preset's global batch without gradient accumulation,
-    with and without full activation checkpointing, for autocast and FSDP2's bf16 parameter policy."""
+def max_micro_batch(exp: Experiment, *, capacity_gib: float, reserve_gib: float = 3.0, model: NTM | None = None,
+                    **settings) -> int:
+    """The largest micro-batch per GPU whose :func:`memory_estimate` fits ``capacity_gib`` less ``reserve_gib``
+    (CUDA context, allocator slack); 0 when not even the state fits."""
+    model = model or meta_model(exp)
+    fixed = memory_estimate(exp, micro_batch=0, model=model, **settings)["total"]
+    per_example = memory_estimate(exp, micro_batch=1, model=model, **settings)["total"] - fixed
+    room = (capacity_gib - reserve_gib) * GiB - fixed
+    return max(0, int(room // per_example))
+
+
+def memory_table(exp: Experiment, gpus: tuple[int, ...] = (8, 64), batch_size: int | None = None,
+                 capacity_gib: float = 80.0) -> str:
+    """Markdown: memory per GPU for each GPU count at the preset's global batch without gradient accumulation,
+    for each activation checkpointing setting, with autocast alone and with FSDP2's bf16 weights."""
     model = meta_model(exp)
     batch = batch_size or exp.train.batch_size
-    rows = ["| GPUs | micro-batch / GPU | checkpointing | state (GiB) | bf16 weights: autocast / bf16 policy (GiB) "
-            "| activations (GiB) | total: autocast / bf16 policy (GiB) |", "|---|---|---|---|---|---|---|"]
+    rows = ["| GPUs | micro-batch / GPU | activation checkpointing | state (GiB) | weights (GiB) | activations (GiB) "
+            f"| total (GiB) | largest micro-batch in {capacity_gib:g} GiB |", "|---|---|---|---|---|---|---|---|"]
     for n in gpus:
         micro = math.ceil(batch / n)
-        for ac in ("none", "full"):
-            auto = memory_estimate(exp, gpus=n, micro_batch=micro, checkpointing=ac, model=model)
-            pol = memory_estimate(exp, gpus=n, micro_batch=micro, checkpointing=ac, model=model,
-                                  compute_copies="bf16-policy")
-            rows.append(f"| {n} | {micro} | {ac} | {auto['state'] / GiB:.1f} | {auto['compute_copies'] / GiB:.1f} / "
-                        f"{pol['compute_copies'] / GiB:.2f} | {auto['activations'] / GiB:.1f} | "
-                        f"{auto['total'] / GiB:.1f} / {pol['total'] / GiB:.1f} |")
+        for ac in ("none", "selective", "full"):
+            cells = [memory_estimate(exp, gpus=n, micro_batch=micro, activation_checkpointing=ac, model=model,
+                                     mixed_precision=mp) for mp in ("none", "bf16")]
+            fits = [max_micro_batch(exp, capacity_gib=capacity_gib, gpus=n, activation_checkpointing=ac, model=model,
+                                    mixed_precision=mp) for mp in ("none", "bf16")]
+            a, b = cells
+            rows.append(f"| {n} | {micro} | {ac} | {a['state'] / GiB:.1f} | {a['weights'] / GiB:.2f} / "
+                        f"{b['weights'] / GiB:.2f} | {a['activations'] / GiB:.1f} | {a['total'] / GiB:.1f} / "
+                        f"{b['total'] / GiB:.1f} | {fits[0]} / {fits[1]} |")
     return "\n".join(rows) + "\n"
-
-
 
 
 TINY = {"depth": 1, "width": 16, "num_heads": 2, "layers_per_block": 1}
@@ -337,8 +352,15 @@ def tiny_experiment(exp: Experiment) -> Experiment:
 
 
 def checkpoint_blocks(model: nn.Module) -> int:
-    """Full activation checkpointing: every :class:`AdaLNBlock` of ``model`` recomputes its forward in the backward
-    pass (``torch.utils.checkpoint``, non-reentrant) and keeps only its inputs. Returns the number of blocks."""
+    """Full activation checkpointing as the loop applies it for ``train.activation_checkpointing full``
+    (``ntm.train.distributed.checkpoint_activations``: every shard unit recomputes its forward in the backward
+    pass); without that function, every :class:`AdaLNBlock` through non-reentrant ``torch.utils.checkpoint``.
+    Returns the number of checkpointed modules."""
+    from ntm.train import distributed as D
+
+    apply = getattr(D, "checkpoint_activations", None)
+    if apply is not None:
+        return len(apply(model, "full"))
     from torch.utils.checkpoint import checkpoint
 
     blocks = [m for m in model.modules() if isinstance(m, AdaLNBlock)]

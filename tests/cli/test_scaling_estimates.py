@@ -3,6 +3,7 @@ against what the built model really has, runs and saves."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -12,6 +13,7 @@ from experiments.scaling import (
     activation_bytes,
     checkpoint_blocks,
     main,
+    max_micro_batch,
     memory_estimate,
     meta_model,
     model_dims,
@@ -83,17 +85,24 @@ def test_activation_estimate_matches_the_saved_tensors_and_state_is_sharded():
         return sum(sizes.values())
 
     per_example = (saved(8) - saved(4)) / 4
-    estimate = memory_estimate(exp, gpus=1, micro_batch=1, compute_copies="none")
+    fp32 = {"precision": "fp32", "gpus": 1}
+    estimate = memory_estimate(exp, micro_batch=1, **fp32)
     assert 0.8 < estimate["activations"] / per_example < 1.2
     p = estimate["params"]
-    assert memory_estimate(exp, gpus=8, micro_batch=1, compute_copies="none")["state"] == p * 20 / 8
-    full = memory_estimate(exp, gpus=1, micro_batch=1, checkpointing="full", compute_copies="none")
-    assert full["activations"] < estimate["activations"] / 2
-    assert memory_estimate(exp, gpus=1, micro_batch=4, compute_copies="none")["activations"] == \
-        4 * estimate["activations"]
-    auto = memory_estimate(exp, gpus=8, micro_batch=1)
-    policy = memory_estimate(exp, gpus=8, micro_batch=1, compute_copies="bf16-policy")
-    assert auto["compute_copies"] == 2 * p > policy["compute_copies"] > 0
+    assert estimate["weights"] == 0 and estimate["state"] == p * 20  # fp32 master, gradients, AdamW, EMA
+    assert memory_estimate(exp, gpus=8, micro_batch=1, precision="fp32")["state"] == p * 20 / 8
+    assert memory_estimate(exp, micro_batch=4, **fp32)["activations"] == pytest.approx(4 * estimate["activations"])
+    levels = [memory_estimate(exp, micro_batch=1, activation_checkpointing=ac, **fp32)["activations"]
+              for ac in ("none", "selective", "full")]
+    assert levels[0] > levels[1] > levels[2] and levels[2] < levels[0] / 2
+    autocast = memory_estimate(exp, gpus=8, micro_batch=1)
+    policy = memory_estimate(exp, gpus=8, micro_batch=1, mixed_precision="bf16")
+    assert autocast["weights"] > 2 * p > policy["weights"] > 0  # autocast caches a bf16 copy of every weight
+    kept = memory_estimate(exp, gpus=8, micro_batch=1, mixed_precision="bf16", reshard_after_forward=False)
+    assert kept["weights"] > 2 * p
+    fits = max_micro_batch(exp, capacity_gib=4.0, reserve_gib=1.0, gpus=1)
+    assert memory_estimate(exp, gpus=1, micro_batch=fits)["total"] <= 3 * 2**30 < \
+        memory_estimate(exp, gpus=1, micro_batch=fits + 1)["total"]
     assert activation_bytes(True, 4.0) > activation_bytes(False, 4.0) > 0  # a per-token adaLN context saves more
 
 
@@ -115,4 +124,4 @@ def test_main_prints_the_memory_table(capsys):
     out = capsys.readouterr().out
     assert "549.3 M" in out and "training FLOPs per example" in out
     rows = [line for line in out.splitlines() if line.startswith("| 8 ") or line.startswith("| 64 ")]
-    assert len(rows) == 4 and "| 128 |" in rows[0] and "| 16 |" in rows[2]
+    assert len(rows) == 6 and "| 128 | none |" in rows[0] and "| 16 | full |" in rows[5]
