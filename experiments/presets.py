@@ -98,10 +98,13 @@ _SHAPES = Experiment(
 
 # GPU-sized, mirroring the paper's from-scratch setting in pixel space: transporter 2 blocks x 4 layers, a 24-layer
 # predictor over the whole trajectory, K = 4, 10% condition dropout, bf16, on 64x64 pixels (patch 4: 256 tokens).
-# Point data.urls at ImageNet shards.
+# Point data.urls at ImageNet shards. num_workers=8 (as every GPU preset reading shards): PNG/JPEG decoding and
+# resizing in the training process would stall the GPU (measure with `ntm bench loader --preset ...`); 8 workers per
+# GPU fit the usual 8-GPU node of >= 64 cores and split ~1,282 shards evenly (docs/scaling.md).
 _IMAGENET64_PIXELS = Experiment(
     name="imagenet64-pixels",
-    data=WebDatasetConfig(urls="data/imagenet/train-{000000..001281}.tar", image_size=64, channels=3, num_classes=1000),
+    data=WebDatasetConfig(urls="data/imagenet/train-{000000..001281}.tar", image_size=64, channels=3, num_classes=1000,
+                          num_workers=8),
     patch_size=4,
     model=NTMConfig(
         transporter=TarFlowConfig(width=768, num_blocks=2, layers_per_block=4, num_heads=12, use_condition=True),
