@@ -429,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("preset", nargs="?", default="imagenet-paper", choices=sorted(PRESETS))
     parser.add_argument("--gpus", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
+    parser.add_argument("--capacity-gib", type=float, default=80.0, help="GPU memory for the last column (80)")
     args = parser.parse_args(argv)
     exp = PRESETS[args.preset]
     model = meta_model(exp)
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in exp_stacks(exp, model, largest=True):
         print(f"  {s.name}: {s.layers} layers, width {s.width}, {s.sequences:g} x {s.tokens} tokens, "
               f"a = {activation_bytes(s.per_token_context, s.hidden / s.width):.1f} bytes / token / width (bf16)")
-    print(memory_table(exp, tuple(args.gpus), args.batch_size), end="")
+    print(memory_table(exp, tuple(args.gpus), args.batch_size, args.capacity_gib), end="")
     return 0
 
 
