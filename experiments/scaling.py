@@ -63,6 +63,7 @@ from ntm.data.base import DataSpec
 from ntm.model import NTM
 from ntm.nn.backbone import TokenTransformer
 from ntm.nn.layers import AdaLNBlock
+from ntm.nn.tokens import TokenLayout
 from ntm.predictors.posterior import PosteriorPredictor
 from ntm.predictors.transformer import TrajectoryPredictor, TransformerPredictor
 from ntm.spec import ModelDims
@@ -72,13 +73,6 @@ from ntm.transporters.tarflow import CausalFlow
 GiB = 1024**3
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 """Dense bf16 tensor-core peak (TFLOP/s, no sparsity) of common GPUs; MFU is measured against it."""
-
-
-class _Spec:
-    """A stand-in data source holding only a spec (what :func:`experiments.build.dims_for` reads)."""
-
-    def __init__(self, spec: DataSpec) -> None:
-        self.spec = spec
 
 
 def data_spec(exp: Experiment) -> DataSpec:
@@ -115,13 +109,16 @@ def latent_shape(exp: Experiment, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def model_dims(exp: Experiment) -> ModelDims:
-    """The token geometry and conditioning of ``exp``'s model, without reading data or weights."""
-    from experiments.build import dims_for
-
+    """The token geometry and conditioning of ``exp``'s model (as :func:`experiments.build.dims_for` gives them),
+    without reading shards or autoencoder weights (an in-memory source is built)."""
     spec = data_spec(exp)
+    shape = tuple(spec.shape)
     if not exp.autoencoder.is_identity:
-        spec = DataSpec(shape=latent_shape(exp, tuple(spec.shape)), num_classes=spec.num_classes, kind="images")
-    return dims_for(exp, _Spec(spec))
+        shape = latent_shape(exp, shape)
+    layout = TokenLayout(shape, exp.patch_size if len(shape) == 3 else 1)
+    conditioning = getattr(exp.conditioner, "model_dims", None)
+    fields = {"num_classes": spec.num_classes} if conditioning is None else conditioning(spec.num_classes)
+    return ModelDims(layout.num_tokens, layout.token_dim, **fields)
 
 
 def meta_model(exp: Experiment, dims: ModelDims | None = None) -> NTM:
@@ -423,6 +420,7 @@ class TrainStep:
         return loss.item()
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.cli import USER_ERRORS, format_error
     from experiments.presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="python -m experiments.scaling", description=__doc__.split("\n")[0])
@@ -431,7 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
     parser.add_argument("--capacity-gib", type=float, default=80.0, help="GPU memory for the last column (80)")
     args = parser.parse_args(argv)
-    exp = PRESETS[args.preset]
+    try:
+        return _print_sizes(PRESETS[args.preset], args)
+    except USER_ERRORS as e:
+        for line in format_error(e).splitlines():
+            print(f"{parser.prog}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _print_sizes(exp: Experiment, args: argparse.Namespace) -> int:
     model = meta_model(exp)
     params = param_counts(model)
     flops = train_flops(exp, model)
