@@ -8,11 +8,11 @@ autoencoder) through the preset's model and loss, one device, no process group. 
 ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` as soon as it is done (a run cut short keeps what it measured):
 
 1. **Training step** (:class:`experiments.scaling.TrainStep`: the loop's step -- forward through the loss,
-   backward, clipping, AdamW, EMA -- at ``--batch`` examples) in bf16 autocast, in up to four settings:
-   eager, full activation checkpointing (every transformer block recomputed in the backward pass), each also with
-   ``torch.compile`` of the blocks. Per setting: seconds per step (median of ``--steps`` after ``--warmup``),
-   examples/s, image tokens/s (examples x N), model TFLOP/s and MFU, peak memory
-   (``torch.cuda.max_memory_allocated``) next to the :func:`experiments.scaling.memory_estimate` for it.
+   backward, clipping, AdamW, EMA -- at ``--batch`` examples) in bf16 autocast: eager, full activation
+   checkpointing (every transformer block recomputed in the backward pass), eager with ``torch.compile`` of the
+   blocks, and checkpointing compiled too when compiling helped. Per setting: seconds per step (median of ``--steps`` after ``--warmup``),
+   examples/s, image tokens/s (examples x N), model TFLOP/s and MFU, peak memory (``torch.cuda.max_memory_allocated``
+   less what was allocated before the setting's model was built) next to :func:`experiments.scaling.memory_estimate`.
    Model FLOPs per example are the analytic count of :mod:`experiments.scaling` (``train_flops``; also reported:
    ``torch.utils.flop_counter`` on one example, a check of the formula). MFU = model FLOP/s / ``--peak-tflops``
    (default: 989 dense bf16 on H100/H200, from the device name; the target is 40 %).
@@ -177,6 +177,11 @@ class Bench:
         """Time ``setting``; returns its row and the trained model."""
         from experiments.scaling import TrainStep, checkpoint_blocks, compile_blocks, memory_estimate
 
+        base = 0
+        if self.device.type == "cuda":  # the peak counts what this setting allocates (weights, state, activations)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
         model = self.model(self.args.seed)
         if setting.checkpointing:
             checkpoint_blocks(model)
@@ -184,9 +189,6 @@ class Bench:
             compile_blocks(model)
         step = TrainStep(self.exp, model, device=self.device, precision="bf16")
         x, labels = self.batch(self.args.batch, self.args.seed)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         for _ in range(self.args.warmup + (2 if setting.compile else 0)):
             step(x, labels)
@@ -208,7 +210,7 @@ class Bench:
                "warmup_s": warm_s, "step_s": step_s, "examples_per_s": examples,
                "tokens_per_s": examples * self.dims.num_tokens, "model_tflops_per_s": model_tflops,
                "mfu": None if self.peak is None else model_tflops / self.peak,
-               "peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30
+               "peak_memory_gib": (torch.cuda.max_memory_allocated(self.device) - base) / 2**30
                if self.device.type == "cuda" else None,
                "estimated_memory_gib": estimate["total"] / 2**30, "last_loss": losses[-1],
                "loss_finite": all(math.isfinite(v) for v in losses)}
@@ -284,6 +286,12 @@ class Bench:
             r["latency_vs_fm"] = fm_row["latency_ms"] / r["latency_ms"]
         return rows
 
+    def _compile_helps(self) -> bool:
+        """Whether compiling made the eager bf16 step faster (then checkpointing is measured compiled too)."""
+        rows = {r["setting"]: r for r in self.result["train"] if "error" not in r}
+        eager, compiled = rows.get("bf16"), rows.get("bf16 + compile")
+        return bool(eager and compiled and compiled["examples_per_s"] > eager["examples_per_s"])
+
     def run(self) -> dict:
         counted = self.counted_flops()
         self.result["train_flops_counted_per_example"] = counted
@@ -294,10 +302,17 @@ class Bench:
         for setting in SETTINGS:
             if setting.compile and not self.compile:
                 continue
+            if setting.compile and setting.checkpointing and not self._compile_helps():
+                continue
             try:
                 row, model = self.train_setting(setting)
             except torch.cuda.OutOfMemoryError as e:
                 row, model = {"setting": setting.name, "error": f"out of memory: {str(e).splitlines()[0]}"}, None
+            except Exception as e:  # noqa: BLE001  (a compiler failure costs its rows, not the benchmark)
+                if not setting.compile:
+                    raise
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                row, model = {"setting": setting.name, "error": f"compile failed: {type(e).__name__}: {first}"}, None
             self.result["train"].append(row)
             print(_train_line(row), flush=True)
             if trained is None and model is not None and not setting.checkpointing and not setting.compile:
