@@ -2,8 +2,9 @@
 
 ``python -m experiments.scaling imagenet-paper --gpus 8 64`` prints the memory table of docs/scaling.md.
 
-Nothing here reads data or weights: the model is built on the meta device from the preset's config, the token
-geometry comes from the data config and the autoencoder preset named by ``autoencoder.path`` (:func:`model_dims`).
+No shard is read and no weight loaded that is not there: the model is built on the meta device from the preset's
+config, the token geometry comes from the data config and, while ``autoencoder.path`` does not exist yet, from the
+autoencoder preset of that name (:func:`model_dims`).
 
 **Training FLOPs per example** (:func:`train_flops`; the model FLOPs of MFU, counted as in the PaLM paper: a
 multiply-add is 2 FLOPs, the backward pass costs twice the forward, attention counted over every key of the
@@ -31,7 +32,7 @@ With ``K`` drawn from a set, the mean ``K`` is used.
       + b sum_stacks S T L a d                  activations, activation_checkpointing none
       | b sum_stacks S T (4 L d + c) + b max_stacks S T a d     full (every block recomputed)
 
-``b`` is the micro-batch per GPU (``batch_size / (n grad_accum)``). ``a`` is the activation bytes per token per
+``b`` is the micro-batch per GPU (``batch_size / (world_size grad_accum)``; under HSDP ``n`` is the shard size). ``a`` is the activation bytes per token per
 unit of width one block saves for its backward pass, measured on the block itself (:func:`activation_bytes`,
 about 70 for the trajectory predictor's per-token context and 49 for the transporter's in bf16). A checkpointed
 block keeps only its input (the float32 residual stream: ``4 d`` bytes per token), the stack its per-token
@@ -236,8 +237,14 @@ def activation_bytes(per_token_context: bool, mlp_ratio: float, precision: Liter
     of width is ``a``.
     """
     width, length = 64, 32
-    torch.manual_seed(0)
-    block = AdaLNBlock(width, 4, width, mlp_ratio)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(0)
+        block = AdaLNBlock(width, 4, width, mlp_ratio)
+        return _saved_growth(block, per_token_context, precision, width, length)
+
+
+def _saved_growth(block: AdaLNBlock, per_token_context: bool, precision: str, width: int, length: int) -> float:
+    """Bytes ``block`` saves for backward per added token and unit of width (batches of 2 and 6)."""
 
     def saved(batch: int) -> int:
         x = torch.randn(batch, length, width, requires_grad=True)
