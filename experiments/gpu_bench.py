@@ -37,7 +37,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -276,8 +277,8 @@ class Bench:
         rows = []
         for name, (model, steps, fn) in runs.items():
             with torch.no_grad(), self.autocast():
-                one = _median_ms(lambda: fn(1), self.device)
-                many = _median_ms(lambda: fn(self.args.sample_batch), self.device, repeats=2)
+                one = _median_ms(lambda fn=fn: fn(1), self.device)
+                many = _median_ms(lambda fn=fn: fn(self.args.sample_batch), self.device, repeats=2)
             rows.append({"model": name, "steps": steps, "params": sum(p.numel() for p in model.parameters()),
                          "tokens": self.dims.num_tokens, "latency_ms": one, "batch": self.args.sample_batch,
                          "samples_per_s": self.args.sample_batch / (many / 1000)})
@@ -308,7 +309,7 @@ class Bench:
                 row, model = self.train_setting(setting)
             except torch.cuda.OutOfMemoryError as e:
                 row, model = {"setting": setting.name, "error": f"out of memory: {str(e).splitlines()[0]}"}, None
-            except Exception as e:  # noqa: BLE001  (a compiler failure costs its rows, not the benchmark)
+            except Exception as e:  # a compiler failure costs its rows, not the benchmark
                 if not setting.compile:
                     raise
                 first = (str(e).strip().splitlines() or [""])[0][:300]

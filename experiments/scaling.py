@@ -227,7 +227,7 @@ def train_flops(exp: Experiment, model: NTM | None = None) -> dict[str, float]:
     return {**per, "total": sum(per.values())}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def activation_bytes(per_token_context: bool, mlp_ratio: float, precision: Literal["bf16", "fp32"] = "bf16") -> float:
     """Bytes one :class:`AdaLNBlock` saves for backward per token and unit of width (``a`` of the formula).
 
@@ -318,8 +318,9 @@ def memory_table(exp: Experiment, gpus: tuple[int, ...] = (8, 64), batch_size: i
     for each activation checkpointing setting, with autocast alone and with FSDP2's bf16 weights."""
     model = meta_model(exp)
     batch = batch_size or exp.train.batch_size
-    rows = ["| GPUs | micro-batch / GPU | activation checkpointing | state (GiB) | weights (GiB) | activations (GiB) "
-            f"| total (GiB) | largest micro-batch in {capacity_gib:g} GiB |", "|---|---|---|---|---|---|---|---|"]
+    head = ("| GPUs | micro-batch / GPU | activation checkpointing | state (GiB) | weights (GiB) | activations (GiB) "
+            f"| total (GiB) | largest micro-batch in {capacity_gib:g} GiB |")
+    rows = [head, "|---|---|---|---|---|---|---|---|"]
     for n in gpus:
         micro = math.ceil(batch / n)
         for ac in ("none", "selective", "full"):
@@ -339,6 +340,7 @@ TINY = {"depth": 1, "width": 16, "num_heads": 2, "layers_per_block": 1}
 
 
 def _shrunk(cfg):
+    """``cfg`` with every field of :data:`TINY` it has set to the minimum, its ``xhat`` network shrunk too."""
     fields = type(cfg).model_fields
     updates = {key: value for key, value in TINY.items() if key in fields}
     if "xhat" in fields:
@@ -351,6 +353,7 @@ def tiny_experiment(exp: Experiment) -> Experiment:
     tests): same token geometry, same loss and training step."""
     model = exp.model.replace(transporter=_shrunk(exp.model.transporter), predictor=_shrunk(exp.model.predictor))
     return exp.replace(model=model, conditioner=_shrunk(exp.conditioner))
+
 
 # -- one training step, timed ----------------------------------------------------------------------------------
 
@@ -385,7 +388,7 @@ def compile_blocks(model: nn.Module) -> int:
 class TrainStep:
     """One step of the training loop outside it: the conditioner, ``model(x, cond, objective, generator)`` under
     the experiment's autocast, backward, gradient clipping, AdamW and the EMA update, on one device (no
-    process group, no gradient accumulation, nothing written). ``step(batch)`` returns the loss as a float
+    process group, no gradient accumulation, nothing written). ``step(x, raw_cond)`` returns the loss as a float
     (read back every step, as the loop does)."""
 
     def __init__(self, exp: Experiment, model: NTM, *, device: torch.device | str,

@@ -123,5 +123,5 @@ def test_main_prints_the_memory_table(capsys):
     assert main(["imagenet-paper", "--gpus", "8", "64"]) == 0
     out = capsys.readouterr().out
     assert "549.3 M" in out and "training FLOPs per example" in out
-    rows = [line for line in out.splitlines() if line.startswith("| 8 ") or line.startswith("| 64 ")]
+    rows = [line for line in out.splitlines() if line.startswith(("| 8 ", "| 64 "))]
     assert len(rows) == 6 and "| 128 | none |" in rows[0] and "| 16 | full |" in rows[5]
