@@ -64,8 +64,16 @@ class LoaderArgs:
     """Examples per batch (the per-GPU batch of the run you are sizing)."""
     batches: int = 20
     """Batches read per setting."""
+    latent_urls: str | None = None
+    """Cached latent shards (ntm shards write --encode) to read instead of a latent preset's pixel shards
+    (data:latent-shards; the autoencoder must be the one that wrote them)."""
+    autoencoder_path: Path | None = None
+    """The autoencoder of a latent preset (its run directory or autoencoder.pt), overriding autoencoder.path."""
     steps: int = 5
     """Timed training steps (after two warm-up steps)."""
+    grad_accum: int = 1
+    """Micro-batches per training step (the batch must be divisible by it): a per-GPU batch that does not fit
+    the device in one piece, as train.grad_accum splits it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the training step runs."""
     tiny: bool = False
@@ -132,28 +140,34 @@ def measure_loader(exp: Experiment, *, batch: int, batches: int, seed: int) -> d
             "skipped": int(getattr(getattr(data, "inner", data), "skipped", 0))}
 
 
-def measure_step(exp: Experiment, *, batch: int, steps: int, device: torch.device) -> dict:
-    """Examples per second of ``steps`` training steps of ``exp``'s model at ``batch`` (after 2 warm-up steps)."""
+def measure_step(exp: Experiment, *, batch: int, steps: int, device: torch.device, grad_accum: int = 1) -> dict:
+    """Examples per second of ``steps`` training steps of ``exp``'s model at ``batch`` in ``grad_accum``
+    micro-batches (after 2 warm-up steps)."""
     from experiments.build import build_model, data_for, layout_for
+    from experiments.cli import UsageError
     from experiments.scaling import TrainStep
 
     data = data_for(exp.replace(data=_with_workers(exp, 0).data))
     one = next(iter(data.train_batches(batch, seed=exp.train.seed)))
     torch.manual_seed(exp.train.seed)
     model = build_model(exp, data)
-    step = TrainStep(exp, model, device=device)
+    step = TrainStep(exp, model, device=device, grad_accum=grad_accum)
     x = layout_for(exp, data).to_tokens(one.x)
     raw = getattr(one, step.field)
-    for _ in range(2):
-        step(x, raw)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        loss = step(x, raw)
-    wall = time.perf_counter() - started
-    return {"steps": steps, "wall_s": wall, "examples_per_s": steps * batch / wall, "loss": loss,
-            "params": sum(p.numel() for p in model.parameters())}
+    try:
+        for _ in range(2):
+            step(x, raw)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            loss = step(x, raw)
+        wall = time.perf_counter() - started
+    except torch.cuda.OutOfMemoryError:
+        raise UsageError(f"--batch {batch}: the training step does not fit on {device} in {grad_accum} "
+                         "micro-batch(es); raise --grad-accum (docs/scaling.md, memory per GPU)") from None
+    return {"steps": steps, "grad_accum": grad_accum, "wall_s": wall, "examples_per_s": steps * batch / wall,
+            "loss": loss, "params": sum(p.numel() for p in model.parameters())}
 
 
 def _with_workers(exp: Experiment, workers: int) -> Experiment:
@@ -173,15 +187,21 @@ def run_loader_bench(a: LoaderArgs) -> dict:
     from ntm.data import DATA_SOURCES
     from ntm.train.distributed import resolve_device
 
-    for name, value in (("--batch", a.batch), ("--batches", a.batches), ("--steps", a.steps)):
+    for name, value in (("--batch", a.batch), ("--batches", a.batches), ("--steps", a.steps),
+                        ("--grad-accum", a.grad_accum)):
         if value < 1:
             raise UsageError(f"{name} must be >= 1, got {value}")
+    if a.batch % a.grad_accum:
+        raise UsageError(f"--batch {a.batch} is not divisible by --grad-accum {a.grad_accum}")
     if not a.workers or min(a.workers) < 0:
         raise UsageError(f"--workers takes num_workers settings >= 0, got {' '.join(map(str, a.workers)) or 'none'}")
     epoch = None
     if a.preset is None:
-        if a.data_urls is not None:
-            raise UsageError("--data-urls goes with --preset (the default data is written into OUT/shards)")
+        stray = [flag for flag, value in (("--data-urls", a.data_urls), ("--latent-urls", a.latent_urls),
+                                          ("--autoencoder-path", a.autoencoder_path)) if value is not None]
+        if stray:
+            raise UsageError(f"{', '.join(stray)} go{'es' if len(stray) == 1 else ''} with --preset (the default data "
+                             "is written into OUT/shards)")
         a.out.mkdir(parents=True, exist_ok=True)
         exp, epoch = default_experiment(a.out, a.batch, a.batches, a.seed)
     elif a.preset not in PRESETS:
@@ -195,6 +215,20 @@ def run_loader_bench(a: LoaderArgs) -> dict:
                 raise UsageError(f"--data-urls: {a.preset} reads data:{DATA_SOURCES.name_of(exp.data)}, which has no "
                                  "urls")
             exp = exp.replace(data=exp.data.replace(urls=a.data_urls))
+        if a.autoencoder_path is not None:
+            if exp.autoencoder.is_identity:
+                raise UsageError(f"--autoencoder-path: {a.preset} trains on pixels (no autoencoder)")
+            exp = exp.replace(autoencoder=exp.autoencoder.replace(path=str(a.autoencoder_path)))
+        if a.latent_urls is not None:
+            if a.data_urls is not None:
+                raise UsageError("give one of --data-urls (pixel shards) and --latent-urls (cached latents)")
+            if exp.autoencoder.is_identity:
+                raise UsageError(f"--latent-urls: {a.preset} trains on pixels (no autoencoder)")
+            from ntm.data.latent_shards import LatentShardsConfig
+
+            latents = LatentShardsConfig(urls=a.latent_urls, num_workers=getattr(exp.data, "num_workers", 0),
+                                         num_classes=getattr(exp.data, "num_classes", None))
+            exp = exp.replace(data=latents)
     if a.workers != (0,) and "num_workers" not in type(exp.data).model_fields:
         raise UsageError(f"--workers: data:{DATA_SOURCES.name_of(exp.data)} has no num_workers (it reads in the "
                          "training process); pass --workers 0")
@@ -211,15 +245,18 @@ def run_loader_bench(a: LoaderArgs) -> dict:
         print(f"num_workers {workers}: {row['examples_per_s']:.1f} examples/s after {row['startup_s']:.2f} s "
               "to the first batch", flush=True)
         rows.append(row)
-    step = measure_step(exp, batch=a.batch, steps=a.steps, device=device)
-    print(f"training step: {step['examples_per_s']:.1f} examples/s at batch {a.batch} on {device}", flush=True)
+    step = measure_step(exp, batch=a.batch, steps=a.steps, device=device, grad_accum=a.grad_accum)
+    print(f"training step: {step['examples_per_s']:.1f} examples/s at batch {a.batch} ({a.grad_accum} "
+          f"micro-batch{'es' if a.grad_accum > 1 else ''}) on {device}", flush=True)
     for row in rows:
         loader, compute = row["examples_per_s"], step["examples_per_s"]
         row["verdict"] = verdict(loader, compute)
         row["expected_examples_per_s"] = (1 / (1 / loader + 1 / compute)) if row["num_workers"] == 0 \
             else min(loader, compute)
     result = {"preset": a.preset or "default (shapes shards, shapes-t2i-ntm)",
-              "data": exp.data.model_dump(mode="json"), "batch": a.batch, "batches": a.batches,
+              "data_source": DATA_SOURCES.name_of(exp.data), "data": exp.data.model_dump(mode="json"),
+              "autoencoder": None if exp.autoencoder.is_identity else exp.autoencoder.model_dump(mode="json"),
+              "batch": a.batch, "batches": a.batches,
               "epoch_examples": epoch, "whole_epochs": epoch is not None and (a.batch * a.batches) % epoch == 0,
               "device": str(device), "threads": torch.get_num_threads(), "cpu_count": _cpus(), "tiny": a.tiny,
               "step": step, "rows": rows}
@@ -236,7 +273,9 @@ def _cpus() -> int:
 
 def loader_table(result: dict) -> str:
     step = result["step"]
-    head = (f"Loader vs training step: {result['preset']}, batch {result['batch']}, {result['batches']} batches per "
+    head = (f"Loader vs training step: {result['preset']} (data:{result['data_source']}"
+            f"{', encoded on the fly' if result['autoencoder'] and result['data_source'] != 'latent-shards' else ''}), "
+            f"batch {result['batch']}, {result['batches']} batches per "
             f"setting, step on {result['device']} ({step['examples_per_s']:.1f} examples/s), "
             f"{result['cpu_count']} CPU cores.\n\n"
             "| num_workers | loader (examples/s) | first batch (s) | step (examples/s) | expected loop (examples/s) "

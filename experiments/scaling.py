@@ -32,18 +32,18 @@ With ``K`` drawn from a set, the mean ``K`` is used.
       + b sum_stacks S T L a d                  activations, activation_checkpointing none
       | b sum_stacks S T (4 L d + c) + b max_stacks S T a d     full (every block recomputed)
 
-``b`` is the micro-batch per GPU (``batch_size / (world_size grad_accum)``; under HSDP ``n`` is the shard size). ``a`` is the activation bytes per token per
-unit of width one block saves for its backward pass, measured on the block itself (:func:`activation_bytes`,
-about 70 for the trajectory predictor's per-token context and 49 for the transporter's in bf16). A checkpointed
-block keeps only its input (the float32 residual stream: ``4 d`` bytes per token), the stack its per-token
-context ``c = 4 d`` once (``0`` for a per-sequence one), and one block's activations are live again while it is
-recomputed; ``selective`` checkpoints every second block. ``W``: under FSDP the units in flight are gathered
-(``mixed_precision`` bf16: 2 bytes a weight, none: 4) -- the one computing and the one prefetched, ``2 U + R``
-with the largest unit ``U`` and the root's own weights ``R`` (``reshard_after_forward`` true; ``auto`` keeps the
-last unit: ``3 U + R``; false keeps them all: ``P``), plus one unit's unsharded gradients (``4 U``); and bf16
-autocast without FSDP's bf16 weights (``mixed_precision`` none, or one GPU) caches a bf16 copy of every weight
-for the step: ``2 P``. Not counted: the CUDA context and allocator slack (1-3 GB), the loss's own tensors (a few
-per token, under 1 %), the text encoder of a caption-conditioned model.
+``b`` is the micro-batch per GPU (``batch_size / (world_size grad_accum)``; under HSDP ``n`` is the shard size).
+``a`` is the activation bytes per token per unit of width one block saves for its backward pass, measured on the
+block itself (:func:`activation_bytes`, about 70 for the trajectory predictor's per-token context and 49 for the
+transporter's in bf16). A checkpointed block keeps only its input (the float32 residual stream: ``4 d`` bytes per
+token), the stack its per-token context ``c = 4 d`` once (``0`` for a per-sequence one), and one block's activations
+are live again while it is recomputed; ``selective`` checkpoints every second block. ``W``: under FSDP the units in
+flight are gathered (``mixed_precision`` bf16: 2 bytes a weight, none: 4) -- the one computing and the one
+prefetched, ``2 U + R`` with the largest unit ``U`` and the root's own weights ``R`` (``reshard_after_forward``
+true; ``auto`` keeps the last unit: ``3 U + R``; false keeps them all: ``P``), plus one unit's unsharded gradients
+(``4 U``); and bf16 autocast without FSDP's bf16 weights (``mixed_precision`` none, or one GPU) caches a bf16 copy
+of every weight for the step: ``2 P``. Not counted: the CUDA context and allocator slack (1-3 GB), the loss's own
+tensors (a few per token, under 1 %), the text encoder of a caption-conditioned model.
 """
 
 from __future__ import annotations
@@ -387,12 +387,12 @@ def compile_blocks(model: nn.Module) -> int:
 
 class TrainStep:
     """One step of the training loop outside it: the conditioner, ``model(x, cond, objective, generator)`` under
-    the experiment's autocast, backward, gradient clipping, AdamW and the EMA update, on one device (no
-    process group, no gradient accumulation, nothing written). ``step(x, raw_cond)`` returns the loss as a float
+    the experiment's autocast over ``grad_accum`` micro-batches, backward, gradient clipping, AdamW and the EMA
+    update, on one device (no process group, nothing written). ``step(x, raw_cond)`` returns the loss as a float
     (read back every step, as the loop does)."""
 
     def __init__(self, exp: Experiment, model: NTM, *, device: torch.device | str,
-                 precision: Literal["bf16", "fp32"] | None = None) -> None:
+                 precision: Literal["bf16", "fp32"] | None = None, grad_accum: int = 1) -> None:
         from experiments.build import conditioner_of
         from ntm.train.ema import EMA
         from ntm.train.loop import make_optimizer, param_group_names
@@ -408,26 +408,35 @@ class TrainStep:
         precision = precision or exp.train.precision
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=self.device.type == "cuda" and precision == "bf16")
+        self.grad_accum = grad_accum
         self.steps = 0
 
     def __call__(self, x: torch.Tensor, raw_cond) -> float:
-        """``x``: the batch in tokens ``(B, N, d)``; ``raw_cond``: the batch field the conditioner reads."""
+        """``x``: the batch in tokens ``(B, N, d)``, ``B`` divisible by ``grad_accum``; ``raw_cond``: the batch
+        field the conditioner reads (labels, captions or ``None``)."""
         from ntm.train.loop import noise_generator
 
-        seed = self.exp.train.seed
-        cond = self.conditioner(raw_cond, self.model.dims.num_classes,
-                                noise_generator(torch.device("cpu"), seed, self.steps, 0))
-        cond = None if cond is None else cond.to(self.device)
-        with self.autocast:
-            loss, _ = self.model(x.to(self.device, non_blocking=True), cond, self.objective,
-                                 noise_generator(self.device, seed, self.steps, 0))
-            loss.backward()
+        seed, accum = self.exp.train.seed, self.grad_accum
+        micro = x.shape[0] // accum
+        total = torch.zeros((), device=self.device)
+        for m in range(accum):
+            rows = slice(m * micro, (m + 1) * micro)
+            raw = None if raw_cond is None else raw_cond[rows]
+            cond = self.conditioner(raw, self.model.dims.num_classes,
+                                    noise_generator(torch.device("cpu"), seed, self.steps, m))
+            cond = None if cond is None else cond.to(self.device)
+            with self.autocast:
+                loss, _ = self.model(x[rows].to(self.device, non_blocking=True), cond, self.objective,
+                                     noise_generator(self.device, seed, self.steps, m))
+                (loss / accum).backward()
+            total += loss.detach() / accum
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.exp.train.grad_clip or math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, decay=self.ema.decay_at(self.ema.num_updates))
         self.steps += 1
-        return loss.item()
+        return total.item()
+
 
 def main(argv: list[str] | None = None) -> int:
     from experiments.cli import USER_ERRORS, format_error

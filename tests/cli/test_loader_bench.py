@@ -34,9 +34,10 @@ def test_bench_loader_writes_the_table_and_every_setting_reads_the_same_examples
     # the shards are reused by a second run with the same size
     shards = sorted(p.stat().st_mtime_ns for p in (out / "shards").glob("train-*.tar"))
     assert len(shards) == 8
-    assert main([*args[:-4], "--workers", "1", "--steps", "1"]) == 0
+    assert main([*args[:-4], "--workers", "1", "--steps", "1", "--grad-accum", "2"]) == 0
     assert sorted(p.stat().st_mtime_ns for p in (out / "shards").glob("train-*.tar")) == shards
-    assert json.loads((out / "loader.json").read_text())["rows"][0]["examples_digest"] == rows[0]["examples_digest"]
+    again = json.loads((out / "loader.json").read_text())
+    assert again["rows"][0]["examples_digest"] == rows[0]["examples_digest"] and again["step"]["grad_accum"] == 2
 
 
 def test_examples_digest_ignores_order_but_not_multiplicity():
@@ -49,6 +50,8 @@ def test_examples_digest_ignores_order_but_not_multiplicity():
     (["--batch", "0"], "--batch"),
     (["--preset", "no-such"], "--preset"),
     (["--data-urls", "x.tar"], "--data-urls"),
+    (["--batch", "6", "--grad-accum", "4"], "--grad-accum"),
+    (["--preset", "imagenet64-pixels", "--latent-urls", "x.tar"], "--latent-urls"),
 ])
 def test_bench_loader_refuses_bad_flags_in_one_line(tmp_path, capsys, flags, names):
     assert main(["bench", "loader", "--out", str(tmp_path / "x"), *flags]) == 2
