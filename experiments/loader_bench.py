@@ -1,16 +1,18 @@
 """``ntm bench loader``: is training data-bound or compute-bound? Loader throughput per ``num_workers`` vs the step.
 
     ntm bench loader --out runs/bench-loader                           # shapes shards written on the fly, offline
-    ntm bench loader --out runs/bl --preset imagenet-paper --data-urls '/data/in256/train-{000000..001281}.tar' \\
-        --workers 0 4 8 16 --batch 128 --batches 50
+    ntm bench loader --out runs/bl --preset imagenet-paper --autoencoder-path /shared/runs/imagenet-ae \\
+        --latent-urls '/shared/latents/in256/train-{000000..001281}.tar' --workers 0 4 8 16 --batch 128 --grad-accum 4
 
 The data side is the stream the training loop iterates (``experiments.build.data_for``: the preset's source, its
 latents under the run's autoencoder when it has one), read with each ``--workers`` setting of the source's
 ``num_workers`` for ``--batches`` batches of ``--batch`` (rank 0 of 1, the preset's seed). Its rate is the
 examples per second after the first batch (``startup_s``: the time to the first batch, DataLoader workers
-included). The compute side is ``--steps`` training steps of the preset's model at the same batch on one
-device (:class:`experiments.scaling.TrainStep`: conditioner, forward through the loss, backward, clipping,
-AdamW, EMA; after two warm-up steps), fed one batch from the stream already in memory.
+included). ``--latent-urls`` reads cached latents (``data:latent-shards``) instead of a latent preset's pixel
+shards, which are otherwise encoded on the fly. The compute side is ``--steps`` training steps of the preset's
+model at the same batch on one device, in ``--grad-accum`` micro-batches (:class:`experiments.scaling.TrainStep`:
+conditioner, forward through the loss, backward, clipping, AdamW, EMA; after two warm-up steps), fed one batch
+from the stream already in memory.
 
 A setting is **data-bound** when the loader's rate is below the step's: the GPU (or CPU) would wait for data.
 With ``num_workers = 0`` loading and computing take turns in one process, so the loop runs at about
