@@ -7,15 +7,16 @@ Random data of the model's shape (latents at unit scale ``(B, 256, 128)`` and cl
 autoencoder) through the preset's model and loss, one device, no process group. Parts, each written to
 ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` as soon as it is done (a run cut short keeps what it measured):
 
-1. **Training step** (:class:`experiments.scaling.TrainStep`: the loop's step -- forward through the loss,
-   backward, clipping, AdamW, EMA -- at ``--batch`` examples) in bf16 autocast: eager, full activation
-   checkpointing (every transformer block recomputed in the backward pass), eager with ``torch.compile`` of the
-   blocks, and checkpointing compiled too when compiling helped. Per setting: seconds per step (median of ``--steps`` after ``--warmup``),
-   examples/s, image tokens/s (examples x N), model TFLOP/s and MFU, peak memory (``torch.cuda.max_memory_allocated``
-   less what was allocated before the setting's model was built) next to :func:`experiments.scaling.memory_estimate`.
-   Model FLOPs per example are the analytic count of :mod:`experiments.scaling` (``train_flops``; also reported:
-   ``torch.utils.flop_counter`` on one example, a check of the formula). MFU = model FLOP/s / ``--peak-tflops``
-   (default: 989 dense bf16 on H100/H200, from the device name; the target is 40 %).
+1. **Training step** (:class:`experiments.scaling.TrainStep`: the loop's step -- forward through the loss, backward,
+   clipping, AdamW, EMA -- at ``--batch`` examples) in bf16 autocast: eager, full activation checkpointing (every
+   transformer block recomputed in the backward pass), eager with ``torch.compile`` of the blocks, and checkpointing
+   compiled too when compiling helped. Per setting: seconds per step (median of ``--steps`` after ``--warmup``),
+   examples/s, image tokens/s (examples x N), model TFLOP/s and MFU, peak memory
+   (``torch.cuda.max_memory_allocated`` less what was allocated before the setting's model was built) next to
+   :func:`experiments.scaling.memory_estimate`. Model FLOPs per example are the analytic count of
+   :mod:`experiments.scaling` (``train_flops``; also reported: ``torch.utils.flop_counter`` on one example, a check
+   of the formula). MFU = model FLOP/s / ``--peak-tflops`` (default: 989 dense bf16 on H100/H200, from the device
+   name; the target is 40 %).
 2. **bf16 vs fp32 NLL**: the trained eager model's loss (trajectory NLL, bits/dim) on 4 fixed batches with the
    same noise, in float32 (TF32 off) and under bf16 autocast: absolute and relative differences.
 3. **Sampling latency** at batch 1 and ``--sample-batch`` (median of 3): NTM@4 (ancestral, decoded through the
