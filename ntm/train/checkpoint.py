@@ -1,22 +1,24 @@
-"""Crash-safe checkpoint files, a rotating checkpoint directory, RNG capture and config checks.
+"""Crash-safe checkpoints: single files and sharded directories, a rotating checkpoint directory, RNG capture
+and config checks.
 
-On-disk format: ``torch.save`` of ``{"ntm_checkpoint": FORMAT_VERSION, "state": state}``.
-``state`` is the caller's dict; keep it to plain containers (dicts, lists,
-tuples, str/int/float/bool/None) and tensors so that it loads with
-``torch.load(weights_only=True)``. :func:`rng_state` and
-:meth:`ntm.train.ema.EMA.state_dict` follow that rule, as do the state dicts
-of ``nn.Module`` and the stock optimizers; store configs as
-``model_dump(mode="json")`` dicts.
+Two on-disk formats, read alike by :func:`load_checkpoint` (and so by every reader of a run):
 
-The training loop's checkpoints hold the raw weights under ``"model"`` and the
-EMA (:meth:`ntm.train.ema.EMA.state_dict`) under ``"ema"``;
-:func:`sampling_state_dict` and :func:`load_sampling_weights` pick the weights
-that sampling and evaluation use.
+- a **file** ``step_<08d>.pt``: ``torch.save`` of ``{"ntm_checkpoint": FORMAT_VERSION, "state": state}``.
+  ``state`` is the caller's dict; keep it to plain containers (dicts, lists, tuples, str/int/float/bool/None)
+  and tensors so that it loads with ``torch.load(weights_only=True)``. :func:`rng_state` and
+  :meth:`ntm.train.ema.EMA.state_dict` follow that rule, as do the state dicts of ``nn.Module`` and the stock
+  optimizers; store configs as ``model_dump(mode="json")`` dicts. Every write goes to a temporary file in the
+  target directory that is fsynced and then ``os.replace``-d onto the final name, so a crash or SIGKILL at
+  any moment leaves either the previous complete file or the new complete file under that name.
+- a **directory** ``step_<08d>/`` written by ``torch.distributed.checkpoint``, every rank its own shards,
+  with a ``meta.json`` (format, step, world size, config) written last and the directory renamed from
+  ``step_<08d>.tmp-dcp`` once complete (:mod:`ntm.train.dcp`). Read into one process it gives the state a
+  file holds (full tensors, whatever world size wrote it); ``parts`` reads only some entries.
 
-Every write goes to a temporary file in the target directory that is
-fsynced and then ``os.replace``-d onto the final name, so a crash or SIGKILL
-at any moment leaves either the previous complete file or the new complete
-file under that name, never a partial one.
+The training loop's checkpoints hold the raw weights under ``"model"`` and the EMA
+(:meth:`ntm.train.ema.EMA.state_dict`) under ``"ema"``; :func:`sampling_state_dict`,
+:func:`read_sampling_state` and :func:`load_sampling_weights` pick the weights that sampling and
+evaluation use.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import time
 import uuid
 import warnings
@@ -46,6 +49,10 @@ FORMAT_VERSION = 1
 
 _TMP_INFIX = ".tmp-"
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+_DIR_RE = re.compile(r"^step_(\d+)$")
+
+META_FILE = "meta.json"
+"""The file a checkpoint directory is complete with (written last)."""
 
 PathLike = str | os.PathLike[str]
 
@@ -116,28 +123,47 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+def is_checkpoint_dir(path: PathLike) -> bool:
+    """Whether ``path`` is a complete checkpoint directory (one holding ``meta.json``)."""
+    path = Path(path)
+    return path.is_dir() and (path / META_FILE).is_file()
+
+
 def load_checkpoint(
     path: PathLike,
     map_location: Any = "cpu",
     *,
     required: Iterable[str] = (),
     weights_only: bool = True,
+    parts: Iterable[str] | None = None,
 ) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` and return its ``state`` dict.
+    """Read a checkpoint file written by :func:`save_checkpoint`, or a checkpoint directory, and return its state.
 
     ``required`` lists top-level keys the state must hold (e.g. ``("step",
     "model")``). ``weights_only=False`` unpickles arbitrary objects: only for
     trusted files that hold more than plain containers and tensors.
 
+    A directory (:mod:`ntm.train.dcp`) is read into this process on the CPU
+    (``map_location`` does not apply) with full tensors; ``parts`` limits the
+    entries read (e.g. ``("ema",)``; ``()``: only ``format``, ``step`` and
+    ``config``) and ``required`` is checked against what it holds. A file is
+    always read whole.
+
     Raises :class:`CheckpointError` (one line, naming the file) if the file is
     missing, unreadable, corrupt or truncated, not an ntm checkpoint, from a
-    newer format, or lacks a required key.
+    newer format, or lacks a required key; a directory also when it is
+    partial (no ``meta.json``, or a rank's file missing or short).
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
+        if not (path / META_FILE).is_file():
+            raise CheckpointError(f"checkpoint {path} is a directory without {META_FILE}: not a checkpoint, "
+                                  "or a save that did not complete")
+        from ntm.train.dcp import read_checkpoint_dir
+
+        return read_checkpoint_dir(path, parts, required=required, weights_only=weights_only)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=weights_only)
     except OSError as e:
@@ -187,6 +213,22 @@ def sampling_state_dict(state: Mapping[str, Any], weights: Literal["ema", "raw"]
     return dict(state["model"])
 
 
+def read_sampling_state(
+    path: PathLike, weights: Literal["ema", "raw"] = "ema", *, required: Iterable[str] = ()
+) -> dict[str, Any]:
+    """A checkpoint's state as far as sampling needs it: ``step``, ``config`` and the weights
+    :func:`sampling_state_dict` picks. A file is read whole; of a directory only those weights are read
+    (the EMA, or the raw weights for ``"raw"`` or when it has no EMA), never the optimizer. ``required``
+    as for :func:`load_checkpoint`."""
+    path = Path(path)
+    if not is_checkpoint_dir(path):
+        return load_checkpoint(path, required=required)  # a file, or the one-line error of anything else
+    from ntm.train.dcp import checkpoint_parts
+
+    part = "ema" if weights == "ema" and "ema" in checkpoint_parts(path) else "model"
+    return load_checkpoint(path, parts=(part,), required=required)
+
+
 def load_sampling_weights(
     model: nn.Module,
     checkpoint: PathLike | Mapping[str, Any],
@@ -196,8 +238,9 @@ def load_sampling_weights(
 ) -> nn.Module:
     """Load the weights to sample with (see :func:`sampling_state_dict`) into ``model``; returns ``model``.
 
-    ``checkpoint`` is a checkpoint file or an already loaded state; ``path``
-    names the file of a loaded state in error messages. Raises
+    ``checkpoint`` is a checkpoint file or directory (:func:`read_sampling_state`)
+    or an already loaded state; ``path`` names the file of a loaded state in
+    error messages. Raises
     :class:`CheckpointError` (one line, naming the file) if the file cannot be
     loaded or the weights do not fit ``model``. ``model``'s train/eval mode is
     left as it is.
@@ -206,7 +249,7 @@ def load_sampling_weights(
         state = checkpoint
     else:
         path = checkpoint
-        state = load_checkpoint(checkpoint)
+        state = read_sampling_state(checkpoint, weights)
     where = f"checkpoint {path}" if path is not None else "checkpoint"
     try:
         state_dict = sampling_state_dict(state, weights)
@@ -228,35 +271,63 @@ def _load_error_line(err: RuntimeError, limit: int = 240) -> str:
 
 # -- rotating directory -------------------------------------------------------
 class CheckpointManager:
-    """``directory/step_<08d>.pt`` files; the newest ``keep`` survive.
+    """``directory/step_<08d>.pt`` files and ``directory/step_<08d>/`` checkpoint directories; the newest
+    ``keep`` steps survive.
 
     There is no pointer file: every file under a ``step_*.pt`` name is
-    complete (see :func:`save_checkpoint`), so the newest checkpoint is the
-    highest step present, and a kill during any write leaves the previous one
-    in place. Temporary ``*.tmp-*`` files are never picked up; those left by a
-    killed writer are deleted by the next successful :meth:`save`.
+    complete (see :func:`save_checkpoint`), as is every ``step_*`` directory
+    holding ``meta.json`` (it gets its name only once complete, see
+    :meth:`commit`), so the newest checkpoint is the highest step present, and
+    a kill during any write leaves the previous one in place. Temporary
+    ``*.tmp-*`` files and directories are never picked up; those left by a
+    killed writer are deleted by the next successful :meth:`save` or
+    :meth:`commit`. Both formats may sit side by side (a run resumed from a
+    file with ``train.checkpoint_format dcp``); a step with both is read from
+    its directory.
 
-    Only one process (rank 0) should save into a directory.
+    ``format`` is the one :meth:`path_for` names for a step not saved yet.
+    Only one process (rank 0) should save, commit or prune in a directory.
     """
 
-    def __init__(self, directory: PathLike, keep: int | None = 3) -> None:
+    def __init__(self, directory: PathLike, keep: int | None = 3, *, format: Literal["file", "dcp"] = "file") -> None:
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be >= 1 (or None to keep every checkpoint), got {keep}")
+        if format not in ("file", "dcp"):
+            raise ValueError(f"format must be 'file' or 'dcp', got {format!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self.format = format
 
-    def path_for(self, step: int) -> Path:
+    def _file(self, step: int) -> Path:
         return self.directory / f"step_{step:08d}.pt"
 
+    def _dir(self, step: int) -> Path:
+        return self.directory / f"step_{step:08d}"
+
+    def path_for(self, step: int) -> Path:
+        """The checkpoint of ``step``: its directory or file when present, else the name :attr:`format` gives."""
+        if is_checkpoint_dir(self._dir(step)):
+            return self._dir(step)
+        if self._file(step).is_file():
+            return self._file(step)
+        return self._dir(step) if self.format == "dcp" else self._file(step)
+
+    def temp_dir_for(self, step: int) -> Path:
+        """Where a checkpoint directory of ``step`` is written before :meth:`commit` renames it."""
+        return self.directory / f"step_{step:08d}{_TMP_INFIX}dcp"
+
     def steps(self) -> list[int]:
-        """Steps with a complete checkpoint file, ascending."""
+        """Steps with a complete checkpoint (file or directory), ascending."""
         if not self.directory.is_dir():
             return []
-        found = []
+        found = set()
         for entry in self.directory.iterdir():
             m = _STEP_RE.match(entry.name)
             if m and entry.is_file():
-                found.append(int(m.group(1)))
+                found.add(int(m.group(1)))
+            m = _DIR_RE.match(entry.name)
+            if m and is_checkpoint_dir(entry):
+                found.add(int(m.group(1)))
         return sorted(found)
 
     def latest_path(self) -> Path | None:
@@ -265,32 +336,75 @@ class CheckpointManager:
         return self.path_for(steps[-1]) if steps else None
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Atomically write ``state`` as the checkpoint of ``step``, then prune; returns its path."""
+        """Atomically write ``state`` as the checkpoint file of ``step``, then prune; returns its path."""
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         started = time.time()
-        path = self.path_for(step)
+        path = self._file(step)
         save_checkpoint(path, state)
-        self._prune(keep_path=path)
+        self._prune(keep_step=step)
         self._remove_stale_tmp(before=started)
         return path
 
+    def begin(self, step: int) -> float:
+        """Make :meth:`temp_dir_for` ``step`` afresh (a leftover of a killed save is deleted); returns the time,
+        for :meth:`commit`."""
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        started = time.time()
+        tmp = self.temp_dir_for(step)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return started
+
+    def commit(self, step: int, tmp: PathLike, meta: Mapping[str, Any], *, started: float | None = None) -> Path:
+        """Complete the checkpoint directory ``tmp`` of ``step``: write ``meta`` as its ``meta.json`` (fsynced,
+        atomic), rename it to ``step_<08d>`` (replacing one of the same step), then prune and delete
+        temporaries older than ``started``. Returns the final directory."""
+        tmp = Path(tmp)
+        _write_json(tmp / META_FILE, dict(meta))
+        final = self._dir(step)
+        aside = None
+        if final.exists():  # the same step saved again (e.g. a non-finite loss right after a checkpoint)
+            aside = final.with_name(f"{final.name}{_TMP_INFIX}old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, aside)
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        self._prune(keep_step=step)
+        self._remove_stale_tmp(before=time.time() if started is None else started)
+        return final
+
+    def remove(self, step: int) -> None:
+        """Delete the checkpoint of ``step`` (file and directory)."""
+        self._file(step).unlink(missing_ok=True)
+        if self._dir(step).is_dir():
+            shutil.rmtree(self._dir(step))
+
     def load_latest(
-        self, map_location: Any = "cpu", *, required: Iterable[str] = (), fallback: bool = True
+        self,
+        map_location: Any = "cpu",
+        *,
+        required: Iterable[str] = (),
+        fallback: bool = True,
+        parts: Iterable[str] | None = None,
     ) -> tuple[Path, dict[str, Any]] | None:
         """``(path, state)`` of the newest loadable checkpoint, or ``None`` if the directory has none.
 
-        With ``fallback`` an unreadable newest file (e.g. damaged on disk)
-        emits a warning and the next older one is tried; if none loads, the
-        error of the newest is raised.
+        With ``fallback`` an unreadable newest one (e.g. damaged on disk, a
+        rank's file missing) emits a warning and the next older one is tried;
+        if none loads, the error of the newest is raised. ``parts`` applies to
+        directories (see :func:`load_checkpoint`).
         """
         required = tuple(required)
+        parts = None if parts is None else tuple(parts)
         steps = self.steps()
         first_error: CheckpointError | None = None
         for step in reversed(steps):
             path = self.path_for(step)
             try:
-                return path, load_checkpoint(path, map_location, required=required)
+                return path, load_checkpoint(path, map_location, required=required, parts=parts)
             except CheckpointError as e:
                 if not fallback:
                     raise
@@ -300,26 +414,44 @@ class CheckpointManager:
             raise first_error
         return None
 
-    def _prune(self, keep_path: Path) -> None:
+    def _prune(self, keep_step: int) -> None:
         if self.keep is None:
             return
         steps = self.steps()
         for step in steps[: max(len(steps) - self.keep, 0)]:
-            path = self.path_for(step)
-            if path != keep_path:
-                path.unlink(missing_ok=True)
+            if step != keep_step:
+                self.remove(step)
 
     def _remove_stale_tmp(self, before: float) -> None:
-        """Delete ``step_*.pt.tmp-*`` files last modified before ``before`` (left by killed writers)."""
+        """Delete ``step_*.pt.tmp-*`` files and ``step_*.tmp-*`` directories last modified before ``before`` (left by
+        killed writers)."""
         for entry in self.directory.iterdir():
             name, sep, _ = entry.name.partition(_TMP_INFIX)
-            if not (sep and _STEP_RE.match(name)):
+            if not (sep and (_STEP_RE.match(name) or _DIR_RE.match(name))):
                 continue
             try:
                 if entry.stat().st_mtime < before:
-                    entry.unlink()
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (fsynced temporary file renamed onto it)."""
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 # -- RNG --------------------------------------------------------------------
