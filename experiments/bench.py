@@ -47,7 +47,7 @@ from ntm.denoisers.learned import DENOISER_DIR
 from ntm.losses import FlowMatchingConfig
 from ntm.predictors import GaussianHeadConfig, PosteriorPredictorConfig, PredictorConfig, VelocityTransformerConfig
 from ntm.samplers import AncestralConfig, EulerConfig, HeunConfig, ODEConfig, SamplerConfig
-from ntm.train.checkpoint import CheckpointManager, load_checkpoint, load_sampling_weights
+from ntm.train.checkpoint import CheckpointManager, load_checkpoint, load_sampling_weights, read_sampling_state
 from ntm.train.init import initialize_from
 from ntm.train.logging import Progress
 from ntm.train.loop import train
@@ -499,7 +499,7 @@ def train_or_reuse(exp: Experiment, data: DataSource) -> torch.nn.Module:
     manager = CheckpointManager(run_dir / "checkpoints")
     latest = manager.latest_path()
     if latest is not None:
-        state = load_checkpoint(latest)
+        state = read_sampling_state(latest)
         if upgrade_saved_config(state["config"]) == exp.model_dump(mode="json") and state["step"] >= exp.train.steps:
             return load_sampling_weights(build_model(exp, data), state, path=latest).eval()
     result = train(train_job(exp, data, resume=latest is not None))
@@ -594,7 +594,7 @@ def distill_or_reuse(exp: Experiment, steps: int, network: LearnedDenoiserConfig
     args = DistillArgs(run=run, steps=steps, width=network.width, depth=network.depth, num_heads=network.num_heads,
                        device=device, num_eval=min(512, exp.eval.num_examples or 512))
     if latest is not None:
-        state = load_checkpoint(latest)
+        state = load_checkpoint(latest, parts=())  # its config (a directory: nothing else is read)
         saved = state.get("config") or {}
         same = (teacher is not None and saved.get("teacher") == teacher.name
                 and {k: v for k, v in (saved.get("network") or {}).items() if k != "weights"} == network.architecture())
@@ -759,7 +759,7 @@ def _snapshot(exp: Experiment, data: DataSource, step: int, device: torch.device
         initialize_from(model, exp.init)
     else:
         path = CheckpointManager(Path(exp.resolved_run_dir) / "checkpoints").path_for(step)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{exp.name}: no checkpoint at step {step} ({path}); the curve needs "
                                     "train.checkpoint_every and keep_checkpoints to keep it")
         load_sampling_weights(model, path)

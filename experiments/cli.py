@@ -1,4 +1,4 @@
-"""The ``ntm`` command: ``train``, ``sample``, ``eval``, ``bench``, ``shards`` (tyro).
+"""The ``ntm`` command: ``train``, ``sample``, ``eval``, ``export``, ``bench``, ``shards`` (tyro).
 
     ntm train digits-ntm                                   # a preset
     ntm train toy-ntm transporter:identity --predictor.depth 6
@@ -8,6 +8,7 @@
     ntm finetune --from runs/digits-flow-matching           # an NTM started from a flow-matching teacher
     ntm sample --run runs/digits-ntm --guidance 1.5 --steps 4
     ntm eval --run runs/digits-ntm
+    ntm export --run runs/digits-ntm                        # one file: the EMA weights and config, to share or sample
     ntm distill --run runs/digits-ntm && ntm sample --run runs/digits-ntm --denoiser learned   # one-pass denoiser
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
     ntm bench latency --out runs/bench-latency              # time to one image vs a deep-shallow AR flow
@@ -58,11 +59,12 @@ from ntm.denoisers import DENOISERS, DenoiserConfig
 from ntm.denoisers.learned import DenoiserNotTrained
 from ntm.forward import ScheduleError
 from ntm.train.checkpoint import (
-    CheckpointError, CheckpointManager, check_config_matches, load_checkpoint, load_sampling_weights,
+    CheckpointError, CheckpointManager, check_config_matches, load_sampling_weights, read_sampling_state,
+    sampling_state_dict, save_checkpoint,
 )
 from ntm.train.config import RESUMABLE_FIELDS
 from ntm.train.errors import NonFiniteLossError, TrainingError
-from ntm.train.loop import CHECKPOINT_KEYS, train
+from ntm.train.loop import train
 from ntm.viz import captioned_rows, save_png
 from registry import ConfigError, RegistryError, did_you_mean
 from registry.cli import config_error, parse
@@ -312,7 +314,7 @@ def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
         checkpoint = CheckpointManager(Path(run) / "checkpoints").latest_path()
         if checkpoint is None:
             raise CheckpointError(f"no checkpoint in {Path(run) / 'checkpoints'}")
-    state = load_checkpoint(checkpoint, required=CHECKPOINT_KEYS)
+    state = read_sampling_state(checkpoint, weights, required=("step", "config"))
     saved = state["config"]
     with contextlib.suppress(pydantic.ValidationError):  # a config in an older layout, read as today's
         saved = Experiment.model_validate(saved).model_dump(mode="json")
@@ -327,7 +329,7 @@ class SampleArgs:
     run: Path
     """Run directory (holds config.json and checkpoints/)."""
     checkpoint: Path | None = None
-    """A specific checkpoint file (default: the run's newest)."""
+    """A specific checkpoint: a file, a checkpoint directory, or an ntm export file (default: the run's newest)."""
     weights: Literal["ema", "raw"] = "ema"
     """EMA weights (default) or the raw training weights."""
     steps: int | None = None
@@ -443,7 +445,7 @@ class EvalArgs:
     run: Path
     """Run directory (holds config.json and checkpoints/)."""
     checkpoint: Path | None = None
-    """A specific checkpoint file (default: the run's newest)."""
+    """A specific checkpoint: a file, a checkpoint directory, or an ntm export file (default: the run's newest)."""
     weights: Literal["ema", "raw"] = "ema"
     """EMA weights (default) or the raw training weights."""
     steps: tuple[int, ...] | None = None
@@ -717,6 +719,55 @@ def shards_command(args: list[str]) -> int:
     return 0
 
 
+# -- export ---------------------------------------------------------------------------
+EXPORT_FORMAT = "ntm-export-1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportArgs:
+    """Write a run's sampling weights and config as one file (atomic): for sharing, or for ntm sample --checkpoint.
+    Reads only those weights from a sharded checkpoint directory, whatever world size wrote it."""
+
+    run: Path
+    """Run directory (holds config.json and checkpoints/)."""
+    checkpoint: Path | None = None
+    """A specific checkpoint file or directory (default: the run's newest)."""
+    weights: Literal["ema", "raw"] = "ema"
+    """EMA weights (default) or the raw training weights."""
+    out: Path | None = None
+    """Output file (default: <run>/export/step_<08d>-<weights>.pt); replaced atomically if it exists."""
+
+
+def export_command(args: list[str]) -> int:
+    a = run_tyro(tyro.cli, ExportArgs, prog="ntm export", argv=args)
+    exp = load_experiment(Path(a.run) / "config.json")
+    checkpoint = a.checkpoint or CheckpointManager(Path(a.run) / "checkpoints").latest_path()
+    if checkpoint is None:
+        raise CheckpointError(f"no checkpoint in {Path(a.run) / 'checkpoints'}")
+    state = read_sampling_state(checkpoint, a.weights, required=("step", "config"))
+    saved = state["config"]
+    with contextlib.suppress(pydantic.ValidationError):  # a config in an older layout, read as today's
+        saved = Experiment.model_validate(saved).model_dump(mode="json")
+    check_config_matches(saved, exp.model_dump(mode="json"), ignore=RESUMABLE_FIELDS, path=checkpoint)
+    try:
+        tensors = sampling_state_dict(state, a.weights)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {checkpoint}: {e}") from None
+    step = int(state["step"])
+    payload: dict[str, Any] = {"format": EXPORT_FORMAT, "step": step, "config": state["config"],
+                               "source": str(checkpoint)}
+    if a.weights == "ema" and "ema" in state:
+        payload["ema"] = state["ema"]
+    else:
+        payload["model"] = tensors
+    out = a.out or Path(a.run) / "export" / f"step_{step:08d}-{a.weights}.pt"
+    save_checkpoint(out, payload)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    print(f"exported {checkpoint} ({a.weights} weights, step {step}, {len(tensors)} tensors, {size / 2**20:.1f} MiB) "
+          f"-> {out}")
+    return 0
+
+
 def finetune_command(args: list[str]) -> int:
     from experiments.finetune import finetune_command as run
 
@@ -726,7 +777,7 @@ def finetune_command(args: list[str]) -> int:
 # -- entry point ----------------------------------------------------------------------
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "finetune": finetune_command, "sample": sample_command, "eval": eval_command,
-    "bench": bench_command, "shards": shards_command,
+    "bench": bench_command, "shards": shards_command, "export": export_command,
     "distill": lambda a: __import__("experiments.distill", fromlist=["_"]).distill_command(a),
     "autoencoder": lambda a: __import__("experiments.autoencoder", fromlist=["_"]).autoencoder_command(a),
     "ablate": lambda a: __import__("experiments.ablate", fromlist=["_"]).ablate_command(a),

@@ -23,7 +23,7 @@ from experiments.cli import TrainRequest, UsageError, _check_preset, _pop_flag, 
 from experiments.config import Experiment
 from experiments.presets import PRESETS
 from ntm.predictors import PREDICTORS, PosteriorPredictorConfig
-from ntm.train.checkpoint import load_checkpoint
+from ntm.train.checkpoint import is_checkpoint_dir, load_checkpoint
 from ntm.train.init import InitConfig, checkpoint_path
 from ntm.transporters import TRANSPORTERS, IdentityConfig
 from registry.cli import config_error, parse
@@ -47,13 +47,13 @@ def finetune_presets() -> dict[str, Experiment]:
 def load_teacher(source: str) -> Experiment:
     """The experiment of a run directory or checkpoint file, checked to be a flow-matching model."""
     path = Path(source)
-    if path.is_dir():
+    if path.is_dir() and not is_checkpoint_dir(path):
         from experiments.cli import load_experiment
 
         teacher = load_experiment(path / "config.json")
         checkpoint_path(path)  # the run must hold trained weights
     else:
-        state = load_checkpoint(checkpoint_path(path))
+        state = load_checkpoint(checkpoint_path(path), parts=())  # the config (a directory: nothing else is read)
         try:
             teacher = Experiment.model_validate(state["config"])
         except pydantic.ValidationError as e:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ntm.autoencoders.base import AUTOENCODERS, Autoencoder, AutoencoderConfig, AutoencoderError
-from ntm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ntm.train.checkpoint import CheckpointError, is_checkpoint_dir, load_checkpoint, save_checkpoint
 
 FILE_NAME = "autoencoder.pt"
 KIND = "ntm-autoencoder-1"
@@ -17,6 +17,9 @@ KIND = "ntm-autoencoder-1"
 def resolve(path: str | Path) -> Path:
     """An autoencoder run directory (its ``autoencoder.pt``) or the file itself -> the file."""
     path = Path(path).expanduser()
+    if is_checkpoint_dir(path):
+        raise AutoencoderError(f"{path} is not an autoencoder file (an ntm run checkpoint? pass the autoencoder run's "
+                               f"directory or its {FILE_NAME})")
     if path.is_dir():
         candidate = path / FILE_NAME
         if not candidate.is_file():

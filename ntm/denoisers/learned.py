@@ -33,7 +33,7 @@ from ntm.forward import interpolant as I
 from ntm.losses.base import Loss, LossOutput
 from ntm.nn.backbone import TokenTransformer
 from ntm.spec import ModelDims
-from ntm.train.checkpoint import CheckpointManager, load_checkpoint, sampling_state_dict
+from ntm.train.checkpoint import CheckpointManager, is_checkpoint_dir, read_sampling_state, sampling_state_dict
 from ntm.train.errors import CheckpointError
 
 DENOISER_DIR = "denoiser"
@@ -162,14 +162,14 @@ def distilled_config(config: LearnedDenoiserConfig, dims: ModelDims) -> dict[str
 def load_distilled(path: str | Path) -> DenoiserNet:
     """``D_phi`` with its EMA weights from a distillation directory (newest checkpoint) or checkpoint file."""
     path = Path(path)
-    if path.is_dir() or not path.exists():
+    if (path.is_dir() and not is_checkpoint_dir(path)) or not path.exists():
         checkpoint = CheckpointManager(path / "checkpoints").latest_path()
         if checkpoint is None:
             run = f" --run {path.parent}" if path.name == DENOISER_DIR else " --run RUN"
             raise DenoiserNotTrained(f"no distilled denoiser in {path} (no checkpoint); run `ntm distill{run}` first")
     else:
         checkpoint = path
-    state = load_checkpoint(checkpoint, required=("config",))
+    state = read_sampling_state(checkpoint, required=("config",))
     try:
         saved = state["config"]
         config = LearnedDenoiserConfig.model_validate(saved["network"])

@@ -79,6 +79,12 @@ class TrainConfig(ComponentConfig):
     """Steps between checkpoints (the final step is always saved)."""
     keep_checkpoints: int = pydantic.Field(2, ge=1)
     """How many recent checkpoints to keep."""
+    checkpoint_format: Literal["dcp", "file"] = "dcp"
+    """'dcp': a directory per checkpoint, each rank writing its own shards (torch.distributed.checkpoint;
+    resumes at any world size); 'file': one file of the gathered state, written by rank 0. Both load everywhere."""
+    async_checkpoint: bool = False
+    """Write dcp checkpoints in the background while training goes on (a host-memory copy of each rank's
+    shards meanwhile); at most one save in flight."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train ('auto': CUDA when available)."""
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -107,7 +113,8 @@ class TrainConfig(ComponentConfig):
         return min(self.warmup_steps, self.steps)
 
 
-# Fields that may change when a run resumes (more steps, other logging cadence, another device).
+# Fields that may change when a run resumes (more steps, other logging cadence, another device, another checkpoint
+# format, another split of the global batch over ranks and micro-batches, FSDP or DDP).
 RESUMABLE_FIELDS = frozenset(
     {
         "train.steps",
@@ -115,6 +122,10 @@ RESUMABLE_FIELDS = frozenset(
         "train.sample_every",
         "train.checkpoint_every",
         "train.keep_checkpoints",
+        "train.checkpoint_format",
+        "train.async_checkpoint",
+        "train.grad_accum",
+        "train.parallel",
         "train.device",
         "train.threads",
         "run_dir",

@@ -16,7 +16,7 @@ import pydantic
 import torch
 from torch import nn
 
-from ntm.train.checkpoint import CheckpointManager, load_checkpoint, sampling_state_dict
+from ntm.train.checkpoint import CheckpointManager, is_checkpoint_dir, read_sampling_state, sampling_state_dict
 from ntm.train.errors import CheckpointError
 from registry import ComponentConfig
 
@@ -31,8 +31,10 @@ class InitConfig(ComponentConfig):
 
 
 def checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run directory; one-line errors name the path."""
+    """A checkpoint file or directory, or the newest checkpoint of a run directory; one-line errors name the path."""
     path = Path(path)
+    if is_checkpoint_dir(path):
+        return path
     if path.is_dir():
         latest = CheckpointManager(path / "checkpoints").latest_path()
         if latest is None:
@@ -58,7 +60,7 @@ def mapped_state(source: dict[str, torch.Tensor], mapping: dict[str, tuple[str, 
 def initialize_from(model: nn.Module, config: InitConfig) -> None:
     """Copy the mapped source weights into ``model`` (shapes must agree; unmapped weights keep their init)."""
     path = checkpoint_path(config.path)
-    state = load_checkpoint(path)
+    state = read_sampling_state(path, "raw" if config.weights == "raw" else "ema")
     weights = mapped_state(sampling_state_dict(state, config.weights), config.mapping)
     own = model.state_dict()
     for name, tensor in weights.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ntm.data.base import DataSource
@@ -32,6 +33,7 @@ from ntm.train.checkpoint import (
     set_rng_state,
 )
 from ntm.train.config import RESUMABLE_FIELDS, TrainConfig
+from ntm.train.dcp import ShardedCheckpointer, load_training_state, training_state
 from ntm.train.ema import EMA
 from ntm.train.errors import NonFiniteLossError, TrainingError
 from ntm.train.logging import Progress, RunLogger
@@ -232,7 +234,7 @@ def train(job: TrainJob) -> TrainResult:
     per_rank = cfg.batch_size // ctx.world_size
     micro = per_rank // cfg.grad_accum
     run_dir = Path(job.run_dir)
-    checkpoints = CheckpointManager(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", keep=cfg.keep_checkpoints, format=cfg.checkpoint_format)
     existing = checkpoints.latest_path()
     if existing is not None and not job.resume:
         raise TrainingError(f"{run_dir} already holds checkpoints ({existing.name}); pass --resume or another run_dir")
@@ -256,18 +258,28 @@ def train(job: TrainJob) -> TrainResult:
     logger = RunLogger(run_dir, enabled=ctx.is_main)
 
     # -- resume -----------------------------------------------------------------
+    # A file checkpoint (every rank reads it whole) or a directory (each rank reads what its shards need,
+    # whatever world size wrote it; see ntm.train.dcp); the config is checked before any weight is read.
     start_step = 0
+    sharded = None
+    if cfg.checkpoint_format == "dcp":
+        sharded = ShardedCheckpointer(checkpoints, ctx.rank, ctx.world_size, async_save=cfg.async_checkpoint,
+                                      meta={"parallel": cfg.parallel, "config": job.config})
     if resuming:
-        path, state = checkpoints.load_latest(required=CHECKPOINT_KEYS)
+        path, state = checkpoints.load_latest(required=CHECKPOINT_KEYS, parts=())
         saved = (job.upgrade_config or _with_added_train_defaults)(state["config"])
         check_config_matches(saved, job.config, ignore=RESUMABLE_FIELDS, path=path)
-        D.load_full_state_dict(model, state["model"])
-        D.load_optimizer_state(model, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _load_ema(ema, state["ema"])
-        if "rng" in state:
-            set_rng_state(state["rng"])
-        start_step = int(state["step"])
+        if path.is_dir():
+            start_step = load_training_state(path, inner, optimizer, scheduler, ema, ctx.rank, ctx.world_size)
+        else:
+            D.load_full_state_dict(model, state["model"])
+            D.load_optimizer_state(model, optimizer, state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _load_ema(ema, state["ema"])
+            if "rng" in state:
+                set_rng_state(state["rng"])
+            start_step = int(state["step"])
+        del state
         if ctx.is_main:
             print(f"resumed from {path} at step {start_step}", flush=True)
 
@@ -276,7 +288,11 @@ def train(job: TrainJob) -> TrainResult:
         (run_dir / "config.json").write_text(json.dumps(job.config, indent=2) + "\n")
         (run_dir / "data_stats.json").write_text(json.dumps(job.data.stats(), indent=2) + "\n")
 
-    def save(step: int) -> Path | None:
+    def save(step: int, block: bool = False) -> Path | None:
+        """Checkpoint ``step`` (collective); its path on rank 0 once written (an async save: with ``block``)."""
+        if sharded is not None:
+            return sharded.save(step, training_state(inner, optimizer, scheduler, ema, ctx.rank, ctx.world_size, step),
+                                block=block)
         state = {
             "format": FORMAT,
             "step": step,
@@ -334,7 +350,7 @@ def train(job: TrainJob) -> TrainResult:
             loss_value = ctx.all_mean(step_loss.item())
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm.item())):
                 optimizer.zero_grad(set_to_none=True)
-                path = save(step)
+                path = save(step, block=True)
                 raise NonFiniteLossError(
                     f"non-finite loss at step {step} (loss {loss_value}, grad norm {grad_norm.item()}); "
                     f"stopped, last good state saved to {path or checkpoints.path_for(step)}"
@@ -364,8 +380,12 @@ def train(job: TrainJob) -> TrainResult:
                 window_start, window_examples, window_loss, window_count = time.monotonic(), 0, 0.0, 0
             if cfg.sample_every and job.preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
                 _preview(job, ema, ctx, logger, step, run_dir)
+            if sharded is not None:
+                sharded.poll()  # commit a finished background save
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
+        if sharded is not None:
+            sharded.wait()
     except BaseException:
         D.shutdown(ctx, clean=False)
         raise
@@ -425,9 +445,18 @@ def _metric_means(metrics: dict[str, tuple[Tensor, int]], ctx: D.DistContext) ->
 
 
 def _full_ema_state(ema: EMA) -> dict[str, Any]:
+    """The EMA's state with full CPU tensors on rank 0 (one tensor gathered at a time; collective under FSDP).
+    Other ranks take part in the gathers and keep nothing: their shadow and buffers come back empty."""
+    keep = not dist.is_initialized() or dist.get_rank() == 0
     state = ema.state_dict()
-    state["shadow"] = {k: D.full_tensor(v).detach().cpu() for k, v in state["shadow"].items()}
-    state["buffers"] = {k: D.full_tensor(v).detach().cpu() for k, v in state["buffers"].items()}
+    for key in ("shadow", "buffers"):
+        out = {}
+        for name, value in state[key].items():
+            full = D.full_tensor(value).detach()
+            if keep:
+                out[name] = full.cpu()
+            del full
+        state[key] = out
     return state
 
 

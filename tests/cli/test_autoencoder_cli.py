@@ -114,7 +114,7 @@ def test_resume_continues_from_the_checkpoint_to_more_steps(ae_run, tmp_path, ca
     rc, out, err = run(["autoencoder", "train", "digits-ae", "--train.steps", "40", *AE_TINY, "--run-dir", resumed,
                         "--resume"], capsys)
     assert rc == 0, err
-    assert f"resumed from {resumed / 'checkpoints' / 'step_00000030.pt'} at step 30" in out
+    assert f"resumed from {resumed / 'checkpoints' / 'step_00000030'} at step 30" in out
     assert CheckpointManager(resumed / "checkpoints").steps() == [30, 40]
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()
              if "step_loss" in json.loads(line)]

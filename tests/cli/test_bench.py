@@ -58,7 +58,7 @@ def test_bench_toy_runs_end_to_end(tmp_path, capsys):
     assert {r["K"] for r in rows if r["model"] == "flow-matching-curve"} == {64}
     # the finetuned runs start from the teacher's final checkpoint
     config = json.loads((out / "runs" / "toy-finetuned-K4" / "config.json").read_text())
-    assert config["init"]["path"] == str(out / "runs" / "toy-flow-matching" / "checkpoints" / "step_00000003.pt")
+    assert config["init"]["path"] == str(out / "runs" / "toy-flow-matching" / "checkpoints" / "step_00000003")
     mixture = json.loads((out / "mixture.json").read_text())
     assert len(mixture["weights"]) == 8 and "4" in mixture["t_schedule"]
     for name in ("results.md", "quality_vs_nfe.png", "quality_vs_wall.png", "energy_distance_vs_finetune_steps.png",

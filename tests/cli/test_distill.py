@@ -43,7 +43,7 @@ def refuse(*args, **kwargs):
 def test_distill_writes_the_denoiser_and_sample_uses_it_without_decoding(distilled, tmp_path, monkeypatch, capsys):
     out = distilled / "denoiser"
     cfg = DistillConfig.model_validate(json.loads((out / "config.json").read_text()))
-    assert cfg.network.width == 16 and cfg.train.steps == 3 and cfg.teacher == "step_00000003.pt"
+    assert cfg.network.width == 16 and cfg.train.steps == 3 and cfg.teacher == "step_00000003"
     final = json.loads((out / "final.json").read_text())
     assert final["steps"] == 3 and math.isfinite(final["mse"]) and math.isfinite(final["psnr_db"])
     assert final["heldout"]["4"]["examples"] == 16 and final["sampled"]["K"] == 4
@@ -65,7 +65,7 @@ def test_distill_writes_the_denoiser_and_sample_uses_it_without_decoding(distill
 def test_distill_resumes_and_refuses_to_start_over_or_change_the_network(distilled, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(distilled, run)
-    fails(["distill", "--run", str(run), "--steps", "5"], capsys, "already holds a distilled denoiser (step_00000003.pt); "
+    fails(["distill", "--run", str(run), "--steps", "5"], capsys, "already holds a distilled denoiser (step_00000003); "
           "pass --resume")
     fails(["distill", "--run", str(run), "--steps", "5", "--resume", "--width", "32"], capsys,
           "was written by a different config: field network.width: 16 != 32")

@@ -93,8 +93,9 @@ def test_corrupt_or_missing_checkpoints(tmp_path, capsys):
     garbage.write_bytes(b"\x00not a checkpoint")
     fails(["eval", "--run", str(run_dir), "--checkpoint", str(garbage)], capsys, str(garbage))
     fails(["sample", "--run", str(tmp_path / "nowhere")], capsys, "config.json does not exist")
-    for ckpt in (run_dir / "checkpoints").glob("*.pt"):
-        ckpt.unlink()
+    manager = CheckpointManager(run_dir / "checkpoints")
+    for step in manager.steps():
+        manager.remove(step)
     fails(["eval", "--run", str(run_dir)], capsys, "no checkpoint in")
 
 

@@ -5,13 +5,14 @@ global batch B must reproduce ``ntm train toy-ntm --train.grad-accum 2`` with th
 same B: the noise of micro-batch ``chunk = rank * grad_accum + micro`` is keyed by
 ``(seed, step, chunk)`` and the data source hands rank r the r-th slice of the
 global batch, so per-step losses, gradient norms and weights agree up to float
-summation order. The runs also check that only rank 0 logs and checkpoints, that
-the EMA gathers for previews (``--train.sample-every``, a collective under FSDP)
-do not deadlock, and that both ranks exit with status 0.
+summation order. The runs also check that only rank 0 logs and commits
+checkpoints (every rank writes its own shards of them), that the EMA gathers for
+previews (``--train.sample-every``, a collective under FSDP) do not deadlock, and
+that both ranks exit with status 0.
 
 Each torchrun worker gets a ``sitecustomize`` (via ``PYTHONPATH``) that records
-every ``CheckpointManager.save`` call with the caller's rank, so "written once,
-by rank 0" is observed directly rather than inferred from the files.
+every ``CheckpointManager.save`` and ``.commit`` call with the caller's rank, so
+"completed once, by rank 0" is observed directly rather than inferred from the files.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from ntm.train.checkpoint import load_checkpoint
+from ntm.train.checkpoint import CheckpointManager, load_checkpoint
+from ntm.train.dcp import bytes_per_rank
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
@@ -64,14 +66,21 @@ if "LOCAL_RANK" in os.environ and os.environ.get("NTM_TEST_SAVE_LOG"):  # torchr
 
     from ntm.train.checkpoint import CheckpointManager
 
-    _save = CheckpointManager.save
+    _save, _commit = CheckpointManager.save, CheckpointManager.commit
 
-    def save(self, step, state):
+    def record(step):
         with open(os.environ["NTM_TEST_SAVE_LOG"], "a") as f:
             f.write(f"{os.environ.get('RANK', '0')} {step}\\n")
+
+    def save(self, step, state):
+        record(step)
         return _save(self, step, state)
 
-    CheckpointManager.save = save
+    def commit(self, step, *args, **kwargs):
+        record(step)
+        return _commit(self, step, *args, **kwargs)
+
+    CheckpointManager.save, CheckpointManager.commit = save, commit
 '''
 
 # Variables a surrounding torchrun / launcher could leak into the children.
@@ -158,7 +167,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _last_checkpoint(run_dir: Path) -> dict:
-    return load_checkpoint(run_dir / "checkpoints" / f"step_{STEPS:08d}.pt")
+    return load_checkpoint(CheckpointManager(run_dir / "checkpoints").path_for(STEPS))
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +208,10 @@ def test_two_ranks_match_one_process(reference: Path, tmp_path: Path, strategy: 
                                    msg=lambda m, n=name: f"ema {n}: {m}")
     assert set(have["optimizer"]["state"]) == set(want["optimizer"]["state"])
 
-    # -- rank 0 alone logs and checkpoints, each checkpoint once
-    assert sorted(saves) == [(0, 2), (0, STEPS)], f"checkpoint saves (rank, step): {saves}"
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002.pt", f"step_{STEPS:08d}.pt"]
+    # -- rank 0 alone logs and completes checkpoints, each once; both ranks wrote their shards
+    assert sorted(saves) == [(0, 2), (0, STEPS)], f"checkpoint commits (rank, step): {saves}"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002", f"step_{STEPS:08d}"]
+    assert sorted(bytes_per_rank(run_dir / "checkpoints" / f"step_{STEPS:08d}")) == [0, 1]
     assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 1, "more than one TensorBoard writer"
     assert out.count(f"trained toy-ntm: {STEPS} steps") == 1
     assert out.count(f"step {STEPS}/{STEPS} ") == 1
