@@ -29,6 +29,7 @@ from ntm.conditioning.base import ConditionEncoder
 from ntm.conditioning.condition import Cond, Condition
 from ntm.distributions import Distribution
 from ntm.forward import FORWARD_PROCESSES, MarkovConfig, MarkovProcess
+from ntm.nn.init import reset
 from ntm.predictors import PREDICTORS, Predictor, TransformerPredictorConfig
 from ntm.spec import ModelDims
 from ntm.transporters import TRANSPORTERS, TarFlowConfig, Transporter
@@ -125,6 +126,15 @@ class NTM(nn.Module):
                 device = next(iter(self.parameters())).device
             return torch.full((batch,), self.dims.num_classes, dtype=torch.long, device=device)
         return None
+
+    def reset_parameters(self) -> None:
+        """Re-draw the initial weights as construction drew them (meta-device init: :mod:`ntm.nn.init`): the
+        condition encoder's first (it is built before the model, an argument of :meth:`NTMConfig.build`), then the
+        transporter's and the predictor's."""
+        if self.condition_encoder is not None:
+            reset(self.condition_encoder)
+        reset(self.transporter)
+        reset(self.predictor)
 
     def _components(self) -> list[tuple[str, nn.Module]]:
         parts = [("transporter", self.transporter), ("predictor", self.predictor)]

@@ -42,6 +42,7 @@ from ntm.conditioning.base import (
 )
 from ntm.conditioning.condition import Condition
 from ntm.nn.attention import Attention
+from ntm.nn.init import full_parameters, reset
 from ntm.nn.layers import MLP
 from ntm.spec import ModelDims
 
@@ -240,6 +241,17 @@ class SmallTextEncoder(TokenTextEncoder):
         self.norm = nn.LayerNorm(width)
         self.null_pooled = nn.Parameter(torch.randn(width) * 0.02)
         self.null_token = nn.Parameter(torch.randn(width) * 0.02)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`)."""
+        with full_parameters(self.embed):
+            self.embed.reset_parameters()
+            nn.init.normal_(self.embed.weight, std=0.02)
+        self.pos.copy_(torch.randn(self.pos.shape) * 0.01)
+        reset(self.blocks)
+        reset(self.norm)
+        self.null_pooled.copy_(torch.randn(self.null_pooled.shape) * 0.02)
+        self.null_token.copy_(torch.randn(self.null_token.shape) * 0.02)
 
     def forward(self, ids: Tensor) -> Condition:
         ids, null, end, mask = self.read_ids(ids)

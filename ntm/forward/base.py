@@ -15,8 +15,10 @@ class ScheduleError(ValueError):
 
 
 def validate_times(times: Tensor, where: str = "schedule") -> Tensor:
-    """Check ``0 < t_0 < t_1 < ... < t_K = 1`` and return ``times`` (float64)."""
-    times = torch.as_tensor(times, dtype=torch.float64)
+    """Check ``0 < t_0 < t_1 < ... < t_K = 1`` and return ``times`` (float64, on the CPU whatever the default device)."""
+    if isinstance(times, Tensor) and times.is_meta:
+        raise ScheduleError(f"{where}: times on the meta device have no values to check (build them on the CPU)")
+    times = torch.as_tensor(times, dtype=torch.float64, device="cpu")
     if times.ndim != 1 or times.numel() < 2:
         raise ScheduleError(f"{where}: need at least two times t_0 < t_K, got {times.tolist()}")
     if not torch.isfinite(times).all():
@@ -40,10 +42,13 @@ class Schedule(ABC):
         return num_steps >= 1
 
     def times(self, num_steps: int) -> Tensor:
-        """Validated float64 tensor ``(K + 1,)``."""
+        """Validated float64 tensor ``(K + 1,)`` on the CPU, also under another default device (e.g. a meta-device
+        build: ``torch.device("meta")``), whose tensors hold no values to check."""
         if not self.supports(num_steps):
             raise ScheduleError(f"{type(self).__name__} does not define K = {num_steps}")
-        return validate_times(self._times(num_steps), where=f"{type(self).__name__}(K={num_steps})")
+        with torch.device("cpu"):
+            times = self._times(num_steps)
+        return validate_times(times, where=f"{type(self).__name__}(K={num_steps})")
 
 
 SCHEDULES: Registry[Schedule] = Registry("schedule", base=Schedule)

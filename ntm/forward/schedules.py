@@ -59,7 +59,7 @@ class ExplicitConfig(ComponentConfig):
     @pydantic.field_validator("times")
     @classmethod
     def _check(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        validate_times(torch.tensor(v, dtype=torch.float64), where="times")
+        validate_times(torch.tensor(v, dtype=torch.float64, device="cpu"), where="times")
         return v
 
     def build(self) -> "ExplicitSchedule":

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ntm.nn.init import reset_children
+
 MaskKind = Literal["full", "causal"]
 
 
@@ -95,6 +97,12 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`)."""
+        reset_children(self)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ntm.nn.attention import KVCache
 from ntm.nn.embeddings import ConditionEmbedding, TimeEmbedding
+from ntm.nn.init import reset
 from ntm.nn.layers import AdaLNBlock, FinalLayer
 
 if TYPE_CHECKING:
@@ -52,6 +53,13 @@ class TokenTransformer(nn.Module):
             AdaLNBlock(width, num_heads, width, mlp_ratio, layer_index=i, cross_attention=cross) for i in range(depth)
         )
         self.final = FinalLayer(width, width, out_dim)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`)."""
+        reset(self.in_proj)
+        self.pos.copy_(torch.randn(self.pos.shape) * 0.02)
+        for module in (self.time_embeds, self.cond_embed, self.blocks, self.final):
+            reset(module)
 
     def context(self, times: tuple[Tensor, ...], cond: Cond) -> Tensor:
         """``(B, width)`` from ``num_times`` ``(B,)`` times and the condition (``None``, labels or a Condition)."""

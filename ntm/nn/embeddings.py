@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ntm.nn.init import full_parameters
+
 
 def sinusoidal(t: Tensor, dim: int, max_period: float = 10_000.0, scale: float = 1000.0) -> Tensor:
     """``(B,)`` times in [0, 1] -> ``(B, dim)`` sinusoidal features of ``scale * t``."""
@@ -43,6 +45,12 @@ class LabelEmbedding(nn.Module):
         self.num_classes = num_classes
         self.table = nn.Embedding(num_classes + 1, dim)
         nn.init.normal_(self.table.weight, std=0.02)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`)."""
+        with full_parameters(self.table):
+            self.table.reset_parameters()
+            nn.init.normal_(self.table.weight, std=0.02)
 
     def null(self, batch: int, device: torch.device) -> Tensor:
         return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)

@@ -7,6 +7,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from ntm.nn.attention import Attention, CrossAttention, KVCache, MaskKind
+from ntm.nn.init import reset_children
 
 
 class MLP(nn.Module):
@@ -59,6 +60,12 @@ class AdaLNBlock(nn.Module):
         else:
             self.cross = None
 
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`)."""
+        reset_children(self)
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
     def forward(
         self, x: Tensor, c: Tensor, mask: MaskKind | Tensor = "full", cache: KVCache | None = None,
         context: tuple[Tensor, Tensor] | None = None,
@@ -80,6 +87,13 @@ class FinalLayer(nn.Module):
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
         self.linear = nn.Linear(dim, out)
+        for layer in (self.ada[1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`)."""
+        reset_children(self)
         for layer in (self.ada[1], self.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ntm.distributions import Gaussian
 from ntm.forward import interpolant as I
 from ntm.nn.backbone import TokenTransformer
+from ntm.nn.init import reset
 from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig, VelocityPredictor
 from ntm.spec import ModelDims
 from registry import ComponentConfig, Registry
@@ -127,6 +128,20 @@ class PosteriorPredictor(Predictor):
             if not hidden:
                 raise ValueError("learned_scale needs an x-hat model that returns hidden states")
             self.scale = nn.Linear(hidden, dims.token_dim)
+            nn.init.zeros_(self.scale.weight)
+            nn.init.zeros_(self.scale.bias)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`): the x-hat
+        model's, its frozen copy's (equal to them), then the zero scale head's."""
+        reset(self.xhat)
+        if self.reference is not None:
+            for copy_, source in zip(self.reference.parameters(), self.xhat.parameters(), strict=True):
+                copy_.copy_(source)
+            for copy_, source in zip(self.reference.buffers(), self.xhat.buffers(), strict=True):
+                copy_.copy_(source)
+        if self.scale is not None:
+            reset(self.scale)
             nn.init.zeros_(self.scale.weight)
             nn.init.zeros_(self.scale.bias)
 

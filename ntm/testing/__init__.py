@@ -20,6 +20,7 @@ as keywords, so property-based tests can draw them.
 from ntm.testing._util import perturb_, rel_err, seeded
 from ntm.testing.conditions import TEXT_DIMS, condition_inputs, random_condition
 from ntm.testing.data import check_batch, check_data_source, check_spec
+from ntm.testing.init import check_meta_init
 from ntm.testing.losses import check_loss, default_loss_model
 from ntm.testing.mixture_posterior import MixtureReversePredictor
 from ntm.testing.models import (
@@ -56,7 +57,7 @@ from ntm.testing.transporters import (
 __all__ = [
     "MODEL_DIMS", "MixtureReversePredictor", "PREDICTOR_DIMS", "TEXT_DIMS", "TRANSPORTER_CASES", "TransporterCase", "accepted_model",
     "build_model", "build_predictor", "build_text_model", "build_transporter", "check_batch", "check_data_source",
-    "check_loss", "check_predictor", "check_predictor_causality", "check_predictor_outputs",
+    "check_loss", "check_meta_init", "check_predictor", "check_predictor_causality", "check_predictor_outputs",
     "check_predictor_trajectory", "check_sampler", "check_spec", "check_transporter",
     "check_transporter_identity_at_init", "check_transporter_inverse_methods", "check_transporter_logdet",
     "check_transporter_round_trip", "condition_inputs", "default_loss_model", "default_sampler_model", "perturb_",

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ntm.conditioning.condition import Cond
 from ntm.nn import AdaLNBlock, ConditionEmbedding, FinalLayer, KVCache, TimeEmbedding
+from ntm.nn.init import reset
 from ntm.spec import ModelDims
 from ntm.transporters.base import TRANSPORTERS, Transporter, TransporterConfig
 
@@ -194,6 +195,14 @@ class CausalARBlock(nn.Module):
             for i in range(num_layers or config.layers_per_block)
         )
         self.out = FinalLayer(w, w, transform.num_params * dims.token_dim)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the constructor's initial weights in its order (meta-device init: :mod:`ntm.nn.init`)."""
+        reset(self.in_proj)
+        self.start.zero_()
+        self.pos.copy_(torch.randn(self.pos.shape) * 0.02)
+        reset(self.layers)
+        reset(self.out)
 
     def _order(self, x: Tensor) -> Tensor:
         return x.flip(1) if self.reverse else x
