@@ -8,7 +8,9 @@ import pydantic
 import torch
 from torch import Tensor
 
-from ntm.samplers.base import SAMPLERS, SampleOutput, Sampler, SamplerConfig, model_device_dtype
+from ntm.samplers.base import (
+    SAMPLERS, Rows, SampleOutput, Sampler, SamplerConfig, draw_from, draw_normal, model_device_dtype,
+)
 from ntm.distributions import Gaussian
 from ntm.samplers.guidance import GAUSSIAN_ONLY, guidance_conditions, guide, guided
 
@@ -41,6 +43,7 @@ class AncestralSampler(Sampler):
     """
 
     config: AncestralConfig
+    splits_batch = True
 
     def __init__(self, config: AncestralConfig | None = None) -> None:
         super().__init__(config or AncestralConfig())
@@ -54,13 +57,14 @@ class AncestralSampler(Sampler):
         *,
         generator: torch.Generator | None = None,
         return_trajectory: bool | Literal["u"] = False,
+        rows: Rows | None = None,
     ) -> SampleOutput:
         num_steps = self.config.num_steps or max(model.process.steps)
         tau = self.config.temperature
         device, dtype = model_device_dtype(model)
         times = model.process.times(num_steps, device=device, dtype=dtype)
         shape = (n, model.dims.num_tokens, model.dims.token_dim)
-        u = torch.randn(shape, generator=generator, dtype=dtype, device=device) * tau
+        u = draw_normal(shape, rows, generator=generator, dtype=dtype, device=device) * tau
         raw = cond
         cond, null = guidance_conditions(model, cond, n, device)  # encoded once for every step and the decoding
         levels = [u]
@@ -73,7 +77,7 @@ class AncestralSampler(Sampler):
             t = times[k].expand(n)
             s = times[k - 1].expand_as(t)
             g = guided(step, (u, t, s), cond, weight=self.config.guidance, null=null, rule=guide)
-            u = g.sample(tau, generator).to(dtype)
+            u = draw_from(g, tau, generator, rows).to(dtype)
             levels.append(u)
         u_traj = torch.stack(levels[::-1])  # u_0 .. u_K
         if return_trajectory == "u":  # the caller decodes what it needs (e.g. a denoiser that reads u_0)

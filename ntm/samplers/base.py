@@ -3,13 +3,19 @@
 A sampler is built from its frozen config and reads every setting (steps,
 guidance, temperature, ...) from it; a caller who wants other settings builds
 another sampler, ``cfg.replace(guidance=2.0).build()``.
+
+A sampler with ``splits_batch = True`` also takes ``rows=Rows(start, stop, total)``: it then samples rows
+``start:stop`` of a batch of ``total`` (``n = stop - start``, the condition holds those rows) and every row gets
+exactly the noise it gets when the whole batch is sampled at once. Its draws go through :func:`draw_normal`
+and :func:`draw_from`, which draw for the whole batch and keep the rows: ranks sharing a sharded model
+(``ntm.train.distributed``) each sample their rows, and together they give the one-process result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -17,6 +23,7 @@ from torch import Tensor
 from registry import ComponentConfig, Registry
 
 if TYPE_CHECKING:
+    from ntm.distributions import Distribution
     from ntm.model import NTM, NTMConfig
 
 
@@ -45,7 +52,51 @@ class SamplerConfig(ComponentConfig):
         """Raise a one-line ``ValueError`` when this sampler cannot sample from models of this config."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """Rows ``start:stop`` of a batch of ``total`` examples: the part one call samples (e.g. one rank's)."""
+
+    start: int
+    stop: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.stop <= self.total:
+            raise ValueError(f"rows {self.start}:{self.stop} are not a non-empty part of a batch of {self.total}")
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+
+def draw_normal(shape: tuple[int, ...], rows: Rows | None = None, *, generator: torch.Generator | None = None,
+                dtype: torch.dtype | None = None, device: torch.device | None = None) -> Tensor:
+    """``torch.randn(shape)``; with ``rows``, the draw for the whole batch (``(rows.total, *shape[1:])``) at those rows."""
+    if rows is None:
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    full = torch.randn((rows.total, *shape[1:]), generator=generator, dtype=dtype, device=device)
+    return full[rows.start : rows.stop]
+
+
+def draw_from(distribution: "Distribution", temperature: float = 1.0, generator: torch.Generator | None = None,
+              rows: Rows | None = None) -> Tensor:
+    """``distribution.sample(temperature, generator)``; with ``rows`` (``distribution`` holds those rows), the draw
+    for the whole batch at those rows: the other rows are filled with copies of the first (so the draws consume
+    the generator as for the whole batch) and dropped afterwards."""
+    if rows is None:
+        return distribution.sample(temperature, generator)
+    first = distribution.params()[next(iter(distribution.params()))]
+    index = torch.zeros(rows.total, dtype=torch.long, device=first.device)
+    index[rows.start : rows.stop] = torch.arange(rows.count, device=first.device)
+    padded = distribution.map(lambda t: t[index])
+    return padded.sample(temperature, generator)[rows.start : rows.stop]
+
+
 class Sampler(ABC):
+    splits_batch: ClassVar[bool] = False
+    """Whether :meth:`__call__` takes ``rows=`` (see the module docstring); without it a sharded caller has every
+    rank sample the whole batch."""
+
     def __init__(self, config: SamplerConfig) -> None:
         self.config = config
 
@@ -81,4 +132,5 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
 
 SAMPLERS: Registry[Sampler] = Registry("sampler", base=Sampler)
 
-__all__ = ["SAMPLERS", "SampleOutput", "Sampler", "SamplerConfig", "model_device_dtype"]
+__all__ = ["SAMPLERS", "Rows", "SampleOutput", "Sampler", "SamplerConfig", "draw_from", "draw_normal",
+           "model_device_dtype"]

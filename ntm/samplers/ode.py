@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ntm.predictors import VELOCITY_HINT, PREDICTORS, velocity_model
-from ntm.samplers.base import SAMPLERS, SampleOutput, Sampler, SamplerConfig, model_device_dtype
+from ntm.samplers.base import SAMPLERS, Rows, SampleOutput, Sampler, SamplerConfig, draw_normal, model_device_dtype
 from ntm.samplers.guidance import guidance_conditions, guide_velocity, guided
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class ODESampler(Sampler):
     """
 
     config: ODEConfig
+    splits_batch = True
 
     @classmethod
     @abstractmethod
@@ -69,6 +70,7 @@ class ODESampler(Sampler):
         *,
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
+        rows: Rows | None = None,
     ) -> SampleOutput:
         vm = velocity_model(model)
         device, dtype = model_device_dtype(model)
@@ -84,7 +86,7 @@ class ODESampler(Sampler):
 
         grid = torch.linspace(1.0, 0.0, self.config.num_steps + 1, dtype=torch.float64).tolist()
         shape = (n, model.dims.num_tokens, model.dims.token_dim)
-        x = torch.randn(shape, generator=generator, dtype=dtype, device=device) * self.config.temperature
+        x = draw_normal(shape, rows, generator=generator, dtype=dtype, device=device) * self.config.temperature
         states = [x]
         for t, s in zip(grid[:-1], grid[1:]):
             x = self.step(velocity, x, t, s)

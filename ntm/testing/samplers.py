@@ -10,6 +10,8 @@ generator=None, return_trajectory=False) -> SampleOutput``, every setting
 * with ``return_trajectory=True``, ``x_trajectory`` is ``(len(times), n, N, d)``,
   its entry 0 is ``out.x``, and asking for the trajectory does not change
   the sample drawn with the same seed;
+* a sampler that splits batches (``splits_batch``) gives, for rows ``0:1`` and ``1:n`` sampled apart with the
+  same seed (``rows=Rows(...)``, the condition's rows), the whole batch's rows;
 
 each without labels and, for a class-conditional model, with labels
 ``(n,)`` that include the null label ``num_classes``; for a model with a
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ntm.conditioning.condition import Condition
+from ntm.samplers.base import Rows
 from ntm.testing._util import check, check_tensor, describe, max_abs_diff
 from ntm.testing.conditions import random_condition
 from ntm.testing.models import MODEL_DIMS, accepted_model
@@ -100,6 +103,13 @@ def check_sampler(config, model: torch.nn.Module | None = None, *, n: int = 3, s
               f"x_trajectory[0] != out.x (max difference {max_abs_diff(traj.x_trajectory[0], traj.x):.3g})")
         err = max_abs_diff(traj.x, out.x)
         check(err <= tol, where, f"asking for the trajectory changed the sample: max difference {err:.3g} > {tol:g}")
+        if getattr(sampler, "splits_batch", False) and n > 1:
+            parts = [sampler(model, stop - start, None if cond is None else cond[start:stop],
+                             generator=torch.Generator().manual_seed(seed), rows=Rows(start, stop, n)).x
+                     for start, stop in ((0, 1), (1, n))]
+            err = max_abs_diff(torch.cat(parts), out.x)
+            check(err <= tol, where, f"rows 0:1 and 1:{n} sampled apart differ from the whole batch's: max difference "
+                                     f"{err:.3g} > {tol:g}")
 
 
 __all__ = ["MODEL_DIMS", "check_sampler", "default_sampler_model"]
