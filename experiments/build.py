@@ -18,8 +18,9 @@ from ntm.data.base import DATA_SOURCES, DataError, DataSource
 from ntm.denoisers import Denoiser, DenoiserConfig
 from ntm.model import NTM
 from ntm.nn.tokens import TokenLayout
-from ntm.samplers.base import SamplerConfig
+from ntm.samplers.base import Rows, SamplerConfig
 from ntm.spec import ModelDims
+from ntm.train import distributed as D
 from ntm.train.init import initialize_from
 from ntm.train.loop import TrainJob
 from ntm.viz import image_grid, scatter_density
@@ -118,9 +119,12 @@ def dims_for(exp: Experiment, data: DataSource) -> ModelDims:
     return ModelDims(layout.num_tokens, layout.token_dim, **fields)
 
 
-def build_model(exp: Experiment, data: DataSource) -> NTM:
-    """The experiment's NTM, with the conditioner's condition encoder (if it has one) as a trained part."""
-    dims = dims_for(exp, data)
+def build_model(exp: Experiment, data: DataSource, dims: ModelDims | None = None) -> NTM:
+    """The experiment's NTM, with the conditioner's condition encoder (if it has one) as a trained part.
+
+    ``dims`` (default: :func:`dims_for`, which may read the data) lets a build touch nothing but the model, as a
+    build on the meta device must."""
+    dims = dims_for(exp, data) if dims is None else dims
     encoder = getattr(exp.conditioner, "encoder", None)
     return exp.model.build(dims, condition_encoder=None if encoder is None else encoder(dims))
 
@@ -152,6 +156,12 @@ def sample(
     The sampler decodes only what the denoiser reads (nothing for one that reads ``u_0``). ``captions`` (``n``
     strings, for a model with a condition encoder) are tokenized by the experiment's conditioner; an empty
     caption, like no captions at all, samples the model's null condition.
+
+    A model sharded over ranks (FSDP under torchrun) is sampled by every rank (call it on all of them): each
+    samples and denoises its rows of the batch, with the noise those rows get in one process, and every rank
+    gets the whole batch back. ``n`` must then be a multiple of the world size (a one-line
+    :class:`~ntm.train.distributed.ShardError` otherwise); a sampler that cannot split a batch has every rank
+    sample all of it.
     """
     layout = layout_for(exp, data)
     device = next(model.parameters()).device
@@ -164,9 +174,20 @@ def sample(
     else:
         cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
     request = built.trajectory_request() if built is not None else False
-    out = (sampler or exp.sampler).build()(model, n, cond, generator=gen, return_trajectory=request)
-    x = out.x if built is None else built.denoise(model, out, cond)
-    return layout.from_tokens(x.detach()).float().cpu()
+    draw = (sampler or exp.sampler).build()
+    split = D.is_sharded(model) and draw.splits_batch
+    rows = D.batch_rows(n, what="sample batch") if split else slice(0, n)
+
+    def run(model: nn.Module) -> Tensor:
+        c = None if cond is None else cond[rows]
+        kwargs = {"rows": Rows(rows.start, rows.stop, n)} if split else {}
+        out = draw(model, rows.stop - rows.start, c, generator=gen, return_trajectory=request, **kwargs)
+        return (out.x if built is None else built.denoise(model, out, c)).detach()
+
+    x = D.run_sharded(model, run)
+    if split:
+        x = D.gather_rows(x)
+    return layout.from_tokens(x).float().cpu()
 
 
 def grid_labels(exp: Experiment, data: DataSource, model: NTM) -> Tensor | None:
@@ -282,8 +303,9 @@ def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJ
         # previews skip the score denoiser (a backward pass) to stay cheap
         return sample_picture(exp, model, data, denoise=False)[0]
 
+    dims = dims_for(exp, data)  # read once: building (on the meta device with train.meta_init) reads no data
     return TrainJob(
-        build_model=lambda: build_model(exp, data),
+        build_model=lambda: build_model(exp, data, dims),
         objective=exp.loss.build(),
         data=data,
         layout=layout_for(exp, data),
@@ -295,4 +317,5 @@ def train_job(exp: Experiment, data: DataSource, resume: bool = False) -> TrainJ
         resume=resume,
         preview=preview,
         initialize=None if exp.init is None else (lambda model: initialize_from(model, exp.init)),
+        sharded_sampling=True,
     )

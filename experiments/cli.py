@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -46,6 +47,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import pydantic
+import torch
 import tyro
 
 from eval.nll import heldout_nll
@@ -62,6 +64,7 @@ from ntm.train.checkpoint import (
     CheckpointError, CheckpointManager, check_config_matches, load_sampling_weights, read_sampling_state,
     sampling_state_dict, save_checkpoint,
 )
+from ntm.train import distributed as D
 from ntm.train.config import RESUMABLE_FIELDS
 from ntm.train.errors import NonFiniteLossError, TrainingError
 from ntm.train.loop import train
@@ -243,8 +246,21 @@ def run_request(request: TrainRequest, command: str) -> int:
     data = data_for(exp)
     job = train_job(exp, data, resume=request.resume)
     result = train(job)
-    if result.ema_model is None:  # not rank 0
+    if result.ema_model is None:  # not rank 0 (the EMA model was gathered there)
         return 0
+    try:  # a sharded EMA model (torchrun, FSDP): every rank scores and samples its rows; rank 0 writes
+        _finish_run(exp, data, result, command)
+    except BaseException:
+        result.close(clean=False)
+        raise
+    result.close()
+    return 0
+
+
+def _finish_run(exp: Experiment, data, result, command: str) -> None:
+    """Held-out NLL and the final samples of a trained run (on every rank of a sharded model); rank 0 writes
+    final.json and samples/ and prints the summary."""
+    main = result.dist is None or result.dist.is_main
     run_dir = Path(exp.resolved_run_dir)
     model = result.ema_model
     steps = list(exp.eval.steps or exp.model.process.steps)
@@ -254,13 +270,17 @@ def run_request(request: TrainRequest, command: str) -> int:
                           max_examples=exp.eval.num_examples, seed=exp.eval.seed,
                           conditioner=conditioner_of(exp.conditioner))
     except DataError as e:
-        print(f"ntm {command}: note: no held-out NLL: {e}", file=sys.stderr)
+        if main:
+            print(f"ntm {command}: note: no held-out NLL: {e}", file=sys.stderr)
         nll = {}
     try:
         image, samples, labels = sample_picture(exp, model, data, with_real=True)
     except DenoiserNotTrained as e:  # e.g. denoiser:learned, distilled after training
-        print(f"ntm {command}: note: final samples not denoised: {e}", file=sys.stderr)
+        if main:
+            print(f"ntm {command}: note: final samples not denoised: {e}", file=sys.stderr)
         image, samples, labels = sample_picture(exp, model, data, denoise=False, with_real=True)
+    if not main:
+        return
     save_png(image, run_dir / "samples" / "final.png")
     np.save(run_dir / "samples" / "final.npy", samples.numpy())
     if labels is not None:
@@ -284,7 +304,6 @@ def run_request(request: TrainRequest, command: str) -> int:
         print(f"held-out K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} {per} "
               f"({v['examples']} examples)")
     print(f"samples: {run_dir / 'samples' / 'final.png'}")
-    return 0
 
 
 def nll_space(data) -> dict[str, Any]:
@@ -322,6 +341,17 @@ def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
     model = build_model(exp, data)
     load_sampling_weights(model, state, weights=weights, path=checkpoint)
     return exp, data, model.eval()
+
+
+def shard_under_torchrun(exp: Experiment, model: torch.nn.Module) -> tuple[D.DistContext, torch.nn.Module]:
+    """Launched by torchrun (``WORLD_SIZE > 1``): the process group (``exp.train.device``) and ``model`` sharded over
+    it (FSDP2 on a flat mesh, frozen, each unit resharded after use), for sharded sampling and scoring. One
+    process: a context without a group and ``model`` as it is."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return D.DistContext(), model
+    ctx = D.init(exp.train.device)
+    model = D.wrap(model.requires_grad_(False), ctx, "fsdp", reshard_after_forward=True)
+    return ctx, D.enable_sharded_calls(model).eval()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,17 +449,26 @@ def sample_command(args: list[str]) -> int:
         print(json.dumps(exp.replace(sampler=sampler).model_dump(mode="json")["sampler"], indent=2))
         return 0
     exp, data, model = load_run(a.run, a.checkpoint, a.weights)
-    if prompts:
-        per = a.per_prompt or exp.eval.grid_columns
-        captions = [p for p in prompts for _ in range(per)]
-        samples = sample(exp, model, data, len(captions), captions=captions, sampler=sampler, denoise=a.denoise,
-                         denoiser=denoiser, seed=a.seed)
-        shown = data.to_display(samples).clamp(0, 1)
-        upscale = max(1, 64 // shown.shape[-1])
-        image = captioned_rows([(p, shown[i * per : (i + 1) * per]) for i, p in enumerate(prompts)], upscale=upscale)
-    else:
-        image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise,
-                                                denoiser=denoiser, seed=a.seed, with_real=True)
+    ctx, model = shard_under_torchrun(exp, model)
+    try:  # under torchrun every rank samples its rows of the batch; rank 0 writes
+        if prompts:
+            per = a.per_prompt or exp.eval.grid_columns
+            captions = [p for p in prompts for _ in range(per)]
+            samples = sample(exp, model, data, len(captions), captions=captions, sampler=sampler, denoise=a.denoise,
+                             denoiser=denoiser, seed=a.seed)
+            shown = data.to_display(samples).clamp(0, 1)
+            upscale = max(1, 64 // shown.shape[-1])
+            image = captioned_rows([(p, shown[i * per : (i + 1) * per]) for i, p in enumerate(prompts)],
+                                   upscale=upscale)
+        else:
+            image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise,
+                                                    denoiser=denoiser, seed=a.seed, with_real=True)
+    except BaseException:
+        D.shutdown(ctx, clean=False)
+        raise
+    D.shutdown(ctx)
+    if not ctx.is_main:
+        return 0
     out = a.out or Path(a.run) / "samples" / ("prompts.png" if prompts else "sample.png")
     save_png(image, out)
     np.save(out.with_suffix(".npy"), samples.numpy())

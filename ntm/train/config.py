@@ -96,6 +96,29 @@ class TrainConfig(ComponentConfig):
     then the root) or DDP."""
     threads: int | None = pydantic.Field(None, ge=1)
     """torch intra-op threads (None: torch's default)."""
+    mixed_precision: Literal["none", "bf16"] = "none"
+    """FSDP2 parameter precision under torchrun (parallel fsdp): 'bf16' gathers and computes with bfloat16 copies of
+    the float32 weights and reduces gradients in float32 (the likelihood math stays float32); 'none': float32. One
+    process runs float32 whatever it says; DDP refuses 'bf16'."""
+    reshard_after_forward: bool | Literal["auto"] = "auto"
+    """FSDP2: free a unit's gathered weights after its forward, gathering them again for backward (True: least
+    memory), or keep them until backward (False: less communication); 'auto': every unit but the last of the
+    model's shard_units(), whose weights backward needs first. The root keeps its own weights gathered."""
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    """Recompute activations in backward instead of keeping them, per shard unit (e.g. transformer block): 'full' every
+    unit, 'selective' every second one (the first, third, ...), 'none'. Same numbers (bit-identical on CPU), less
+    memory, about one more forward pass of compute; with or without torchrun."""
+    adamw: Literal["auto", "for-loop", "foreach", "fused"] = "auto"
+    """AdamW implementation: 'auto' is torch's own choice for the parameters' device (foreach on CUDA, for-loop on
+    CPU); 'fused' is the fastest on CUDA. They agree up to float rounding."""
+    mesh: tuple[int, int] | None = None
+    """HSDP under torchrun (parallel fsdp): (replicate, shard), e.g. (nodes, GPUs per node): weights sharded over
+    the shard ranks and replicated over the replicate groups (gradients reduce-scattered within a group, then
+    all-reduced across); replicate x shard must equal the world size. None: every rank shards (FSDP)."""
+    meta_init: bool = False
+    """Build the model on the meta device, shard it, then draw each rank's shard of the initial weights (the same
+    weights an ordinary build gives for the same seed; components re-draw through ntm.nn.init): no device ever holds
+    the whole model. Not combinable with init (weights from another run)."""
 
     @pydantic.field_validator("warmup_steps")
     @classmethod
@@ -104,6 +127,23 @@ class TrainConfig(ComponentConfig):
             raise ValueError(f"a float is a fraction of train.steps and must be in (0, 1), got {value}; "
                              "give a step count as an integer")
         return value
+
+    @pydantic.field_validator("mesh")
+    @classmethod
+    def _mesh_positive(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError(f"a mesh is (replicate, shard) rank counts >= 1, got {value}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _fsdp_only(self) -> "TrainConfig":
+        if self.parallel == "ddp":
+            fsdp_only = [f"mixed_precision {self.mixed_precision}" if self.mixed_precision != "none" else None,
+                         f"mesh {self.mesh}" if self.mesh is not None else None]
+            given = [s for s in fsdp_only if s]
+            if given:
+                raise ValueError(f"{' and '.join(given)} need parallel fsdp (DDP replicates float32 weights)")
+        return self
 
     @property
     def warmup_count(self) -> int:
@@ -128,6 +168,11 @@ RESUMABLE_FIELDS = frozenset(
         "train.parallel",
         "train.device",
         "train.threads",
+        "train.reshard_after_forward",
+        "train.activation_checkpointing",
+        "train.adamw",
+        "train.mesh",
+        "train.meta_init",
         "run_dir",
         "init",
         "eval",

@@ -1,15 +1,29 @@
-"""Process-group setup and model wrapping for ``torchrun`` (FSDP2 or DDP), gloo on CPU, NCCL on GPU."""
+"""Process-group setup and model wrapping for ``torchrun`` (FSDP2 or DDP), gloo on CPU, NCCL on GPU.
+
+FSDP2 (:func:`wrap`): ``fully_shard`` per unit the model declares (:func:`shard_units`), then the root, on a flat
+mesh or an HSDP ``(replicate, shard)`` mesh (:func:`device_mesh`), with an optional bf16 parameter policy and
+per-unit ``reshard_after_forward``. :func:`checkpoint_activations` recomputes units' activations in backward.
+:func:`materialize` gives a model built on the meta device its weights after sharding (:mod:`ntm.nn.init`).
+
+Sharded use outside training (:func:`copy_shards`, :func:`run_sharded`, :func:`batch_rows`,
+:func:`gather_rows`): every rank holds its shard of a model, runs the same calls on its own rows of a batch,
+and the rows are gathered afterwards, so no device ever holds the whole model.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
-from typing import Iterator
+import types
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ntm.train.errors import TrainingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,26 +113,221 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return sorted(declared.values(), key=lambda m: order[id(m)])
 
 
-def wrap(model: nn.Module, ctx: DistContext, strategy: str) -> nn.Module:
+def check_mesh(shape: tuple[int, int] | None, world_size: int) -> None:
+    """One-line :class:`TrainingError` unless the ``train.mesh`` shape ``(replicate, shard)`` covers the world."""
+    if shape is not None and shape[0] * shape[1] != world_size:
+        raise TrainingError(f"train.mesh {shape[0]} x {shape[1]} (replicate x shard) is {shape[0] * shape[1]} ranks, "
+                            f"but the world size is {world_size}")
+
+
+def device_mesh(ctx: DistContext, shape: tuple[int, int] | None):
+    """The FSDP mesh: ``None`` (FSDP's default, every rank one shard group) without ``shape``, else a 2-D
+    ``("replicate", "shard")`` mesh (HSDP). Checked by :func:`check_mesh` first."""
+    check_mesh(shape, ctx.world_size)
+    if shape is None or not ctx.distributed:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(ctx.device.type, tuple(shape), mesh_dim_names=("replicate", "shard"))
+
+
+def mixed_precision_policy(choice: str, *, root: bool = False):
+    """FSDP2's ``MixedPrecisionPolicy`` for ``train.mixed_precision``: 'bf16' gathers bfloat16 weights for compute
+    and reduces gradients in float32; 'none' keeps float32. The root does not cast its inputs (the data and the
+    loss's noise stay float32); the units do (their inputs are activations)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if choice == "none":
+        return MixedPrecisionPolicy()
+    if choice == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                    cast_forward_inputs=not root)
+    raise ValueError(f"unknown mixed precision {choice!r}; use none or bf16")
+
+
+def wrap(
+    model: nn.Module, ctx: DistContext, strategy: str, *, mesh: Any = None, mixed_precision: str = "none",
+    reshard_after_forward: bool | Literal["auto"] = "auto", seed: int | None = None,
+) -> nn.Module:
     """FSDP2: ``fully_shard`` every unit of :func:`shard_units`, then the root. DDP: replicate.
 
-    Training goes through ``model.forward`` only (the loss is computed
-    there), so no other method needs registering; sampling and evaluation
-    use a gathered, unsharded copy of the EMA weights.
-    """
-    if not ctx.distributed:
-        return model
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+    ``mesh`` (:func:`device_mesh`; ``None``: FSDP's default flat mesh), ``mixed_precision``
+    (:func:`mixed_precision_policy`) and ``reshard_after_forward`` (per unit; 'auto': every unit but the last,
+    whose weights backward needs first; the root keeps FSDP's default) apply to FSDP. A model built on the meta
+    device is given its weights by :func:`materialize` with ``seed``: after sharding under FSDP (each rank draws
+    its shards), before wrapping otherwise. Without a process group the model is returned as it is (materialized
+    if on meta).
 
-        for module in shard_units(model):
-            fully_shard(module)
-        fully_shard(model)
-        return model
-    if strategy == "ddp":
+    Training goes through ``model.forward`` only (the loss is computed there); other uses of a sharded model
+    go through :func:`run_sharded`.
+    """
+    on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    if on_meta and seed is None:
+        raise ValueError("a model built on the meta device needs the seed its weights are drawn with")
+    if not ctx.distributed or strategy == "ddp":
+        model = materialize(model, ctx.device, seed) if on_meta else model.to(ctx.device)
+        if not ctx.distributed:
+            return model
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    raise ValueError(f"unknown parallel strategy {strategy!r}; use fsdp or ddp")
+    if strategy != "fsdp":
+        raise ValueError(f"unknown parallel strategy {strategy!r}; use fsdp or ddp")
+    from torch.distributed.fsdp import fully_shard
+
+    if not on_meta:
+        model = model.to(ctx.device)
+    units = shard_units(model)
+    for i, module in enumerate(units):
+        reshard = reshard_after_forward if isinstance(reshard_after_forward, bool) else i < len(units) - 1
+        fully_shard(module, mesh=mesh, reshard_after_forward=reshard, mp_policy=mixed_precision_policy(mixed_precision))
+    fully_shard(model, mesh=mesh, mp_policy=mixed_precision_policy(mixed_precision, root=True))
+    return materialize(model, ctx.device, seed) if on_meta else model
+
+
+def materialize(model: nn.Module, device: torch.device, seed: int | None) -> nn.Module:
+    """Give a model built on the meta device (possibly sharded) storage on ``device`` and its initial weights.
+
+    ``seed`` set: the global RNG is seeded with it and :func:`ntm.nn.init.reset` re-draws every weight as an
+    eager build after ``torch.manual_seed(seed)`` draws it (each rank keeps its shards); a module that cannot
+    re-draw raises a one-line :class:`TrainingError` naming ``train.meta_init``. ``seed=None``: storage only
+    (the values are garbage until loaded). The global RNG is left as the re-draw leaves it, as after an eager build.
+    """
+    from ntm.nn.init import ResetError, reset
+
+    model.to_empty(device=device)
+    if seed is not None:
+        torch.manual_seed(seed)
+        try:
+            reset(model)
+        except ResetError as e:
+            raise TrainingError(f"train.meta_init: {e}") from None
+    return model
+
+
+def checkpoint_activations(model: nn.Module, mode: Literal["none", "selective", "full"]) -> list[nn.Module]:
+    """Recompute the activations of shard units in backward (non-reentrant ``torch.utils.checkpoint``).
+
+    ``"full"``: every unit of :func:`shard_units`; ``"selective"``: every second one (the first, third, ...);
+    ``"none"``: nothing. The unit's ``forward`` is replaced on the instance, so parameter names, state dicts and
+    FSDP's hooks (which run around it) are unchanged. Without gradients (sampling, evaluation) the units run
+    plainly. Returns the checkpointed units.
+    """
+    if mode == "none":
+        return []
+    if mode not in ("selective", "full"):
+        raise ValueError(f"unknown activation checkpointing {mode!r}; use none, selective or full")
+    units = shard_units(model)
+    chosen = units if mode == "full" else units[::2]
+    for unit in chosen:
+        unit.forward = _checkpointed(unit.forward)
+    return chosen
+
+
+def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+# -- a sharded model outside training ----------------------------------------------------------------------
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` is an FSDP2 module over more than one rank (every rank must then take part in its use)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def copy_shards(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> None:
+    """Copy ``params`` and ``buffers`` (by name) into ``model``'s, rank by rank with no communication: a DTensor
+    source (e.g. an EMA shadow of a model sharded the same way) gives its local shard to the same shard of
+    ``model``; plain tensors are copied whole."""
+    own = dict(model.named_parameters())
+    own_buffers = dict(model.named_buffers())
+    for table, sources in ((own, params), (own_buffers, buffers)):
+        missing = sorted(set(sources) - set(table))
+        if missing:
+            raise KeyError(f"the model has no tensor named {', '.join(missing[:4])}")
+        for name, source in sources.items():
+            target = table[name]
+            local = source.to_local() if hasattr(source, "to_local") else source
+            (target.to_local() if hasattr(target, "to_local") else target).copy_(local)
+
+
+def _call(self: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(self, *args, **kwargs)
+
+
+def enable_sharded_calls(model: nn.Module) -> nn.Module:
+    """Let :func:`run_sharded` call any code on ``model`` (an FSDP2 root): a method registered with
+    ``register_fsdp_forward_method`` runs it inside the root's forward hooks, so the root's own weights are
+    gathered meanwhile and every unit gathers its own when called. No-op for other models."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    if isinstance(model, FSDPModule) and not hasattr(model, "sharded_call"):
+        model.sharded_call = types.MethodType(_call, model)
+        register_fsdp_forward_method(model, "sharded_call")
+    return model
+
+
+def run_sharded(model: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(model, *args, **kwargs)``; for a model prepared by :func:`enable_sharded_calls` (collective: every rank
+    calls it, with the same sequence of calls on the model), inside the root's forward hooks, resharding the
+    root's weights afterwards. Other models are called plainly."""
+    call = getattr(model, "sharded_call", None)
+    if call is None:
+        return fn(model, *args, **kwargs)
+    try:
+        return call(fn, *args, **kwargs)
+    finally:
+        model.reshard()
+
+
+class ShardError(TrainingError):
+    """A batch that does not split evenly over the ranks of a sharded model."""
+
+
+def batch_rows(n: int, *, what: str = "batch") -> slice:
+    """This rank's rows of a batch of ``n`` split evenly over the process group (all rows without one).
+
+    Raises a one-line :class:`ShardError` when the world size does not divide ``n`` (``what`` names the batch).
+    """
+    if not dist.is_initialized():
+        return slice(0, n)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if n % world:
+        raise ShardError(f"the {what} of {n} does not split evenly over {world} ranks; use a multiple of {world}")
+    per = n // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (equal counts, as :func:`batch_rows` gives) concatenated in rank order, on every rank.
+
+    Gathered on the tensor's device (gloo gathers on the CPU).
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+def all_sum(values: list[float], device: torch.device | None = None) -> list[float]:
+    """Sums of ``values`` over the process group (float64); the values themselves without one."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    on = device if device is not None and device.type == "cuda" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=on)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

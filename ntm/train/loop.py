@@ -9,6 +9,7 @@ continues the identical curve.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -72,6 +73,11 @@ class TrainJob:
     after ``build_model()``: before it moves to the device and is wrapped, and before the optimizer and the EMA
     are made, so the EMA starts from these weights. It must give the same weights on every rank; parameters it
     sets to ``requires_grad=False`` stay out of every parameter group and the optimizer."""
+    sharded_sampling: bool = False
+    """Under torchrun with FSDP: ``preview`` runs on every rank with an FSDP-sharded copy of the EMA weights (it
+    must sample through :func:`ntm.train.distributed.run_sharded`, each rank its rows; rank 0's image is kept),
+    and :attr:`TrainResult.ema_model` is that copy on every rank, the process group staying up until
+    :meth:`TrainResult.close`. False: previews and the result use an unsharded copy gathered on rank 0."""
 
 
 @dataclasses.dataclass
@@ -81,7 +87,16 @@ class TrainResult:
     examples_per_second: float
     last_loss: float
     ema_model: nn.Module | None
-    """An unsharded model holding the EMA weights (rank 0; ``None`` elsewhere)."""
+    """A model holding the EMA weights: unsharded on rank 0 (``None`` elsewhere), or, with
+    :attr:`TrainJob.sharded_sampling` under torchrun and FSDP, sharded on every rank (use it on all of them)."""
+    dist: D.DistContext | None = None
+    """The process group's context while it is up (a sharded ``ema_model``); ``None`` once shut down."""
+
+    def close(self, *, clean: bool = True) -> None:
+        """Shut the process group down if training left it up (a sharded ``ema_model``); idempotent."""
+        if self.dist is not None:
+            D.shutdown(self.dist, clean=clean)
+            self.dist = None
 
 
 def noise_generator(device: torch.device, seed: int, step: int, chunk: int) -> torch.Generator:
@@ -215,7 +230,14 @@ def make_optimizer(model: nn.Module, groups: dict[str, list[str]], cfg: TrainCon
     else:
         grouped = {n for names in groups.values() for n in names}
         param_groups = [{"params": [p for n, p in params.items() if n in grouped], "name": "all"}]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             **ADAMW_IMPLEMENTATIONS[cfg.adamw])
+
+
+ADAMW_IMPLEMENTATIONS: dict[str, dict[str, bool]] = {
+    "auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
+}
+"""``train.adamw`` -> the ``torch.optim.AdamW`` keywords choosing its implementation ('auto': torch's default)."""
 
 
 def train(job: TrainJob) -> TrainResult:
@@ -228,6 +250,10 @@ def train(job: TrainJob) -> TrainResult:
             f"train.batch_size ({cfg.batch_size}) must be divisible by world size x grad_accum "
             f"({ctx.world_size} x {cfg.grad_accum})"
         )
+    D.check_mesh(cfg.mesh, ctx.world_size)
+    if ctx.is_main and cfg.mixed_precision != "none" and not (ctx.distributed and cfg.parallel == "fsdp"):
+        print(f"ntm: note: train.mixed_precision {cfg.mixed_precision} applies to FSDP under torchrun; this run "
+              "computes in float32", file=sys.stderr, flush=True)
     if ctx.is_main and isinstance(cfg.warmup_steps, int) and cfg.warmup_steps > cfg.steps:
         print(f"ntm: note: train.warmup_steps ({cfg.warmup_steps}) exceeds train.steps ({cfg.steps}); "
               f"using {cfg.warmup_count}", file=sys.stderr, flush=True)
@@ -242,13 +268,21 @@ def train(job: TrainJob) -> TrainResult:
 
     # -- build, initialise, wrap, optimise ----------------------------------------
     # (nothing is written before the model's parameter groups and the settings naming them check out)
+    # train.meta_init: built on the meta device, sharded, then each rank draws its shards (D.materialize)
+    if cfg.meta_init and job.initialize is not None and not resuming:
+        raise TrainingError("train.meta_init cannot start from another run's weights (init); start this run "
+                            "without train.meta_init")
     torch.manual_seed(cfg.seed)
-    model = job.build_model()
+    with torch.device("meta") if cfg.meta_init else contextlib.nullcontext():
+        model = job.build_model()
     if job.initialize is not None and not resuming:
         job.initialize(model)
     groups = param_group_names(model)
     check_group_settings(cfg, groups)
-    model = D.wrap(model.to(ctx.device), ctx, cfg.parallel)
+    D.checkpoint_activations(model, cfg.activation_checkpointing)
+    model = D.wrap(model, ctx, cfg.parallel, mesh=D.device_mesh(ctx, cfg.mesh), mixed_precision=cfg.mixed_precision,
+                   reshard_after_forward=cfg.reshard_after_forward,
+                   seed=cfg.seed if cfg.meta_init and not resuming else None)
     inner = D.unwrap(model)
     optimizer = make_optimizer(inner, groups, cfg)
     scheduler = make_scheduler(optimizer, cfg)
@@ -256,6 +290,7 @@ def train(job: TrainJob) -> TrainResult:
     if cfg.compile:
         model = torch.compile(model)
     logger = RunLogger(run_dir, enabled=ctx.is_main)
+    ema_models = _EMAModels(job, ema, ctx)
 
     # -- resume -----------------------------------------------------------------
     # A file checkpoint (every rank reads it whole) or a directory (each rank reads what its shards need,
@@ -308,7 +343,10 @@ def train(job: TrainJob) -> TrainResult:
         return path
 
     # -- loop -------------------------------------------------------------------
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda" and cfg.precision == "bf16")
+    # bf16 autocast: on CUDA with train.precision bf16, and wherever FSDP gathers bf16 weights (train.mixed_precision)
+    bf16_weights = cfg.mixed_precision == "bf16" and ctx.distributed and cfg.parallel == "fsdp"
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16,
+                              enabled=(ctx.device.type == "cuda" and cfg.precision == "bf16") or bf16_weights)
     batches = job.data.train_batches(per_rank, seed=cfg.seed, start_step=start_step, rank=ctx.rank, world_size=ctx.world_size)
     num_classes = job.data.spec.num_classes
     condition_field = getattr(job.conditioner, "reads", "label")
@@ -379,7 +417,7 @@ def train(job: TrainJob) -> TrainResult:
                 logger.log_scalars(step, scalars)
                 window_start, window_examples, window_loss, window_count = time.monotonic(), 0, 0.0, 0
             if cfg.sample_every and job.preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
-                _preview(job, ema, ctx, logger, step, run_dir)
+                _preview(job, ema_models, ctx, logger, step, run_dir)
             if sharded is not None:
                 sharded.poll()  # commit a finished background save
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -395,14 +433,16 @@ def train(job: TrainJob) -> TrainResult:
 
     wall = time.monotonic() - started
     done = step - start_step
-    ema_model = _ema_model(job, ema, ctx)
-    D.shutdown(ctx)
+    ema_model = ema_models.get()
+    if not ema_models.sharded:
+        D.shutdown(ctx)
     return TrainResult(
         steps=step,
         wall_seconds=wall,
         examples_per_second=done * cfg.batch_size / max(wall, 1e-9),
         last_loss=last_loss,
         ema_model=ema_model,
+        dist=ctx if ema_models.sharded else None,
     )
 
 
@@ -476,10 +516,43 @@ def _ema_model(job: TrainJob, ema: EMA, ctx: D.DistContext) -> nn.Module | None:
     return model.eval()
 
 
-def _preview(job: TrainJob, ema: EMA, ctx: D.DistContext, logger: RunLogger, step: int, run_dir: Path) -> None:
-    model = _ema_model(job, ema, ctx)
-    if model is not None:
+class _EMAModels:
+    """The model previews and the result sample with: the EMA weights in a model of their own.
+
+    Sharded (:attr:`TrainJob.sharded_sampling` under torchrun with FSDP): one FSDP-sharded copy built like the
+    training model (on the meta device with ``train.meta_init``; the same mesh), float32 whatever
+    ``train.mixed_precision`` (samples as from the gathered copy), every unit resharded after its forward,
+    frozen; made on first use; each :meth:`get` copies the EMA's shards into it,
+    rank by rank, with no communication. Otherwise :func:`_ema_model` (gathered on rank 0).
+    """
+
+    def __init__(self, job: TrainJob, ema: EMA, ctx: D.DistContext) -> None:
+        self.job, self.ema, self.ctx = job, ema, ctx
+        self.sharded = job.sharded_sampling and ctx.distributed and job.train.parallel == "fsdp"
+        self._copy: nn.Module | None = None
+
+    def get(self) -> nn.Module | None:
+        if not self.sharded:
+            return _ema_model(self.job, self.ema, self.ctx)
+        if self._copy is None:
+            cfg = self.job.train
+            with torch.random.fork_rng(devices=[]):  # a meta copy draws (then discards) initial weights
+                with torch.device("meta") if cfg.meta_init else contextlib.nullcontext():
+                    model = self.job.build_model()
+                model.requires_grad_(False)
+                model = D.wrap(model, self.ctx, "fsdp", mesh=D.device_mesh(self.ctx, cfg.mesh),
+                               reshard_after_forward=True, seed=cfg.seed if cfg.meta_init else None)
+            self._copy = D.enable_sharded_calls(model)
+        D.copy_shards(self._copy, self.ema.shadow, self.ema.buffers)
+        return self._copy.eval()
+
+
+def _preview(job: TrainJob, models: _EMAModels, ctx: D.DistContext, logger: RunLogger, step: int,
+             run_dir: Path) -> None:
+    model = models.get()
+    if model is not None:  # every rank when sharded (it samples its rows), else rank 0 alone
         image = job.preview(model, step).clamp(0, 1)
-        logger.log_image("samples", step, image)
-        save_png(image, run_dir / "samples" / f"step_{step:08d}.png")
+        if ctx.is_main:
+            logger.log_image("samples", step, image)
+            save_png(image, run_dir / "samples" / f"step_{step:08d}.png")
     ctx.barrier()
