@@ -168,6 +168,7 @@ RESUMABLE_FIELDS = frozenset(
         "train.parallel",
         "train.device",
         "train.threads",
+        "train.mixed_precision",
         "train.reshard_after_forward",
         "train.activation_checkpointing",
         "train.adamw",
