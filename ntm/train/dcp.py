@@ -362,6 +362,41 @@ def load_training_state(path: PathLike, model: nn.Module, optimizer: torch.optim
     return int(meta["step"])
 
 
+def _host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to host memory, once: a DTensor keeps its mesh and placements around a copy
+    of its local shard (DCP's default staging copies a DTensor's storage twice)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, DTensor):
+        local = obj.to_local()
+        copy = torch.empty_like(local, device="cpu").copy_(local)
+        return DTensor.from_local(copy, obj.device_mesh, obj.placements, run_check=False, shape=obj.shape,
+                                  stride=obj.stride())
+    if isinstance(obj, Tensor):
+        return torch.empty_like(obj, device="cpu").copy_(obj.detach())
+    if isinstance(obj, Mapping):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+class _Staged:
+    """DCP's async stager protocol for a state :func:`_host_copy` already staged: handed over as it is."""
+
+    _synchronize_after_execute = False
+    should_synchronize_after_execute = False
+
+    def stage(self, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        return state_dict
+
+    def synchronize_staging(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class ShardedCheckpointer:
     """Writes the loop's checkpoints as DCP directories through ``manager`` (see the module docstring).
 
@@ -407,9 +442,9 @@ class ShardedCheckpointer:
         writer = FileSystemWriter(tmp)
         try:
             with _quiet():
-                if self.async_save:
-                    future = async_save(state, storage_writer=writer, process_group=self.group,
-                                        no_dist=not self.distributed)
+                if self.async_save:  # one host copy of this rank's state, written while training goes on
+                    future = async_save(_host_copy(state), storage_writer=writer, process_group=self.group,
+                                        no_dist=not self.distributed, async_stager=_Staged())
                     self._pending = (future, step, tmp, started)
                     return self.wait() if block else None
                 save(state, storage_writer=writer, no_dist=not self.distributed)
