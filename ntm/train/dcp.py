@@ -29,6 +29,11 @@ directory, which :class:`~ntm.train.checkpoint.CheckpointManager` ignores and de
 of its own. At most one save is in flight: the next save, a non-finite loss and the end of the run wait for
 it. Rank 0 commits a finished save at the next step (:meth:`ShardedCheckpointer.poll`).
 
+**Host memory.** A synchronous save writes from the training state itself: nothing is gathered and a save adds
+a few MiB (measured on CPU, 2 gloo ranks, 25 M parameters, 192 MiB of state per rank: 0.03x a rank's shard).
+An async save holds one host copy of the rank's shards until written (1.0x; DCP's default staging copied a
+DTensor's storage twice, 2.2-2.6x). The file format gathers everything on rank 0 (2x its shard at 2 ranks).
+
 **Resharding.** Loading builds the state this run holds (its own shards under its own world size) and DCP
 reads, on each rank, the byte ranges those shards need, so a checkpoint written by ``N`` ranks resumes at
 ``M`` (1 included). The noise of micro-batch ``chunk = rank * grad_accum + micro`` is keyed by
