@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -73,8 +74,6 @@ from ntm.train.errors import CheckpointError
 FORMAT = "ntm-dcp-1"
 """``meta.json``'s ``format``; readers accept ``ntm-dcp-<n>`` up to this version."""
 FORMAT_VERSION = 1
-PARTS = ("model", "optimizer", "ema", "scheduler")
-"""The entries every training checkpoint holds besides the per-rank ones."""
 LOCAL_PREFIX = "local/rank"
 
 
@@ -181,7 +180,7 @@ def read_metadata(path: PathLike) -> Any:
     read_meta(path)
     try:
         metadata = FileSystemReader(path).read_metadata()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - missing, truncated or foreign: one line whatever it is
         raise CheckpointError(f"checkpoint {path}: its .metadata cannot be read ({_first_line(e)})") from None
     ends: dict[str, int] = {}
     for info in (getattr(metadata, "storage_data", None) or {}).values():
@@ -213,7 +212,7 @@ def checkpoint_parts(path: PathLike) -> set[str]:
 def _set(root: dict, path: tuple, value: Any) -> None:
     """``root[path[0]][path[1]]... = value``, making dicts (str keys) and lists (int keys) on the way."""
     node: Any = root
-    for key, nxt in zip(path[:-1], path[1:]):
+    for key, nxt in itertools.pairwise(path):
         empty: Any = [] if isinstance(nxt, int) else {}
         if isinstance(node, list):
             while len(node) <= key:
@@ -493,6 +492,6 @@ def bytes_per_rank(path: PathLike) -> dict[int, int]:
 
 
 __all__ = [
-    "FORMAT", "PARTS", "ShardedCheckpointer", "bytes_per_rank", "check_fits", "checkpoint_parts", "load_training_state",
+    "FORMAT", "ShardedCheckpointer", "bytes_per_rank", "check_fits", "checkpoint_parts", "load_training_state",
     "local_key", "read_checkpoint_dir", "read_meta", "read_metadata", "training_state",
 ]

@@ -25,7 +25,12 @@ from ntm.train.checkpoint import (
     read_sampling_state,
     sampling_state_dict,
 )
-from ntm.train.dcp import ShardedCheckpointer, load_training_state, read_meta, training_state
+from ntm.train.dcp import (
+    ShardedCheckpointer,
+    load_training_state,
+    read_meta,
+    training_state,
+)
 from ntm.train.ema import EMA
 from ntm.train.errors import CheckpointError
 
