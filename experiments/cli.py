@@ -260,7 +260,7 @@ def run_request(request: TrainRequest, command: str) -> int:
 def _finish_run(exp: Experiment, data, result, command: str) -> None:
     """Held-out NLL and the final samples of a trained run (on every rank of a sharded model); rank 0 writes
     final.json and samples/ and prints the summary."""
-    main = result.dist is None or result.dist.is_main
+    main = result.ctx is None or result.ctx.is_main
     run_dir = Path(exp.resolved_run_dir)
     model = result.ema_model
     steps = list(exp.eval.steps or exp.model.process.steps)

@@ -154,16 +154,14 @@ def wrap(
     ``mesh`` (:func:`device_mesh`; ``None``: FSDP's default flat mesh), ``mixed_precision``
     (:func:`mixed_precision_policy`) and ``reshard_after_forward`` (per unit; 'auto': every unit but the last,
     whose weights backward needs first; the root keeps FSDP's default) apply to FSDP. A model built on the meta
-    device is given its weights by :func:`materialize` with ``seed``: after sharding under FSDP (each rank draws
-    its shards), before wrapping otherwise. Without a process group the model is returned as it is (materialized
+    device is given its weights by :func:`materialize` with ``seed`` (``None``: storage only, for weights loaded
+    afterwards, e.g. on resume): after sharding under FSDP (each rank draws its shards), before wrapping otherwise. Without a process group the model is returned as it is (materialized
     if on meta).
 
     Training goes through ``model.forward`` only (the loss is computed there); other uses of a sharded model
     go through :func:`run_sharded`.
     """
     on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
-    if on_meta and seed is None:
-        raise ValueError("a model built on the meta device needs the seed its weights are drawn with")
     if not ctx.distributed or strategy == "ddp":
         model = materialize(model, ctx.device, seed) if on_meta else model.to(ctx.device)
         if not ctx.distributed:

@@ -89,14 +89,14 @@ class TrainResult:
     ema_model: nn.Module | None
     """A model holding the EMA weights: unsharded on rank 0 (``None`` elsewhere), or, with
     :attr:`TrainJob.sharded_sampling` under torchrun and FSDP, sharded on every rank (use it on all of them)."""
-    dist: D.DistContext | None = None
+    ctx: D.DistContext | None = None
     """The process group's context while it is up (a sharded ``ema_model``); ``None`` once shut down."""
 
     def close(self, *, clean: bool = True) -> None:
         """Shut the process group down if training left it up (a sharded ``ema_model``); idempotent."""
-        if self.dist is not None:
-            D.shutdown(self.dist, clean=clean)
-            self.dist = None
+        if self.ctx is not None:
+            D.shutdown(self.ctx, clean=clean)
+            self.ctx = None
 
 
 def noise_generator(device: torch.device, seed: int, step: int, chunk: int) -> torch.Generator:
@@ -442,7 +442,7 @@ def train(job: TrainJob) -> TrainResult:
         examples_per_second=done * cfg.batch_size / max(wall, 1e-9),
         last_loss=last_loss,
         ema_model=ema_model,
-        dist=ctx if ema_models.sharded else None,
+        ctx=ctx if ema_models.sharded else None,
     )
 
 
