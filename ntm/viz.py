@@ -61,13 +61,32 @@ def load_png(path: str | os.PathLike[str]) -> Tensor:
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
 
+def _wrap(title: str, width: int, measure) -> list[str]:
+    """``title`` in lines no wider than ``width`` pixels where it can break (after a space or a comma)."""
+    import re
+
+    words = [w for w in re.split(r"(?<=[ ,])", title) if w]
+    lines: list[str] = []
+    for word in words:
+        if lines and measure(lines[-1] + word) <= width:
+            lines[-1] += word
+        else:
+            lines.append(word)
+    return [line.strip() for line in lines] or [""]
+
+
 def titled_row(panels: list[tuple[str, Tensor]], gap: int = 12, title_height: int = 16) -> Tensor:
-    """Pictures ``(C, H, W)`` in [0, 1] side by side on white, each under its title -> ``(3, H', W')``."""
+    """Pictures ``(C, H, W)`` in [0, 1] side by side on white, each under its title -> ``(3, H', W')``; a title
+    wider than its picture is wrapped (at spaces and commas) onto more lines of ``title_height - 4`` pixels."""
     from PIL import Image, ImageDraw
 
     if not panels:
         raise ValueError("titled_row needs at least one panel")
     images = [img.expand(3, -1, -1) if img.shape[0] == 1 else img for _, img in panels]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    titles = [_wrap(title, img.shape[2] + gap // 2, measure) for (title, _), img in zip(panels, images)]
+    line = title_height - 4
+    title_height += line * (max(len(t) for t in titles) - 1)
     height = title_height + max(img.shape[1] for img in images)
     width = sum(img.shape[2] for img in images) + gap * (len(images) + 1)
     canvas = torch.ones(3, height + gap, width)
@@ -78,8 +97,9 @@ def titled_row(panels: list[tuple[str, Tensor]], gap: int = 12, title_height: in
     pil = Image.fromarray((canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
     draw = ImageDraw.Draw(pil)
     x = gap
-    for (title, _), img in zip(panels, images):
-        draw.text((x, 2), title, fill=(0, 0, 0))
+    for lines, img in zip(titles, images):
+        for i, text in enumerate(lines):
+            draw.text((x, 2 + i * line), text, fill=(0, 0, 0))
         x += img.shape[2] + gap
     return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 

@@ -26,6 +26,16 @@ def test_titled_row_places_each_panel_under_its_title():
         titled_row([])
 
 
+def test_titled_row_wraps_a_long_title_at_commas_and_spaces():
+    panel = torch.zeros(1, 40, 60)
+    short = titled_row([("a", panel)], gap=4, title_height=16)
+    long = titled_row([("transporter=spline-tarflow,predictor.head=logistic-mixture @4", panel)], gap=4, title_height=16)
+    assert long.shape[2] == short.shape[2] and long.shape[1] > short.shape[1]  # more lines, same width
+    extra = long.shape[1] - short.shape[1]
+    assert extra % 12 == 0 and extra >= 24  # whole lines of title_height - 4 pixels, at least three lines in all
+    assert (long[:, -(40 + 2):-2, 4:64] == 0).all()  # the panel sits below the taller title block
+
+
 def test_captioned_rows_stack_one_row_per_caption():
     rows = [("a red circle", torch.zeros(3, 3, 4, 4)), ("", torch.zeros(2, 3, 4, 4))]
     grid = captioned_rows(rows, pad=1, caption_height=10)
