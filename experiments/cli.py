@@ -13,6 +13,7 @@
     ntm bench toy --out runs/bench-toy                      # baselines vs NTM, one table
     ntm bench latency --out runs/bench-latency              # time to one image vs a deep-shallow AR flow
     ntm bench loader --out runs/bench-loader                # data loader vs training step: data- or compute-bound
+    ntm bench checkpoint --out runs/bench-checkpoint        # bytes and host memory per rank while saving (2 CPU ranks)
     ntm ablate toy --slot transporter=identity,tarflow --steps 1 2 4 --out runs/ablate   # a grid over variants
     ntm autoencoder train shapes-ae && ntm train shapes-latent-ntm   # an NTM in an autoencoder's latent space
     ntm shards write --folder images/ --out 'shards/train-%06d.tar'
@@ -562,14 +563,16 @@ def eval_command(args: list[str]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BenchArgs:
-    suite: tyro.conf.Positional[Literal["toy", "digits", "shapes", "latent", "paper", "latency", "loader"]]
+    suite: tyro.conf.Positional[Literal["toy", "digits", "shapes", "latent", "paper", "latency", "loader",
+                                         "checkpoint"]]
     """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores), shapes (text-to-image on procedural
     captioned shapes: NTM@4 vs Gaussian@4, flow matching Euler@4/16/64 and a deep-shallow AR flow of the same size,
     scored by the shapes-eval judge), latent (pixel vs latent NTM@4 on shapes at 32x32, same training wall time: domain
     FID, judge, ms/sample with decoding, training examples/s; trains the shapes-ae autoencoder first), paper (GPU, imagenet-paper family) or latency (time to one image and batched
     throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the same size and flow matching, random
     weights, ~3 min on CPU) or loader (data loader examples/s per num_workers vs the training step: data-bound or
-    compute-bound; its own flags: ntm bench loader --help)."""
+    compute-bound; its own flags: ntm bench loader --help) or checkpoint (bytes written and host memory added per
+    rank while saving a training checkpoint, torchrun on CPU ranks; its own flags: ntm bench checkpoint --help)."""
     out: Path = Path("runs/bench")
     """Output directory (results.json, results.md, plots, figures, runs/)."""
     train_steps: int | None = None
@@ -605,6 +608,10 @@ def bench_command(args: list[str]) -> int:
         from experiments.loader_bench import loader_command
 
         return loader_command(args[1:])
+    if args[:1] == ["checkpoint"]:  # its own flags (experiments/checkpoint_bench.py)
+        from experiments.checkpoint_bench import checkpoint_command
+
+        return checkpoint_command(args[1:])
     a = run_tyro(tyro.cli, BenchArgs, prog="ntm bench", argv=args)
     if a.suite == "loader":
         from experiments.loader_bench import loader_command
@@ -612,6 +619,12 @@ def bench_command(args: list[str]) -> int:
         rest = list(args)
         rest.remove("loader")
         return loader_command(rest)
+    if a.suite == "checkpoint":
+        from experiments.checkpoint_bench import checkpoint_command
+
+        rest = list(args)
+        rest.remove("checkpoint")
+        return checkpoint_command(rest)
     if a.suite == "latency":
         return _latency(a)
     kwargs = {"seed": a.seed, "tiny": a.tiny}
