@@ -93,12 +93,17 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: a flushed, fsynced temporary file renamed onto ``path`` (parent
     directories created, the directory fsynced); if saving raises, ``path`` is untouched. Returns the path."""
-    path = Path(path)
+    return _atomic_write(Path(path), "wb", lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: Path, mode: str, write: Any) -> Path:
+    """``write(f)`` into a flushed, fsynced temporary file beside ``path`` (opened with ``mode``), renamed onto
+    ``path``, the directory fsynced; parents are created. If ``write`` raises, ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -441,17 +446,7 @@ class CheckpointManager:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (fsynced temporary file renamed onto it)."""
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    _atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
 
 
 # -- RNG --------------------------------------------------------------------
