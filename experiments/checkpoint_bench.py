@@ -50,7 +50,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -372,47 +372,77 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen, pid_file: Path) -> None:
-    """Stop torchrun (it stops its workers on SIGTERM), then kill whatever of it and its workers is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
+def _stop(proc: subprocess.Popen, pid_file: Path | None, grace_s: float) -> None:
+    """Stop the process's session: SIGTERM (torchrun stops its workers on it) and ``grace_s`` to exit, then SIGKILL
+    (at once when ``grace_s`` is 0); then SIGKILL the pids listed in ``pid_file`` (torchrun starts each worker in a
+    session of its own, which the first signals miss)."""
+    if grace_s > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    for pid in pid_file.read_text().split() if pid_file.is_file() else []:
+    for pid in pid_file.read_text().split() if pid_file is not None and pid_file.is_file() else []:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(int(pid), signal.SIGKILL)
 
 
-def launch(out: Path, ranks: int, width: int, seed: int, timeout_s: float) -> tuple[int, str]:
-    """``torchrun --nproc-per-node ranks`` of :func:`worker` (gloo, CPU); output to ``out/torchrun.log``. Returns
-    the exit status (``-1`` when it ran past ``timeout_s`` and was stopped) and the log."""
+def run_ranks(args: Sequence[str], log: Path, *, ranks: int | None, timeout_s: float,
+              env: Mapping[str, str] | None = None, pythonpath: Sequence[str | Path] = (),
+              pid_file: Path | None = None, fresh: Sequence[Path] = (), grace_s: float = 30.0,
+              tries: int = 3) -> tuple[int | None, str]:
+    """``python -m torch.distributed.run --nproc-per-node RANKS ... ARGS`` on 127.0.0.1 (``python ARGS`` when
+    ``ranks`` is None), from the repository, in a session of its own, its output to ``log`` (a file: a pipe would be
+    held open by stray workers).
+
+    The environment is this process's without the variables a surrounding launcher sets (``RANK``, ``MASTER_PORT``,
+    ...), with ``OMP_NUM_THREADS=1`` unless set, ``pythonpath`` put before ``PYTHONPATH``, and ``env`` over it.
+    The master port is probed free; when it is taken before torchrun binds it ("address already in use"), the
+    launch is retried on a fresh port, up to ``tries`` launches. Before each launch ``pid_file`` and the files and
+    directories of ``fresh`` are removed. Past ``timeout_s`` the launch is stopped (:func:`_stop`). Returns the
+    exit status (``None`` when it was stopped) and the log."""
     repo = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([str(repo), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("OMP_NUM_THREADS", "1")
-    log = out / "torchrun.log"
-    code = 1
-    for _ in range(3):  # the free port can be taken between probing and binding: retry on that only
-        (out / "ranks" / "pids").unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "-m", "experiments.checkpoint_bench", "worker", str(out), str(width), str(seed)]
+    full = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    full.setdefault("OMP_NUM_THREADS", "1")
+    full["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), *filter(None, [full.get("PYTHONPATH")])])
+    if not full["PYTHONPATH"]:
+        del full["PYTHONPATH"]
+    full.update(env or {})
+    code: int | None = 1
+    for _ in range(tries if ranks is not None else 1):
+        for path in [*fresh, *([pid_file] if pid_file is not None else [])]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        launcher = [] if ranks is None else ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
+                                             "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
         with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen([sys.executable, *launcher, *args], cwd=repo, env=full, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                _stop(proc, out / "ranks" / "pids")
-                return -1, log.read_text()
+                _stop(proc, pid_file, grace_s)
+                return None, log.read_text()
         text = log.read_text()
-        if code != 0 and "address already in use" in text.lower():
+        if ranks is not None and code != 0 and "address already in use" in text.lower():
             continue
         return code, text
     return code, log.read_text()
+
+
+def launch(out: Path, ranks: int, width: int, seed: int, timeout_s: float) -> tuple[int, str]:
+    """``torchrun --nproc-per-node ranks`` of :func:`worker` (gloo, CPU; :func:`run_ranks`); output to
+    ``out/torchrun.log``. Returns the exit status (``-1`` when it ran past ``timeout_s`` and was stopped) and the
+    log."""
+    code, text = run_ranks(["-m", "experiments.checkpoint_bench", "worker", str(out), str(width), str(seed)],
+                           out / "torchrun.log", ranks=ranks, timeout_s=timeout_s,
+                           pythonpath=[Path(__file__).resolve().parents[1]], pid_file=out / "ranks" / "pids")
+    return -1 if code is None else code, text
 
 
 def run_checkpoint_bench(a: CheckpointBenchArgs) -> dict:
