@@ -19,12 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,12 +30,12 @@ from experiments.cli import main
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
 from ntm.train.dcp import bytes_per_rank, read_meta
 from ntm.train.errors import CheckpointError
+from tests.distributed.torchrun_launch import sitecustomize, torchrun
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
 )
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
 RUN = [
     "train", "toy-ntm",
@@ -82,42 +77,13 @@ if "LOCAL_RANK" in os.environ and os.environ.get("NTM_TEST_KILL_AT"):  # torchru
     ShardedCheckpointer.save = save
 '''
 
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(tmp: Path, name: str, args: list[str], **env_extra: str) -> tuple[int, str]:
-    """Two gloo workers running ``ntm *args``; output to a log file; on a timeout everything is killed."""
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    env.update(OMP_NUM_THREADS="1", **env_extra)
+def _torchrun(tmp: Path, name: str, args: list[str], site: Path | None = None, **env: str) -> tuple[int, str]:
+    """Two gloo workers running ``ntm *args`` (``site`` first on ``PYTHONPATH``); output to ``tmp/name.log``; on a
+    timeout everything is killed."""
     pid_file = tmp / f"{name}.pids"
-    env.setdefault("NTM_TEST_PIDS", str(pid_file))
-    log = tmp / f"{name}.log"
-    for _ in range(3):  # the free port can be taken between probing and binding: retry on that only
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "experiments.cli", *args]
-        with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                proc.wait(timeout=TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                for pid in pid_file.read_text().split() if pid_file.exists() else []:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(int(pid), signal.SIGKILL)
-                pytest.fail(f"torchrun {name} hung for {TIMEOUT_S}s (deadlock?):\n{log.read_text()[-4000:]}")
-        out = log.read_text()
-        if proc.returncode != 0 and "address already in use" in out.lower():
-            continue
-        return proc.returncode, out
-    return proc.returncode, out
+    return torchrun(["-m", "experiments.cli", *args], tmp / f"{name}.log", timeout_s=TIMEOUT_S, what=f"torchrun {name}",
+                    env={"NTM_TEST_PIDS": str(pid_file), **env}, site=site, pid_file=pid_file)
 
 
 def _in_process(args: list[str]) -> str:
@@ -137,19 +103,16 @@ def _curve(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("dcp")
-    site = root / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    site = sitecustomize(root, SITECUSTOMIZE)
     out: dict = {"root": root}
 
     out["reference"] = root / "reference"
     _in_process([*RUN, "--run-dir", str(out["reference"]), "--train.grad-accum", "2"])
 
     out["killed"] = root / "killed"
-    pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     out["killed_rc"], out["killed_log"] = _torchrun(
-        root, "killed", [*RUN, "--run-dir", str(out["killed"]), "--train.async-checkpoint"],
-        PYTHONPATH=pythonpath, NTM_TEST_KILL_AT="4")
+        root, "killed", [*RUN, "--run-dir", str(out["killed"]), "--train.async-checkpoint"], site=site,
+        NTM_TEST_KILL_AT="4")
 
     out["at1"] = root / "at1"
     shutil.copytree(out["killed"], out["at1"])

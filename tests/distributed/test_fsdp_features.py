@@ -11,12 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +21,13 @@ import torch.distributed as dist
 
 from experiments.cli import main
 from ntm.train.config import TrainConfig
+from tests.distributed.torchrun_launch import torchrun
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
 )
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 TIMEOUT_S = 240
 TINY = [
     "--train.steps", "2", "--train.batch-size", "32", "--train.warmup-steps", "0", "--train.log-every", "1",
@@ -52,36 +47,6 @@ def _cli(*args: str) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(script_args: list[str], log: Path) -> tuple[int, str]:
-    """Two workers, output to ``log``; killed (the whole session) on a timeout."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                                "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    for _ in range(3):  # the probed port can be taken before torchrun binds it: retry on that only
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(HERE / "fsdp_worker.py"), *script_args]
-        with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
-            try:
-                proc.wait(timeout=TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                pytest.fail(f"fsdp_worker.py hung for {TIMEOUT_S}s (deadlock?):\n{log.read_text()[-4000:]}")
-        out = log.read_text()
-        if proc.returncode != 0 and "address already in use" in out.lower():
-            continue
-        return proc.returncode, out
-    return proc.returncode, out
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The worker's report, plus the one-process run and sample it is compared with."""
@@ -96,7 +61,8 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = json.loads((odd / "config.json").read_text())
     config["eval"]["num_points"] = 63
     (odd / "config.json").write_text(json.dumps(config))
-    rc, log = _torchrun([str(tmp / "report.json"), str(tmp / "toy"), str(odd), str(ref), str(out)], tmp / "log.txt")
+    rc, log = torchrun([str(HERE / "fsdp_worker.py"), str(tmp / "report.json"), str(tmp / "toy"), str(odd), str(ref),
+                        str(out)], tmp / "log.txt", timeout_s=TIMEOUT_S, what="fsdp_worker.py")
     assert rc == 0, log[-6000:]
     return {"report": json.loads((tmp / "report.json").read_text()), "ref": ref, "toy": tmp / "toy", "out": out,
             "odd": odd}

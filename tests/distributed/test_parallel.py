@@ -18,12 +18,6 @@ every ``CheckpointManager.save`` and ``.commit`` call with the caller's rank, so
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,12 +26,12 @@ import torch.distributed as dist
 
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
 from ntm.train.dcp import bytes_per_rank
+from tests.distributed.torchrun_launch import sitecustomize, torchrun
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
 )
 
-REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
 TIMEOUT_S = 180
 TINY = [
@@ -83,79 +77,23 @@ if "LOCAL_RANK" in os.environ and os.environ.get("NTM_TEST_SAVE_LOG"):  # torchr
     CheckpointManager.save, CheckpointManager.commit = save, commit
 '''
 
-# Variables a surrounding torchrun / launcher could leak into the children.
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(cmd: list[str], env: dict[str, str], log: Path, pid_file: Path | None = None) -> tuple[int, str]:
-    """Run with output to ``log`` (not a pipe, which stray workers would hold open); on a timeout kill everything."""
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _kill(proc, pid_file)
-            pytest.fail(f"{' '.join(cmd[:6])} ... hung for {TIMEOUT_S}s (deadlock?); output:\n"
-                        f"{log.read_text()[-4000:]}")
-    return proc.returncode, log.read_text()
-
-
-def _kill(proc: subprocess.Popen, pid_file: Path | None) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # torchrun stops its workers on SIGTERM
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    # torchrun starts each worker in a session of its own; kill any it left behind
-    for pid in (pid_file.read_text().split() if pid_file is not None and pid_file.exists() else []):
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
 
 def _train_single(run_dir: Path, *flags: str) -> str:
-    rc, out = _run([sys.executable, "-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir),
-                    *TINY, *flags], _env(), log=run_dir.parent / "single.log")
+    rc, out = torchrun(["-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags],
+                       run_dir.parent / "single.log", ranks=None, timeout_s=TIMEOUT_S, what="ntm train",
+                       grace_s=20)
     assert rc == 0, out[-4000:]
     return out
 
 
 def _train_torchrun(run_dir: Path, tmp: Path, *flags: str) -> tuple[str, list[tuple[int, int]]]:
     """Two gloo workers; returns the output and the recorded ``(rank, step)`` checkpoint saves."""
-    site = tmp / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     save_log, pid_file = tmp / "saves.txt", tmp / "worker_pids.txt"
-    pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    env = _env(PYTHONPATH=pythonpath, NTM_TEST_SAVE_LOG=str(save_log), NTM_TEST_PIDS=str(pid_file))
-    for _ in range(3):  # the free port can be taken between probing and binding: retry on that only
-        shutil.rmtree(run_dir, ignore_errors=True)
-        save_log.unlink(missing_ok=True)
-        pid_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags]
-        rc, out = _run(cmd, env, log=tmp / "torchrun.log", pid_file=pid_file)
-        if rc != 0 and "address already in use" in out.lower():
-            continue
-        break
+    rc, out = torchrun(["-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags],
+                       tmp / "torchrun.log", timeout_s=TIMEOUT_S, what="torchrun ntm train",
+                       env={"NTM_TEST_SAVE_LOG": str(save_log), "NTM_TEST_PIDS": str(pid_file)},
+                       site=sitecustomize(tmp, SITECUSTOMIZE), pid_file=pid_file, fresh=[run_dir, save_log],
+                       grace_s=20)
     # torchrun exits 0 only when every worker exited 0
     assert rc == 0, out[-4000:]
     saves = [tuple(map(int, line.split())) for line in save_log.read_text().splitlines()] if save_log.exists() else []
