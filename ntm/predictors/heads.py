@@ -107,9 +107,11 @@ class GaussianHead(Head):
         return gaussian_head(raw, u_t, t, s, self.config.parameterization, self.config.sigma)
 
 
-class MixtureHeadConfig(HeadConfig):
+class ComponentsHeadConfig(HeadConfig):
+    """A head with ``num_components`` (>= 1, refused in one line otherwise): the mixture heads."""
+
     num_components: int = 4
-    """M >= 1: Gaussian components over the whole state, one component index shared by all tokens (§12)."""
+    """M >= 1 mixture components."""
 
     @pydantic.field_validator("num_components")
     @classmethod
@@ -117,6 +119,11 @@ class MixtureHeadConfig(HeadConfig):
         if value < 1:
             raise ValueError(f"a mixture needs at least one component (num_components = {value})")
         return value
+
+
+class MixtureHeadConfig(ComponentsHeadConfig):
+    num_components: int = 4
+    """M >= 1: Gaussian components over the whole state, one component index shared by all tokens (§12)."""
 
     def build(self, dims: ModelDims) -> "MixtureHead":
         return MixtureHead(self, dims)
@@ -159,6 +166,6 @@ class MixtureHead(Head):
 
 
 __all__ = [
-    "HEADS", "GaussianHead", "GaussianHeadConfig", "Head", "HeadConfig", "MixtureHead", "MixtureHeadConfig",
+    "HEADS", "ComponentsHeadConfig", "GaussianHead", "GaussianHeadConfig", "Head", "HeadConfig", "MixtureHead", "MixtureHeadConfig",
     "Parameterization", "gaussian_head",
 ]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 
-import pydantic
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from ntm.distributions import LogisticMixture
 from ntm.forward import interpolant as I
-from ntm.predictors.heads import HEADS, Head, HeadConfig
+from ntm.predictors.heads import HEADS, ComponentsHeadConfig, Head
 from ntm.spec import ModelDims
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -10.0, 7.0
@@ -35,16 +34,9 @@ def component_offsets(m: int, dtype: torch.dtype, device: torch.device | None = 
     return (torch.arange(m, dtype=dtype, device=device) - (m - 1) / 2) / m
 
 
-class LogisticMixtureHeadConfig(HeadConfig):
+class LogisticMixtureHeadConfig(ComponentsHeadConfig):
     num_components: int = 4
     """M >= 1: logistic components for every token and channel on its own, each with its own weights (§12)."""
-
-    @pydantic.field_validator("num_components")
-    @classmethod
-    def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"a logistic mixture needs at least one component (num_components = {value})")
-        return value
 
     def build(self, dims: ModelDims) -> "LogisticMixtureHead":
         return LogisticMixtureHead(self, dims)
