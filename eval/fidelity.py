@@ -36,7 +36,7 @@ from torch_fidelity.defaults import DEFAULTS as _TF_DEFAULTS
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from eval.domain_classifier import DomainClassifierConfig, digits_domain_classifier, load_domain_classifier
+from ntm.eval.domain_classifier import DomainClassifierConfig, digits_domain_classifier, load_domain_classifier
 
 DOMAIN_EXTRACTOR = "ntm-domain"
 """torch-fidelity name of the domain-classifier feature extractor."""
@@ -259,7 +259,7 @@ def domain_extractor_for_shapes(
 ) -> tuple[str, dict[str, Any]]:
     """Train-or-load the shapes classifier (:func:`eval.domain_classifier.shapes_domain_classifier`); ``(extractor,
     kwargs)`` for ``fidelity_metrics``."""
-    from eval.domain_classifier import shapes_domain_classifier
+    from ntm.eval.domain_classifier import shapes_domain_classifier
 
     model = shapes_domain_classifier(image_size, cache_dir)
     return DOMAIN_EXTRACTOR, {"weights_path": str(model.cache_path)}

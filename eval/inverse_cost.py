@@ -1,6 +1,6 @@
 """Cost of the TarFlow inverse vs token count: KV-cached sequential decoding against naive recomputation.
 
-    python -m eval.inverse_cost --tokens 16 32 64 128
+    python -m ntm.eval.inverse_cost --tokens 16 32 64 128
 
 Both decode token by token; the cached one feeds one new token per step
 (attention over the cache), the naive one re-runs the whole prefix. Prints
@@ -16,7 +16,7 @@ import dataclasses
 import torch
 import tyro
 
-from eval.timing import measure
+from ntm.eval.timing import measure
 from ntm.spec import ModelDims
 from ntm.transporters import TarFlowConfig
 

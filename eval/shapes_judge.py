@@ -80,7 +80,7 @@ loads ``<cache_dir>/<key>.pt`` or trains and writes it atomically; the key
 configs and a fingerprint of a few rendered training scenes (so a change to
 the renderer invalidates it); ``cache_dir`` defaults to
 ``$NTM_CACHE/shapes_judge`` (``~/.cache/ntm/shapes_judge``).
-``python -m eval.shapes_judge`` trains or loads the default judge and prints
+``python -m ntm.eval.shapes_judge`` trains or loads the default judge and prints
 its accuracy table.
 """
 
@@ -102,7 +102,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.domain_classifier import CACHE_ENV
+from ntm.eval.domain_classifier import CACHE_ENV
 from ntm.data.shapes import (
     BACKGROUND,
     CATEGORIES,
@@ -799,7 +799,7 @@ def shapes_judge(image_size: int = 32, cache_dir: str | Path | None = None, *, t
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m eval.shapes_judge [--image-size 32] [--cache-dir DIR] [--threads N]``: train or load the
+    """``python -m ntm.eval.shapes_judge [--image-size 32] [--cache-dir DIR] [--threads N]``: train or load the
     default judge, print its measured accuracy."""
     import argparse
 

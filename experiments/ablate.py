@@ -25,11 +25,11 @@ from typing import Any
 
 import tyro
 
-from experiments.bench import BenchModel, EvalPoint, Suite, _variant, results_table, run_suite
-from experiments.config import Experiment
-from experiments.presets import PRESETS
-from registry import ComponentConfig, did_you_mean
-from registry.cli import cli_slots
+from ntm.experiments.bench import BenchModel, EvalPoint, Suite, _variant, results_table, run_suite
+from ntm.experiments.config import Experiment
+from ntm.experiments.presets import PRESETS
+from ntm.registry import ComponentConfig, did_you_mean
+from ntm.registry.cli import cli_slots
 
 SUITE_PRESETS = {"toy": "toy-ntm", "digits": "digits-ntm"}
 DEFAULT_STEPS = {"toy": 1500, "digits": 1200}
@@ -72,7 +72,7 @@ def _get(config: Any, path: list[str]) -> Any:
 def parse_slots(specs: tuple[str, ...]) -> list[tuple[str, str, list[str]]]:
     """``SLOT=NAME,...`` -> ``(command-line path, data path, names)``; one-line ``ValueError`` for an unknown slot or
     name (listing the known ones)."""
-    from registry.cli import cli_path
+    from ntm.registry.cli import cli_path
 
     slots = cli_slots(Experiment)
     data_paths = {cli_path(Experiment, p): p for p in _data_paths()}
@@ -99,7 +99,7 @@ def parse_slots(specs: tuple[str, ...]) -> list[tuple[str, str, list[str]]]:
 
 
 def _data_paths() -> list[str]:
-    from registry import registry_slots
+    from ntm.registry import registry_slots
 
     return list(registry_slots(Experiment))
 
@@ -156,7 +156,7 @@ def add_ratios(rows: list[dict], suite: str, slots: list[tuple[str, str, list[st
 
 
 def ablate_command(args: list[str]) -> int:
-    from experiments.cli import UsageError, run_tyro
+    from ntm.experiments.core import UsageError, run_tyro
 
     a = run_tyro(tyro.cli, AblateArgs, prog="ntm ablate", argv=args)
     if a.suite not in SUITE_PRESETS:

@@ -33,7 +33,7 @@ from ntm.data.streaming import WebDatasetConfig
 from ntm.train.config import TrainConfig
 from ntm.train.loop import TrainJob, train
 from ntm.viz import image_grid, save_png
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 
 class AutoencoderEvalConfig(ComponentConfig):
@@ -243,9 +243,9 @@ def train_autoencoder(exp: AutoencoderExperiment, *, resume: bool = False, quiet
 
 
 def autoencoder_command(args: list[str]) -> int:
-    from experiments.cli import UsageError, _pop_flag, run_tyro
-    from registry import did_you_mean
-    from registry.cli import parse
+    from ntm.experiments.core import UsageError, pop_flag, run_tyro
+    from ntm.registry import did_you_mean
+    from ntm.registry.cli import parse
 
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -253,8 +253,8 @@ def autoencoder_command(args: list[str]) -> int:
     if args[0] != "train":
         raise UsageError(f"unknown autoencoder command {args[0]!r}; commands: train")
     args = list(args[1:])
-    resume = _pop_flag(args, "--resume")
-    dry_run = _pop_flag(args, "--dry-run")
+    resume = pop_flag(args, "--resume")
+    dry_run = pop_flag(args, "--dry-run")
     if not args:
         raise UsageError(f"name an autoencoder preset: {', '.join(AE_PRESETS)}")
     first = args[0]

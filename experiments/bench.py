@@ -33,14 +33,14 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from eval.metrics import energy_distance, mmd_rbf, oracle_log_density
-from eval.nll import heldout_nll
-from eval.oracle import oracle_gap
-from eval.timing import measure
-from experiments.build import (build_denoiser, build_model, conditioner_of, data_for, layout_for, picture,
+from ntm.eval.metrics import energy_distance, mmd_rbf, oracle_log_density
+from ntm.eval.nll import heldout_nll
+from ntm.eval.oracle import oracle_gap
+from ntm.eval.timing import measure
+from ntm.experiments.build import (build_denoiser, build_model, conditioner_of, data_for, layout_for, picture,
                                pixel_images, train_job, upgrade_saved_config)
-from experiments.config import Experiment
-from experiments.presets import PRESETS
+from ntm.experiments.config import Experiment
+from ntm.experiments.presets import PRESETS
 from ntm.data.base import DataSource
 from ntm.denoisers import DENOISERS, DenoiserConfig, LearnedDenoiserConfig, NoDenoiserConfig, ScoreDenoiserConfig
 from ntm.denoisers.learned import DENOISER_DIR
@@ -53,7 +53,7 @@ from ntm.train.logging import Progress
 from ntm.train.loop import train
 from ntm.transporters import IdentityConfig, TransporterConfig
 from ntm.viz import image_grid, load_png, save_png, titled_row
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +262,7 @@ def _finetune_family(family: tuple[BenchModel, ...], prefix: str, preset: Experi
 
     Every new NTM-style point is also evaluated at each weight of ``guidance`` (``-w<weight>`` rows).
     """
-    from experiments.finetune import finetune_base
+    from ntm.experiments.finetune import finetune_base
 
     models = list(family)
     fm = next(m for m in models if m.name == "flow-matching")
@@ -343,7 +343,7 @@ def paper_suite(train_steps: int = 100_000, seed: int = 0, tiny: bool = False, n
     No finetuned or learned-denoiser rows (there is no imagenet finetune preset); ``teacher_steps`` sets flow
     matching's budget."""
     if finetune_steps is not None or distill_steps is not None:
-        from experiments.cli import UsageError
+        from ntm.experiments.core import UsageError
 
         raise UsageError("the paper suite has no finetuned or distilled models: drop --finetune-steps/--distill-steps")
     base = PRESETS["imagenet-paper"]
@@ -397,7 +397,7 @@ def shapes_suite(train_steps: int = 1200, seed: int = 0, tiny: bool = False, num
     Every point is scored unguided and at ``guidance`` (``-w<weight>`` rows), on ``num_samples`` captions of
     each held-out split (seen and unseen colour-shape pairs), with a domain FID from a shapes classifier."""
     if finetune_steps is not None or distill_steps is not None or teacher_steps is not None:
-        from experiments.cli import UsageError
+        from ntm.experiments.core import UsageError
 
         raise UsageError("the shapes suite trains every model from scratch on one budget: drop --finetune-steps, "
                          "--distill-steps and --teacher-steps")
@@ -457,10 +457,10 @@ def latent_suite(train_steps: int = 500, seed: int = 0, tiny: bool = False, num_
     Both scored unguided and at ``guidance`` by the shapes-eval judge (32x32) and a domain FID against real
     pixels; wall ms per sample includes decoding; the rows carry the training throughput (examples/s) and, for
     the latent model, the cycle PSNR of its decoded samples and the autoencoder's own figures."""
-    from experiments.autoencoder import AE_PRESETS
+    from ntm.experiments.autoencoder import AE_PRESETS
 
     if finetune_steps is not None or distill_steps is not None or teacher_steps is not None:
-        from experiments.cli import UsageError
+        from ntm.experiments.core import UsageError
 
         raise UsageError("the latent suite trains two models from scratch: drop --finetune-steps, --distill-steps "
                          "and --teacher-steps")
@@ -509,7 +509,7 @@ def train_or_reuse(exp: Experiment, data: DataSource) -> torch.nn.Module:
 def _with_autoencoder(exp: Experiment, ae: Any, out: Path, device: str) -> tuple[Experiment, dict[str, Any]]:
     """``exp`` on the autoencoder of run ``ae`` (trained under ``out/runs`` unless a finished run of the same config
     is there) and that autoencoder's figures (reconstruction and cycle PSNR, KL, training time)."""
-    from experiments.autoencoder import train_autoencoder
+    from ntm.experiments.autoencoder import train_autoencoder
     from ntm.autoencoders import FILE_NAME, PretrainedAutoencoderConfig
 
     ae = ae.replace(run_dir=str(out / "runs" / ae.name), train=ae.train.replace(device=device))
@@ -585,7 +585,7 @@ def distill_or_reuse(exp: Experiment, steps: int, network: LearnedDenoiserConfig
     (its ``final.json`` is returned) and resumed when shorter; any other (a stale one: the run trained on since,
     another network) is removed and distilled again. Returns what ``final.json`` holds.
     """
-    from experiments.distill import DistillArgs, distill
+    from ntm.experiments.distill import DistillArgs, distill
 
     run = Path(exp.resolved_run_dir)
     teacher = CheckpointManager(run / "checkpoints").latest_path()
@@ -727,7 +727,7 @@ def _text_eval(sc: _Scoring, exp: Experiment, model, point: EvalPoint,
     """Judge scores (``shapes_<split>_<category>``, ``shapes_<split>_overall``, ``unseen_vs_seen``) and image metrics
     of the seen split into ``metrics``; returns the seen split's samples (display space, ``[0, 1]``) and their
     cost."""
-    from experiments.t2i import shapes_eval
+    from ntm.experiments.t2i import shapes_eval
 
     dev = next(model.parameters()).device
     if dev.type == "cuda":
@@ -833,11 +833,11 @@ def run_suite(
             distilled_steps = final.get("steps", bm.distill_steps)
         dev = next(model.parameters()).device
         if suite.image_metrics == "domain-digits" and extractor is None:
-            from eval.fidelity import domain_extractor_for_digits
+            from ntm.eval.fidelity import domain_extractor_for_digits
 
             extractor = domain_extractor_for_digits()
         elif suite.image_metrics == "domain-shapes" and extractor is None:
-            from eval.fidelity import domain_extractor_for_shapes
+            from ntm.eval.fidelity import domain_extractor_for_shapes
 
             extractor = domain_extractor_for_shapes((data.spec.image_shape or data.spec.shape)[-1])
         elif suite.image_metrics == "inception":
@@ -890,7 +890,7 @@ def run_suite(
 
 def _prompt_samples(suite: Suite, exp: Experiment, model, data: DataSource, point: EvalPoint) -> torch.Tensor:
     """``suite.per_prompt`` samples of every caption of ``suite.prompts`` (display space), the same seed for every row."""
-    from experiments.t2i import sample_captions
+    from ntm.experiments.t2i import sample_captions
 
     captions = [c for c in suite.prompts for _ in range(suite.per_prompt)]
     images, _ = sample_captions(exp, model, data, captions, seed=exp.eval.seed, sampler=_sampler_config(exp, point),
@@ -948,7 +948,7 @@ def _quality(suite: Suite, data: DataSource, samples: torch.Tensor, reference: t
         return out
     if extractor is None:  # image_metrics="none"
         return {}
-    from eval.fidelity import fidelity_metrics
+    from ntm.eval.fidelity import fidelity_metrics
 
     name, kwargs = extractor
     images = (samples if shown else data.to_display(samples)).clamp(0, 1)
@@ -986,7 +986,7 @@ def results_table(rows: list[dict]) -> str:
 def shapes_table(rows: list[dict]) -> str:
     """The text-to-image rows in brief: judge scores (overall seen / unseen and their ratio, then per category on
     the seen split), domain FID, parameters (text encoder excluded) and wall ms per sample."""
-    from eval.shapes_judge import CATEGORIES
+    from ntm.eval.shapes_judge import CATEGORIES
 
     head = ["model", "K", "nfe", "guidance", "seen", "unseen", "unseen/seen", *CATEGORIES, "fid", "params",
             "ms/sample"]

@@ -10,7 +10,7 @@ import pydantic
 import torch
 from torch import Tensor, nn
 
-from experiments.config import Experiment
+from ntm.experiments.config import Experiment
 from ntm.autoencoders import AUTOENCODERS, AutoencoderError, LatentSource
 from ntm.conditioning import CONDITIONERS
 from ntm.conditioning.base import Conditioner, ConditionerConfig

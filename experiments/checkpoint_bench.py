@@ -3,7 +3,7 @@
     ntm bench checkpoint --out runs/bench-checkpoint                   # 25 M parameters, 2 gloo ranks on the CPU
     ntm bench checkpoint --out runs/bc --params-m 100 --ranks 4
 
-``torchrun --nproc-per-node RANKS`` starts gloo workers on the CPU (``python -m experiments.checkpoint_bench``).
+``torchrun --nproc-per-node RANKS`` starts gloo workers on the CPU (``python -m ntm.experiments.checkpoint_bench``).
 Each builds the training state the loop checkpoints: ``toy-ntm`` with the transporter's and the predictor's width
 chosen for about ``--params-m`` million parameters (a multiple of ``lcm(4, RANKS)``, so that the weights shard
 evenly), wrapped with FSDP2 (:func:`ntm.train.distributed.wrap`), its AdamW and schedule
@@ -93,7 +93,7 @@ class CheckpointBenchArgs:
 # -- the model ------------------------------------------------------------------
 def bench_experiment(width: int):
     """``toy-ntm`` with transporter and predictor of ``width`` (4 heads), trained on the CPU with FSDP."""
-    from experiments.presets import PRESETS
+    from ntm.experiments.presets import PRESETS
 
     exp = PRESETS["toy-ntm"]
     model = exp.model.replace(transporter=exp.model.transporter.replace(width=width, num_heads=HEADS),
@@ -105,7 +105,7 @@ def bench_experiment(width: int):
 def width_for(params: float, ranks: int) -> tuple[int, int]:
     """The width (a multiple of ``lcm(4, ranks)``) whose model has the parameter count closest to ``params``, and
     that count."""
-    from experiments.scaling import count, meta_model
+    from ntm.experiments.scaling import count, meta_model
 
     unit = math.lcm(HEADS, ranks)
 
@@ -289,7 +289,7 @@ def worker(out: Path, width: int, seed: int) -> None:
     """Build the training state, save it once per mode measuring each save, write ``out/ranks/rank<r>.json``."""
     import torch
 
-    from experiments.build import data_for, train_job
+    from ntm.experiments.build import data_for, train_job
     from ntm.train import distributed as D
     from ntm.train.checkpoint import CheckpointManager, rng_state
     from ntm.train.dcp import ShardedCheckpointer, training_state
@@ -439,7 +439,7 @@ def launch(out: Path, ranks: int, width: int, seed: int, timeout_s: float) -> tu
     """``torchrun --nproc-per-node ranks`` of :func:`worker` (gloo, CPU; :func:`run_ranks`); output to
     ``out/torchrun.log``. Returns the exit status (``-1`` when it ran past ``timeout_s`` and was stopped) and the
     log."""
-    code, text = run_ranks(["-m", "experiments.checkpoint_bench", "worker", str(out), str(width), str(seed)],
+    code, text = run_ranks(["-m", "ntm.experiments.checkpoint_bench", "worker", str(out), str(width), str(seed)],
                            out / "torchrun.log", ranks=ranks, timeout_s=timeout_s,
                            pythonpath=[Path(__file__).resolve().parents[1]], pid_file=out / "ranks" / "pids")
     return -1 if code is None else code, text
@@ -448,7 +448,7 @@ def launch(out: Path, ranks: int, width: int, seed: int, timeout_s: float) -> tu
 def run_checkpoint_bench(a: CheckpointBenchArgs) -> dict:
     """The whole bench (see the module docstring); writes ``checkpoint.json`` and ``checkpoint.md`` under
     ``a.out``."""
-    from experiments.cli import UsageError
+    from ntm.experiments.core import UsageError
     from ntm.train.checkpoint import CheckpointManager
     from ntm.train.dcp import bytes_per_rank
 
@@ -540,7 +540,7 @@ def checkpoint_table(result: dict) -> str:
 
 
 def checkpoint_command(args: list[str]) -> int:
-    from experiments.cli import run_tyro
+    from ntm.experiments.core import run_tyro
 
     a = run_tyro(tyro.cli, CheckpointBenchArgs, prog="ntm bench checkpoint", argv=args)
     try:

@@ -51,11 +51,11 @@ import pydantic
 import torch
 import tyro
 
-from eval.nll import heldout_nll
-from experiments.build import build_model, conditioner_of, data_for, layout_for, sample, sample_picture, train_job
-from experiments.config import Experiment
-from experiments.plugins import PluginError, load_plugins
-from experiments.presets import PRESETS
+from ntm.eval.nll import heldout_nll
+from ntm.experiments.build import build_model, conditioner_of, data_for, layout_for, sample, sample_picture, train_job
+from ntm.experiments.config import Experiment
+from ntm.experiments.plugins import PluginError, load_plugins
+from ntm.experiments.presets import PRESETS
 from ntm.autoencoders import AutoencoderError
 from ntm.data.base import DataError
 from ntm.denoisers import DENOISERS, DenoiserConfig
@@ -70,119 +70,16 @@ from ntm.train.config import RESUMABLE_FIELDS
 from ntm.train.errors import NonFiniteLossError, TrainingError
 from ntm.train.loop import train
 from ntm.viz import captioned_rows, save_png
-from registry import ConfigError, RegistryError, did_you_mean
-from registry.cli import config_error, parse
-
-USER_ERRORS = (
-    pydantic.ValidationError, ConfigError, DataError, RegistryError, ScheduleError, TrainingError, FileNotFoundError,
-    PluginError, AutoencoderError,
+from ntm.registry import ConfigError, RegistryError, did_you_mean
+from ntm.registry.cli import config_error, parse
+from ntm.experiments.core import USER_ERRORS, UsageError, format_error, pop_flag, pop_value, run_tyro, version
+from ntm.experiments.runs import (
+    check_run_autoencoder, load_experiment, load_run, nll_space, sampler_for, shard_under_torchrun,
 )
-
-
-class UsageError(Exception):
-    """A bad command line; the message may hold several lines, one per problem."""
-
-
-def format_error(err: BaseException) -> str:
-    """One line per problem; pydantic errors name the field."""
-    if isinstance(err, pydantic.ValidationError):
-        return str(config_error(err))
-    if isinstance(err, (ConfigError, UsageError)):
-        return str(err)
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("ntm")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "unknown"
-
-
-# -- tyro with the house error style ------------------------------------------------
-def _tyro_problems(text: str) -> list[str]:
-    """tyro's framed error message -> its problem lines (frame, title, help pointers and long lists dropped)."""
-    blocks, block = [], []
-    for line in text.splitlines():
-        stripped = line.strip().strip("│╭╮╰╯─ ").strip()
-        if not stripped or set(stripped) <= set("-─━"):
-            if block:
-                blocks.append(" ".join(block))
-                block = []
-            continue
-        block.append(" ".join(stripped.split()))
-    if block:
-        blocks.append(" ".join(block))
-    blocks = [b for b in blocks if not b.startswith("For full helptext")]
-    problems = blocks[1:] if len(blocks) > 1 else blocks  # the first block is a title ("Unrecognized options")
-    out = []
-    for b in problems:
-        if b.startswith("Perhaps you meant"):
-            flags = [f for f in dict.fromkeys(re.findall(r"(--[\w.-]+)", b)) if f != "--help"][:2]
-            if flags:
-                out.append(f"did you mean {' or '.join(flags)}?")
-        elif b.startswith("Available subcommands") and any("--" in p for p in problems[:1]):
-            continue  # an unknown flag: the list of every subcommand does not help
-        else:
-            out.append(b)
-    return out
-
-
-def run_tyro(fn: Callable[..., Any], *args: Any, prog: str, argv: list[str], **kwargs: Any) -> Any:
-    """Call a tyro entry point; ``--help`` prints as usual, a parse error becomes a :class:`UsageError`."""
-    if any(a in ("-h", "--help") for a in argv):
-        return fn(*args, args=argv, prog=prog, **kwargs)
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
-            return fn(*args, args=argv, prog=prog, **kwargs)
-    except SystemExit as e:
-        if e.code in (0, None):
-            print(buf.getvalue(), end="")
-            raise
-        problems = _tyro_problems(buf.getvalue()) or [f"could not parse {' '.join(argv)!r}"]
-        raise UsageError("\n".join([*problems, f"see {prog} --help"])) from None
+from ntm.experiments.commands import bench as bench_cmd, export as export_cmd
 
 
 # -- train ----------------------------------------------------------------------
-def _pop_flag(args: list[str], flag: str) -> bool:
-    if flag in args:
-        args.remove(flag)
-        return True
-    return False
-
-
-def _pop_value(args: list[str], flag: str) -> str | None:
-    for i, a in enumerate(args):
-        if a == flag:
-            if i + 1 >= len(args):
-                raise UsageError(f"{flag} needs a value")
-            value = args[i + 1]
-            del args[i : i + 2]
-            return value
-        if a.startswith(flag + "="):
-            del args[i]
-            return a.split("=", 1)[1]
-    return None
-
-
-def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"config file {path} is not valid JSON: {e}") from None
-    try:
-        return Experiment.model_validate(data)
-    except pydantic.ValidationError as e:
-        raise config_error(e) from None
-
-
 def _check_preset(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         if not args:
@@ -213,9 +110,9 @@ class TrainRequest:
 def parse_experiment(args: list[str]) -> TrainRequest:
     """The resolved experiment and the run flags of ``ntm train`` arguments."""
     args = list(args)
-    resume = _pop_flag(args, "--resume")
-    dry_run = _pop_flag(args, "--dry-run")
-    config_path = _pop_value(args, "--config")
+    resume = pop_flag(args, "--resume")
+    dry_run = pop_flag(args, "--dry-run")
+    config_path = pop_value(args, "--config")
     description = ("Train an NTM. Extra flags: --config FILE (start from a saved config.json), --resume, "
                    "--dry-run (print the resolved config as JSON and exit).")
     if config_path is None:
@@ -307,54 +204,6 @@ def _finish_run(exp: Experiment, data, result, command: str) -> None:
     print(f"samples: {run_dir / 'samples' / 'final.png'}")
 
 
-def nll_space(data) -> dict[str, Any]:
-    """What the reported likelihoods are per: ``{"nll_space": "pixels" | "latent", "nll_dims": D}``."""
-    dims = int(np.prod(data.spec.shape))
-    return {"nll_space": "latent" if data.spec.encoded_by else "pixels", "nll_dims": dims}
-
-
-def check_run_autoencoder(run: Path, data) -> None:
-    """A run on latents records its autoencoder's fingerprint (data_stats.json); refuse another one."""
-    stats_file = Path(run) / "data_stats.json"
-    recorded = json.loads(stats_file.read_text()).get("autoencoder") if stats_file.is_file() else None
-    current = data.spec.encoded_by
-    if recorded is not None and current != recorded:
-        raise AutoencoderError(f"{run} was trained on latents of autoencoder {recorded}, but its config now gives "
-                               f"{current or 'pixels'}: the autoencoder weights changed since; point "
-                               "autoencoder.path/weights at the ones the run used")
-
-
-# -- loading a run ----------------------------------------------------------------
-def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
-    """``(experiment, data, model)`` from a run directory (EMA weights by default)."""
-    exp = load_experiment(Path(run) / "config.json")
-    data = data_for(exp)
-    check_run_autoencoder(run, data)
-    if checkpoint is None:
-        checkpoint = CheckpointManager(Path(run) / "checkpoints").latest_path()
-        if checkpoint is None:
-            raise CheckpointError(f"no checkpoint in {Path(run) / 'checkpoints'}")
-    state = read_sampling_state(checkpoint, weights, required=("step", "config"))
-    saved = state["config"]
-    with contextlib.suppress(pydantic.ValidationError):  # a config in an older layout, read as today's
-        saved = Experiment.model_validate(saved).model_dump(mode="json")
-    check_config_matches(saved, exp.model_dump(mode="json"), ignore=RESUMABLE_FIELDS, path=checkpoint)
-    model = build_model(exp, data)
-    load_sampling_weights(model, state, weights=weights, path=checkpoint)
-    return exp, data, model.eval()
-
-
-def shard_under_torchrun(exp: Experiment, model: torch.nn.Module) -> tuple[D.DistContext, torch.nn.Module]:
-    """Launched by torchrun (``WORLD_SIZE > 1``): the process group (``exp.train.device``) and ``model`` sharded over
-    it (FSDP2 on a flat mesh, frozen, each unit resharded after use), for sharded sampling and scoring. One
-    process: a context without a group and ``model`` as it is."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return D.DistContext(), model
-    ctx = D.init(exp.train.device)
-    model = D.wrap(model.requires_grad_(False), ctx, "fsdp", reshard_after_forward=True)
-    return ctx, D.enable_sharded_calls(model).eval()
-
-
 @dataclasses.dataclass(frozen=True)
 class SampleArgs:
     run: Path
@@ -411,18 +260,6 @@ def check_prompts(exp: Experiment) -> None:
     if getattr(exp.conditioner, "reads", "label") != "caption":
         raise UsageError(f"--prompt needs a caption-conditioned run; {exp.name} uses conditioner "
                          f"{CONDITIONERS.name_of(exp.conditioner)!r} (sample labelled runs without --prompt)")
-
-
-def sampler_for(exp: Experiment, **settings: Any):
-    """The run's sampler config with ``settings`` (None: keep) applied, validated; errors name ``sampler.<field>``."""
-    updates = {k: v for k, v in settings.items() if v is not None}
-    try:
-        sampler = exp.sampler.replace(**updates)
-        exp.replace(sampler=sampler)  # the run's own checks of a sampler against its model (e.g. guidance)
-        return sampler
-    except pydantic.ValidationError as e:
-        problems = [(f"sampler.{p}" if p else "sampler", m) for p, m in config_error(e).problems]
-        raise ConfigError(problems) from None
 
 
 def sample_command(args: list[str]) -> int:
@@ -535,7 +372,7 @@ def eval_command(args: list[str]) -> int:
     for k, v in nll.items():
         print(f"K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} bpd ({v['examples']} examples)")
     if a.classify or a.ood:
-        from experiments.likelihood import classify_run, classify_table, ood_run, ood_table
+        from ntm.experiments.likelihood import classify_run, classify_table, ood_run, ood_table
 
         k = max(steps)
         if a.classify:
@@ -551,112 +388,13 @@ def eval_command(args: list[str]) -> int:
             print(f"out-of-distribution AUROC (held-out vs each set), K={k}, {result['examples']} images per set; "
                   f"held-out mean NLL {result['nll_bpd']['heldout']:.3f} bits/dim:\n{ood_table(result)}", end="")
     if a.shapes_eval:
-        from experiments.t2i import shapes_eval, shapes_eval_table
+        from ntm.experiments.t2i import shapes_eval, shapes_eval_table
 
         result = shapes_eval(exp, model, data, num_samples=a.num_samples, seed=exp.eval.seed)
         (Path(a.run) / "shapes_eval.json").write_text(json.dumps(result, indent=2) + "\n")
         print(shapes_eval_table(result), end="")
         print(f"held-out combinations / seen: {result['unseen_vs_seen']}; "
               f"{result['wall_ms_per_sample']:.2f} ms/sample -> {Path(a.run) / 'shapes_eval.json'}")
-    return 0
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchArgs:
-    suite: tyro.conf.Positional[Literal["toy", "digits", "shapes", "latent", "paper", "latency", "loader",
-                                         "checkpoint"]]
-    """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores), shapes (text-to-image on procedural
-    captioned shapes: NTM@4 vs Gaussian@4, flow matching Euler@4/16/64 and a deep-shallow AR flow of the same size,
-    scored by the shapes-eval judge), latent (pixel vs latent NTM@4 on shapes at 32x32, same training wall time: domain
-    FID, judge, ms/sample with decoding, training examples/s; trains the shapes-ae autoencoder first), paper (GPU, imagenet-paper family) or latency (time to one image and batched
-    throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the same size and flow matching, random
-    weights, ~3 min on CPU) or loader (data loader examples/s per num_workers vs the training step: data-bound or
-    compute-bound; its own flags: ntm bench loader --help) or checkpoint (bytes written and host memory added per
-    rank while saving a training checkpoint, torchrun on CPU ranks; its own flags: ntm bench checkpoint --help)."""
-    out: Path = Path("runs/bench")
-    """Output directory (results.json, results.md, plots, figures, runs/)."""
-    train_steps: int | None = None
-    """Training steps per model (default: the suite's budget)."""
-    finetune_steps: int | None = None
-    """Steps of the NTMs finetuned from the flow-matching teacher (default: train-steps // 2)."""
-    distill_steps: int | None = None
-    """Steps of each distilled learned denoiser (digits; default: train-steps // 2)."""
-    teacher_steps: int | None = None
-    """Steps of the flow-matching model, the finetuning teacher (default: toy train-steps, digits 4 x train-steps)."""
-    num_samples: int | None = None
-    """Samples per evaluation point (default: the suite's)."""
-    seed: int = 0
-    """Training seed shared by every model."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to train and sample."""
-    tiny: bool = False
-    """Shrink every network to a minimum (smoke tests)."""
-    data_urls: str | None = None
-    """Training shards for the paper suite (webdataset brace pattern)."""
-    eval_urls: str | None = None
-    """Held-out shards for the paper suite."""
-    inception_weights: Path | None = None
-    """Local Inception weights file for the paper suite's FID (nothing is downloaded)."""
-    batch: int = 64
-    """Batch size of the latency suite's throughput measurement."""
-
-
-def bench_command(args: list[str]) -> int:
-    from experiments.bench import SUITES, run_suite
-
-    if args[:1] == ["loader"]:  # its own flags (experiments/loader_bench.py)
-        from experiments.loader_bench import loader_command
-
-        return loader_command(args[1:])
-    if args[:1] == ["checkpoint"]:  # its own flags (experiments/checkpoint_bench.py)
-        from experiments.checkpoint_bench import checkpoint_command
-
-        return checkpoint_command(args[1:])
-    a = run_tyro(tyro.cli, BenchArgs, prog="ntm bench", argv=args)
-    if a.suite == "loader":
-        from experiments.loader_bench import loader_command
-
-        rest = list(args)
-        rest.remove("loader")
-        return loader_command(rest)
-    if a.suite == "checkpoint":
-        from experiments.checkpoint_bench import checkpoint_command
-
-        rest = list(args)
-        rest.remove("checkpoint")
-        return checkpoint_command(rest)
-    if a.suite == "latency":
-        return _latency(a)
-    kwargs = {"seed": a.seed, "tiny": a.tiny}
-    if a.train_steps is not None:
-        kwargs["train_steps"] = a.train_steps
-    for key in ("num_samples", "finetune_steps", "distill_steps", "teacher_steps"):
-        if getattr(a, key) is not None:
-            kwargs[key] = getattr(a, key)
-    started = time.monotonic()
-    overrides = {k: v for k, v in (("urls", a.data_urls), ("eval_urls", a.eval_urls)) if v is not None}
-    rows = run_suite(SUITES[a.suite](**kwargs), a.out, device=a.device, data_overrides=overrides,
-                     inception_weights=a.inception_weights)
-    print((a.out / "results.md").read_text())
-    print(f"bench {a.suite}: {len(rows)} rows in {time.monotonic() - started:.0f}s -> {a.out}")
-    return 0
-
-
-def _latency(a: BenchArgs) -> int:
-    from experiments.latency import run_latency
-
-    unused = [f"--{k.replace('_', '-')}" for k in ("train_steps", "finetune_steps", "distill_steps", "teacher_steps",
-                                                  "num_samples", "data_urls", "eval_urls", "inception_weights")
-              if getattr(a, k) is not None]
-    if unused:
-        raise UsageError(f"the latency suite trains nothing and scores no samples: drop {', '.join(unused)}")
-    if a.batch < 1:
-        raise UsageError(f"--batch must be >= 1, got {a.batch}")
-    from ntm.train.distributed import resolve_device
-
-    run_latency(a.out, batch=a.batch, tiny=a.tiny, device=str(resolve_device(a.device)), seed=a.seed,
-                repeats=1 if a.tiny else 5)
-    print((a.out / "latency.md").read_text())
     return 0
 
 
@@ -771,57 +509,8 @@ def shards_command(args: list[str]) -> int:
     return 0
 
 
-# -- export ---------------------------------------------------------------------------
-EXPORT_FORMAT = "ntm-export-1"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportArgs:
-    """Write a run's sampling weights and config as one file (atomic): for sharing, or for ntm sample --checkpoint.
-    Reads only those weights from a sharded checkpoint directory, whatever world size wrote it."""
-
-    run: Path
-    """Run directory (holds config.json and checkpoints/)."""
-    checkpoint: Path | None = None
-    """A specific checkpoint file or directory (default: the run's newest)."""
-    weights: Literal["ema", "raw"] = "ema"
-    """EMA weights (default) or the raw training weights."""
-    out: Path | None = None
-    """Output file (default: <run>/export/step_<08d>-<weights>.pt); replaced atomically if it exists."""
-
-
-def export_command(args: list[str]) -> int:
-    a = run_tyro(tyro.cli, ExportArgs, prog="ntm export", argv=args)
-    exp = load_experiment(Path(a.run) / "config.json")
-    checkpoint = a.checkpoint or CheckpointManager(Path(a.run) / "checkpoints").latest_path()
-    if checkpoint is None:
-        raise CheckpointError(f"no checkpoint in {Path(a.run) / 'checkpoints'}")
-    state = read_sampling_state(checkpoint, a.weights, required=("step", "config"))
-    saved = state["config"]
-    with contextlib.suppress(pydantic.ValidationError):  # a config in an older layout, read as today's
-        saved = Experiment.model_validate(saved).model_dump(mode="json")
-    check_config_matches(saved, exp.model_dump(mode="json"), ignore=RESUMABLE_FIELDS, path=checkpoint)
-    try:
-        tensors = sampling_state_dict(state, a.weights)
-    except CheckpointError as e:
-        raise CheckpointError(f"checkpoint {checkpoint}: {e}") from None
-    step = int(state["step"])
-    payload: dict[str, Any] = {"format": EXPORT_FORMAT, "step": step, "config": state["config"],
-                               "source": str(checkpoint)}
-    if a.weights == "ema" and "ema" in state:
-        payload["ema"] = state["ema"]
-    else:
-        payload["model"] = tensors
-    out = a.out or Path(a.run) / "export" / f"step_{step:08d}-{a.weights}.pt"
-    save_checkpoint(out, payload)
-    size = sum(t.numel() * t.element_size() for t in tensors.values())
-    print(f"exported {checkpoint} ({a.weights} weights, step {step}, {len(tensors)} tensors, {size / 2**20:.1f} MiB) "
-          f"-> {out}")
-    return 0
-
-
 def finetune_command(args: list[str]) -> int:
-    from experiments.finetune import finetune_command as run
+    from ntm.experiments.finetune import finetune_command as run
 
     return run(args)
 
@@ -829,7 +518,7 @@ def finetune_command(args: list[str]) -> int:
 # -- entry point ----------------------------------------------------------------------
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_command, "finetune": finetune_command, "sample": sample_command, "eval": eval_command,
-    "bench": bench_command, "shards": shards_command, "export": export_command,
+    "bench": bench_cmd.main, "shards": shards_command, "export": export_cmd.main,
     "distill": lambda a: __import__("experiments.distill", fromlist=["_"]).distill_command(a),
     "autoencoder": lambda a: __import__("experiments.autoencoder", fromlist=["_"]).autoencoder_command(a),
     "ablate": lambda a: __import__("experiments.ablate", fromlist=["_"]).ablate_command(a),

@@ -15,7 +15,7 @@ from ntm.model import NTMConfig
 from ntm.samplers import SAMPLERS, AncestralConfig
 from ntm.train.config import TrainConfig
 from ntm.train.init import InitConfig
-from registry import ComponentConfig, Inline
+from ntm.registry import ComponentConfig, Inline
 
 
 class EvalConfig(ComponentConfig):

@@ -29,9 +29,10 @@ import pydantic
 import torch
 import tyro
 
-from experiments.build import conditioner_of, dims_for, layout_for
-from experiments.cli import UsageError, load_run, run_tyro
-from experiments.config import Experiment
+from ntm.experiments.build import conditioner_of, dims_for, layout_for
+from ntm.experiments.core import UsageError, run_tyro
+from ntm.experiments.runs import load_run
+from ntm.experiments.config import Experiment
 from ntm.data.base import DataError, DataSource
 from ntm.denoisers import LearnedDenoiser, LearnedDenoiserConfig, ScoreDenoiser
 from ntm.denoisers.learned import DENOISER_DIR, Distillation, DistillationLoss, distilled_config
@@ -40,8 +41,8 @@ from ntm.nn.tokens import TokenLayout
 from ntm.train.checkpoint import CheckpointManager
 from ntm.train.config import TrainConfig
 from ntm.train.loop import TrainJob, train
-from registry import ComponentConfig
-from registry.cli import config_error
+from ntm.registry import ComponentConfig
+from ntm.registry.cli import config_error
 
 
 class DistillEvalConfig(ComponentConfig):

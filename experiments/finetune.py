@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pydantic
 
-from experiments.cli import TrainRequest, UsageError, _check_preset, _pop_flag, _pop_value, run_request, run_tyro
-from experiments.config import Experiment
-from experiments.presets import PRESETS
+from ntm.experiments.core import UsageError, pop_flag, pop_value, run_tyro
+from ntm.experiments.cli import TrainRequest, _check_preset, run_request
+from ntm.experiments.config import Experiment
+from ntm.experiments.presets import PRESETS
 from ntm.predictors import PREDICTORS, PosteriorPredictorConfig
 from ntm.train.checkpoint import is_checkpoint_dir, load_checkpoint
 from ntm.train.init import InitConfig, checkpoint_path
 from ntm.transporters import TRANSPORTERS, IdentityConfig
-from registry.cli import config_error, parse
+from ntm.registry.cli import config_error, parse
 
 TEACHER_MAPPING = {"predictor.xhat.": ("predictor.xhat.", "predictor.reference.")}
 """The teacher's velocity network initialises the finetuned backbone and its frozen copy."""
@@ -48,7 +49,7 @@ def load_teacher(source: str) -> Experiment:
     """The experiment of a run directory or checkpoint file, checked to be a flow-matching model."""
     path = Path(source)
     if path.is_dir() and not is_checkpoint_dir(path):
-        from experiments.cli import load_experiment
+        from ntm.experiments.runs import load_experiment
 
         teacher = load_experiment(path / "config.json")
         checkpoint_path(path)  # the run must hold trained weights
@@ -88,11 +89,11 @@ def _default_preset(teacher: Experiment, presets: dict[str, Experiment]) -> str:
 
 def parse_finetune(args: list[str]) -> TrainRequest:
     args = list(args)
-    source = _pop_value(args, "--from")
+    source = pop_value(args, "--from")
     if source is None:
         raise UsageError("--from RUN_OR_CHECKPOINT is required: the flow-matching teacher to start from")
-    resume = _pop_flag(args, "--resume")
-    dry_run = _pop_flag(args, "--dry-run")
+    resume = pop_flag(args, "--resume")
+    dry_run = pop_flag(args, "--dry-run")
     teacher = load_teacher(source)
     presets = finetune_presets()
     name = args.pop(0) if args and not args[0].startswith("-") and ":" not in args[0] else _default_preset(teacher, presets)

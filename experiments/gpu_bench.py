@@ -1,7 +1,7 @@
 """The imagenet-paper training step on one GPU: throughput, MFU, memory, bf16 vs fp32 NLL, sampling latency.
 
-    python -m experiments.gpu_bench --out runs/gpu-bench            # about 3-5 minutes on one H100/H200
-    python -m experiments.gpu_bench --out /tmp/gb --tiny --device cpu   # a smoke run of every part on CPU
+    python -m ntm.experiments.gpu_bench --out runs/gpu-bench            # about 3-5 minutes on one H100/H200
+    python -m ntm.experiments.gpu_bench --out /tmp/gb --tiny --device cpu   # a smoke run of every part on CPU
 
 Random data of the model's shape (latents at unit scale ``(B, 256, 128)`` and class labels; no dataset, no
 autoencoder) through the preset's model and loss, one device, no process group. Parts, each written to
@@ -58,7 +58,7 @@ SETTINGS = (Setting("bf16", False, False), Setting("bf16 + checkpointing", True,
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.gpu_bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ntm.experiments.gpu_bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output directory (gpu_bench.json, gpu_bench.md)")
     p.add_argument("--preset", default="imagenet-paper", help="the preset whose model is measured")
     p.add_argument("--batch", type=int, default=32, help="examples per training step (default 32)")
@@ -81,7 +81,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
     """``given``, else the dense bf16 peak of a known device name (:data:`experiments.scaling.PEAK_TFLOPS`)."""
-    from experiments.scaling import PEAK_TFLOPS
+    from ntm.experiments.scaling import PEAK_TFLOPS
 
     if given is not None:
         return given
@@ -97,15 +97,15 @@ def _sync(device: torch.device) -> None:
 
 
 def _median_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
-    from eval.timing import measure
+    from ntm.eval.timing import measure
 
     return float(measure(fn, repeats=repeats, warmup=warmup, device=device, track_memory=False)["wall_ms"])
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
-        from experiments.presets import PRESETS
-        from experiments.scaling import meta_model, model_dims, param_counts, tiny_experiment, train_flops
+        from ntm.experiments.presets import PRESETS
+        from ntm.experiments.scaling import meta_model, model_dims, param_counts, tiny_experiment, train_flops
 
         self.args = args
         self.device = torch.device(args.device)
@@ -177,7 +177,7 @@ class Bench:
     # -- parts ----------------------------------------------------------------------------------------------
     def train_setting(self, setting: Setting):
         """Time ``setting``; returns its row and the trained model."""
-        from experiments.scaling import TrainStep, checkpoint_blocks, compile_blocks, memory_estimate
+        from ntm.experiments.scaling import TrainStep, checkpoint_blocks, compile_blocks, memory_estimate
 
         base = 0
         if self.device.type == "cuda":  # the peak counts what this setting allocates (weights, state, activations)
@@ -393,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(args.device))
-    from experiments.cli import USER_ERRORS, format_error
-    from experiments.presets import PRESETS
+    from ntm.experiments.core import USER_ERRORS, format_error
+    from ntm.experiments.presets import PRESETS
 
     if args.preset not in PRESETS:
         print(f"gpu_bench: error: --preset: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}",

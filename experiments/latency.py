@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eval.timing import measure
-from experiments.presets import PRESETS
+from ntm.eval.timing import measure
+from ntm.experiments.presets import PRESETS
 from ntm.denoisers import LearnedDenoiserConfig, ScoreDenoiserConfig
 from ntm.denoisers.learned import LearnedDenoiser
 from ntm.predictors import PosteriorPredictorConfig

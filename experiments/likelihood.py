@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from eval.likelihood import (
+from ntm.eval.likelihood import (
     auroc, class_log_likelihoods, class_prior, classify, nll_bits, ood_scores, ood_sets,
 )
-from experiments.build import layout_for, pixel_images
-from experiments.config import Experiment
+from ntm.experiments.build import layout_for, pixel_images
+from ntm.experiments.config import Experiment
 from ntm.data.base import DataError, DataSource
 
 SCORES = ("traj", "iw_bound")

@@ -41,8 +41,8 @@ from typing import Literal
 import torch
 import tyro
 
-from experiments.config import Experiment
-from experiments.presets import PRESETS
+from ntm.experiments.config import Experiment
+from ntm.experiments.presets import PRESETS
 
 SHARDS = 8
 """Shards the default data is written to (so that up to 8 workers each have one)."""
@@ -121,7 +121,7 @@ def _example_hashes(x: torch.Tensor) -> list[str]:
 
 def measure_loader(exp: Experiment, *, batch: int, batches: int, seed: int) -> dict:
     """Read ``batches`` batches of ``exp``'s training stream; rates, start-up time and the examples' digest."""
-    from experiments.build import data_for
+    from ntm.experiments.build import data_for
 
     data = data_for(exp)
     stream = data.train_batches(batch, seed=seed)
@@ -145,9 +145,9 @@ def measure_loader(exp: Experiment, *, batch: int, batches: int, seed: int) -> d
 def measure_step(exp: Experiment, *, batch: int, steps: int, device: torch.device, grad_accum: int = 1) -> dict:
     """Examples per second of ``steps`` training steps of ``exp``'s model at ``batch`` in ``grad_accum``
     micro-batches (after 2 warm-up steps)."""
-    from experiments.build import build_model, data_for, layout_for
-    from experiments.cli import UsageError
-    from experiments.scaling import TrainStep
+    from ntm.experiments.build import build_model, data_for, layout_for
+    from ntm.experiments.core import UsageError
+    from ntm.experiments.scaling import TrainStep
 
     data = data_for(exp.replace(data=_with_workers(exp, 0).data))
     one = next(iter(data.train_batches(batch, seed=exp.train.seed)))
@@ -184,8 +184,8 @@ def verdict(loader: float, step: float) -> str:
 
 def run_loader_bench(a: LoaderArgs) -> dict:
     """The whole bench (see the module docstring); writes ``loader.json`` and ``loader.md`` under ``a.out``."""
-    from experiments.cli import UsageError
-    from experiments.scaling import tiny_experiment
+    from ntm.experiments.core import UsageError
+    from ntm.experiments.scaling import tiny_experiment
     from ntm.data import DATA_SOURCES
     from ntm.train.distributed import resolve_device
 
@@ -207,7 +207,7 @@ def run_loader_bench(a: LoaderArgs) -> dict:
         a.out.mkdir(parents=True, exist_ok=True)
         exp, epoch = default_experiment(a.out, a.batch, a.batches, a.seed)
     elif a.preset not in PRESETS:
-        from registry import did_you_mean
+        from ntm.registry import did_you_mean
 
         raise UsageError(f"--preset: unknown preset {a.preset!r}{did_you_mean(a.preset, list(PRESETS))}")
     else:
@@ -289,7 +289,7 @@ def loader_table(result: dict) -> str:
 
 
 def loader_command(args: list[str]) -> int:
-    from experiments.cli import run_tyro
+    from ntm.experiments.core import run_tyro
 
     a = run_tyro(tyro.cli, LoaderArgs, prog="ntm bench loader", argv=args)
     result = run_loader_bench(a)

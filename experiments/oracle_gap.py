@@ -1,6 +1,6 @@
 """Oracle-NLL gap of NTM (TarFlow transporter) vs the identity transporter on a 2-D mixture, per K.
 
-    python -m experiments.oracle_gap --steps 1 2 4 --train-steps 1500 --out runs/oracle-gap
+    python -m ntm.experiments.oracle_gap --steps 1 2 4 --train-steps 1500 --out runs/oracle-gap
 
 Trains both models of each K with the same preset, budget and seed through
 the regular training loop, then scores fresh data against the mixture's exact
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import tyro
 
-from eval.oracle import oracle_gap
-from experiments.build import train_job
-from experiments.config import Experiment
-from experiments.presets import PRESETS
+from ntm.eval.oracle import oracle_gap
+from ntm.experiments.build import train_job
+from ntm.experiments.config import Experiment
+from ntm.experiments.presets import PRESETS
 from ntm.train.loop import train
 from ntm.transporters import IdentityConfig
 

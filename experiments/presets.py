@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.config import EvalConfig, Experiment
+from ntm.experiments.config import EvalConfig, Experiment
 from ntm.autoencoders import PretrainedAutoencoderConfig
 from ntm.conditioning import ClassLabelConfig, NoConditionConfig, OpenClipTextConfig, SmallTextConfig
 from ntm.data import DigitsConfig, EightGaussiansConfig, WebDatasetConfig

@@ -1,6 +1,6 @@
 """Sizing a run before it starts: model dims without data, parameter counts, training FLOPs and memory per GPU.
 
-``python -m experiments.scaling imagenet-paper --gpus 8 64`` prints the memory table of docs/scaling.md.
+``python -m ntm.experiments.scaling imagenet-paper --gpus 8 64`` prints the memory table of docs/scaling.md.
 
 No shard is read and no weight loaded that is not there: the model is built on the meta device from the preset's
 config, the token geometry comes from the data config and, while ``autoencoder.path`` does not exist yet, from the
@@ -59,7 +59,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from experiments.config import Experiment
+from ntm.experiments.config import Experiment
 from ntm.data.base import DataSpec
 from ntm.model import NTM
 from ntm.nn.backbone import TokenTransformer
@@ -97,7 +97,7 @@ def latent_shape(exp: Experiment, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape
     path = getattr(ae, "path", None)
     if path is not None and not Path(path).exists():
-        from experiments.autoencoder import AE_PRESETS
+        from ntm.experiments.autoencoder import AE_PRESETS
 
         name = Path(path).name
         if name not in AE_PRESETS:
@@ -393,7 +393,7 @@ class TrainStep:
 
     def __init__(self, exp: Experiment, model: NTM, *, device: torch.device | str,
                  precision: Literal["bf16", "fp32"] | None = None, grad_accum: int = 1) -> None:
-        from experiments.build import conditioner_of
+        from ntm.experiments.build import conditioner_of
         from ntm.train.ema import EMA
         from ntm.train.loop import make_optimizer, param_group_names
 
@@ -439,10 +439,10 @@ class TrainStep:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.cli import USER_ERRORS, format_error
-    from experiments.presets import PRESETS
+    from ntm.experiments.core import USER_ERRORS, format_error
+    from ntm.experiments.presets import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m experiments.scaling", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ntm.experiments.scaling", description=__doc__.split("\n")[0])
     parser.add_argument("preset", nargs="?", default="imagenet-paper", choices=sorted(PRESETS))
     parser.add_argument("--gpus", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")

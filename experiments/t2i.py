@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from eval.shapes_judge import CATEGORIES, score_images, shapes_judge
-from experiments.build import pixel_images, sample
-from experiments.config import Experiment
+from ntm.eval.shapes_judge import CATEGORIES, score_images, shapes_judge
+from ntm.experiments.build import pixel_images, sample
+from ntm.experiments.config import Experiment
 from ntm.data.base import DataError, DataSource
 from ntm.data.shapes import Shapes, held_out_pairs
 

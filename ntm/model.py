@@ -33,7 +33,7 @@ from ntm.nn.init import reset
 from ntm.predictors import PREDICTORS, Predictor, TransformerPredictorConfig
 from ntm.spec import ModelDims
 from ntm.transporters import TRANSPORTERS, TarFlowConfig, Transporter
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 
 class NTMConfig(ComponentConfig):

@@ -31,7 +31,7 @@ import pydantic
 import tyro
 from pydantic import BaseModel
 
-from registry.core import Registry, RegistryError, slot_registry
+from ntm.registry.core import Registry, RegistryError, slot_registry
 
 M = TypeVar("M", bound=BaseModel)
 _MISSING = dataclasses.MISSING
@@ -188,7 +188,7 @@ def config_error(err: pydantic.ValidationError, config_cls: type[BaseModel] | No
 
 def cli_slots(config_cls: type[BaseModel]) -> dict[str, Registry]:
     """Every slot by its command-line path (``predictor``, ``process.schedule``, ``data``, ...)."""
-    from registry.core import registry_slots
+    from ntm.registry.core import registry_slots
 
     return {cli_path(config_cls, path): reg for path, reg in registry_slots(config_cls).items()}
 

@@ -128,8 +128,8 @@ LATE = r'''
 import contextlib, importlib, inspect, io, json, runpy, sys
 from pathlib import Path
 
-import experiments.cli, experiments.config, ntm.model  # every slot is declared before the plugin exists
-from experiments.config import Experiment
+import ntm.experiments.cli, ntm.experiments.config, ntm.model  # every slot is declared before the plugin exists
+from ntm.experiments.config import Experiment
 from ntm.data import DATA_SOURCES
 from ntm.model import NTMConfig
 from ntm.predictors import PREDICTORS
@@ -167,7 +167,7 @@ assert Experiment.model_validate_json(exp.model_dump_json()) == exp
 # the command line
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
-    rc = experiments.cli.main(["train", "toy-ntm", f"transporter:{t}", f"predictor:{p}", f"sampler:{s}", f"data:{d}",
+    rc = ntm.experiments.cli.main(["train", "toy-ntm", f"transporter:{t}", f"predictor:{p}", f"sampler:{s}", f"data:{d}",
                                "--dry-run"])
 assert rc == 0, rc
 parsed = json.loads(out.getvalue())
@@ -322,7 +322,7 @@ def test_a_file_plugin_inside_a_package_is_the_same_module_as_the_package(tmp_pa
     """``--plugin pkg/mod.py`` and ``--plugin pkg.mod`` import one module: loading both is not a clash."""
     import sys as _sys
 
-    from experiments.plugins import load_plugins
+    from ntm.experiments.plugins import load_plugins
     from ntm.transporters import TRANSPORTERS
 
     package = tmp_path / "filepkg"

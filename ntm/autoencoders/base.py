@@ -24,7 +24,7 @@ from typing import ClassVar, Iterable
 import torch
 from torch import Tensor, nn
 
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 
 class AutoencoderError(ValueError):

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ntm.conditioning.condition import Condition
 from ntm.nn.component import TrainableComponent
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 if TYPE_CHECKING:
     from ntm.spec import ModelDims

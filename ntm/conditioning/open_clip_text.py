@@ -78,7 +78,7 @@ from ntm.conditioning.base import (
 from ntm.conditioning.condition import Condition
 from ntm.conditioning.text import VOCAB_SIZE, TokenTextEncoder, tokenize
 from ntm.spec import ModelDims
-from registry import ConfigError, did_you_mean
+from ntm.registry import ConfigError, did_you_mean
 
 RANDOM_INIT_SEED = 0
 """The seed of the random tower of ``weights=None`` (fixed: the tower is rebuilt, not saved)."""

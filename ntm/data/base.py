@@ -15,7 +15,7 @@ from typing import Iterator
 
 from torch import Tensor
 
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 
 class DataError(ValueError):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 if TYPE_CHECKING:
     from ntm.model import NTMConfig

@@ -9,7 +9,7 @@ from torch import Tensor
 from ntm.forward import interpolant as I
 from ntm.forward.base import SCHEDULES, ScheduleError
 from ntm.forward.schedules import UniformConfig
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 
 class ForwardProcess:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 if TYPE_CHECKING:
     from ntm.model import NTMConfig

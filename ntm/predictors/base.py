@@ -20,17 +20,14 @@ that needs one asks for it with :func:`velocity_model`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from ntm.distributions import Distribution, Gaussian
 from ntm.nn.component import TrainableComponent
 from ntm.spec import ModelDims
-from registry import ComponentConfig, Registry
-
-if TYPE_CHECKING:
-    from ntm.model import NTM
+from ntm.registry import ComponentConfig, Registry
 
 
 class Predictor(TrainableComponent, ABC):
@@ -82,8 +79,9 @@ VELOCITY_HINT = "predictor:posterior with a velocity x-hat model (xhat:velocity-
 """What a model needs for flow matching, in the words of the command line."""
 
 
-def velocity_model(model: "NTM") -> VelocityPredictor:
-    """``model.predictor`` if it gives a flow-matching velocity, else a one-line ``TypeError``."""
+def velocity_model(model: Any) -> VelocityPredictor:
+    """``model.predictor`` (of any object holding one, e.g. an :class:`ntm.model.NTM`) if it gives a flow-matching
+    velocity, else a one-line ``TypeError``."""
     predictor = model.predictor
     if not isinstance(predictor, VelocityPredictor):
         raise TypeError(f"predictor {type(predictor).__name__} gives no flow-matching velocity; needs {VELOCITY_HINT}")

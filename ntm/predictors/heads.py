@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ntm.distributions import Distribution, Gaussian, Mixture
 from ntm.forward import interpolant as I
 from ntm.spec import ModelDims
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 Parameterization = Literal["posterior", "direct"]
 

@@ -25,7 +25,7 @@ from ntm.nn.backbone import TokenTransformer
 from ntm.nn.init import reset
 from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig, VelocityPredictor
 from ntm.spec import ModelDims
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 
 class XHatModel(nn.Module, ABC):

@@ -24,7 +24,7 @@ from ntm.nn.backbone import TokenTransformer
 from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig
 from ntm.predictors.heads import HEADS, GaussianHeadConfig
 from ntm.spec import ModelDims
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 _GAUSSIAN_HEAD_FIELDS = ("parameterization", "sigma")
 """Fields of the predictor before the head slot; they are ``head:gaussian``'s now."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 import pydantic
 
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 
 class FrozenDict(dict):

@@ -18,7 +18,7 @@ from torch import nn
 
 from ntm.train.checkpoint import CheckpointManager, is_checkpoint_dir, read_sampling_state, sampling_state_dict
 from ntm.train.errors import CheckpointError
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 
 class InitConfig(ComponentConfig):

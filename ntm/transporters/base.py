@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ntm.nn.component import TrainableComponent
 from ntm.spec import ModelDims
-from registry import ComponentConfig, Registry
+from ntm.registry import ComponentConfig, Registry
 
 
 class Transporter(TrainableComponent, ABC):

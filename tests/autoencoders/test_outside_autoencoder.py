@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.autoencoders import AUTOENCODERS, Autoencoder, AutoencoderConfig, LatentSource
 from ntm.data import DigitsConfig
 

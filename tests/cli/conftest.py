@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.domain_classifier import DomainClassifierConfig, shapes_domain_classifier
+from ntm.eval.domain_classifier import DomainClassifierConfig, shapes_domain_classifier
 
 
 @pytest.fixture
@@ -12,9 +12,9 @@ def cheap_shapes_scoring(monkeypatch, tmp_path):
     """``install(size)``: a judge stand-in (the judge is tested in tests/eval) that passes every other image and
     records each call's image shape, and a small shapes domain classifier at ``size`` (1 epoch, 64 scenes) in a
     private cache. Returns the list of recorded ``(num_captions, image shape)``."""
-    import eval.fidelity as fidelity
-    import eval.shapes_judge as sj
-    import experiments.t2i as t2i
+    import ntm.eval.fidelity as fidelity
+    import ntm.eval.shapes_judge as sj
+    import ntm.experiments.t2i as t2i
 
     calls: list[tuple[int, tuple[int, ...]]] = []
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from experiments.ablate import cell, parse_slots
-from experiments.cli import main
-from experiments.presets import PRESETS
+from ntm.experiments.ablate import cell, parse_slots
+from ntm.experiments.cli import main
+from ntm.experiments.presets import PRESETS
 
 
 def test_ablate_toy_grid_runs_every_cell_with_ratios(tmp_path, capsys):

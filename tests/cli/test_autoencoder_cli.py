@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.autoencoder import evaluate
-from experiments.cli import main
+from ntm.experiments.autoencoder import evaluate
+from ntm.experiments.cli import main
 from ntm.autoencoders import ConvAutoencoderConfig, load_autoencoder, save_autoencoder
 from ntm.data import DigitsConfig
 from ntm.data.shapes import ShapesConfig

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.bench import Suite, digits_suite, run_suite, toy_suite
-from experiments.cli import main
+from ntm.experiments.bench import Suite, digits_suite, run_suite, toy_suite
+from ntm.experiments.cli import main
 from ntm.viz import load_png
 
 
@@ -121,7 +121,7 @@ def test_digits_learned_denoiser_and_guided_rows(tmp_path, capsys):
 
 
 def test_paper_suite_is_defined_and_refuses_to_run_without_local_inception_weights(tmp_path, capsys):
-    from experiments.bench import paper_suite
+    from ntm.experiments.bench import paper_suite
 
     suite = paper_suite()
     names = {m.name for m in suite.models}
@@ -137,7 +137,7 @@ def test_paper_suite_is_defined_and_refuses_to_run_without_local_inception_weigh
 
 
 def test_suite_variants_are_typed_configs():
-    from experiments.finetune import TEACHER_MAPPING
+    from ntm.experiments.finetune import TEACHER_MAPPING
     from ntm.denoisers import (
         LearnedDenoiserConfig,
         NoDenoiserConfig,

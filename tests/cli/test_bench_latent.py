@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.bench import SHAPES_PROMPTS, generative_params, shapes_suite
-from experiments.cli import main
+from ntm.experiments.bench import SHAPES_PROMPTS, generative_params, shapes_suite
+from ntm.experiments.cli import main
 from ntm.data.shapes import parse_caption
 from ntm.viz import load_png
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from experiments.checkpoint_bench import MODES, check_loads, peak_rss
-from experiments.cli import main
+from ntm.experiments.checkpoint_bench import MODES, check_loads, peak_rss
+from ntm.experiments.cli import main
 
 gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                           reason="torch.distributed with gloo is required")

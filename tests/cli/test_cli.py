@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.autoencoder import AE_PRESETS
-from experiments.cli import main
-from experiments.config import Experiment
-from experiments.presets import PRESETS
+from ntm.experiments.autoencoder import AE_PRESETS
+from ntm.experiments.cli import main
+from ntm.experiments.config import Experiment
+from ntm.experiments.presets import PRESETS
 from ntm.autoencoders import ConvAutoencoderConfig, save_autoencoder
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
 
@@ -209,7 +209,7 @@ def test_the_paper_presets_build_and_run_one_step_at_reduced_width(preset, image
 
 
 def _train_cmd(run_dir: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir),
+    return [sys.executable, "-m", "ntm.experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir),
             "--train.steps", str(steps), "--train.checkpoint-every", "5", "--train.sample-every", "0",
             "--train.threads", "1", *QUICK, *small("toy-ntm"), *extra]
 

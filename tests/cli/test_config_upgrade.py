@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from experiments.build import train_job, upgrade_saved_config
-from experiments.presets import PRESETS
+from ntm.experiments.build import train_job, upgrade_saved_config
+from ntm.experiments.presets import PRESETS
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
 from ntm.train.loop import train
 

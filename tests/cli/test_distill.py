@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.cli import main
-from experiments.distill import DistillConfig
+from ntm.experiments.cli import main
+from ntm.experiments.distill import DistillConfig
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
 from ntm.transporters import TarFlow
 from tests.cli.test_errors import TINY, fails

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
 
 TINY = ["--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "16", "--predictor.depth", "1",

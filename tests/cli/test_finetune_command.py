@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.train.checkpoint import CheckpointManager
 
 TINY_TEACHER = ["--predictor.xhat.depth", "1", "--predictor.xhat.width", "16", "--predictor.xhat.num-heads", "2",

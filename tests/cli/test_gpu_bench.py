@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from experiments.gpu_bench import main
+from ntm.experiments.gpu_bench import main
 
 
 def test_tiny_cpu_run_measures_every_part(tmp_path, capsys):

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from experiments.cli import main
-from experiments.latency import (
+from ntm.experiments.cli import main
+from ntm.experiments.latency import (
     GEOMETRIES,
     Geometry,
     candidates,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.viz import load_png
 
 TINY = ["--data.image-size", "16", "--train.steps", "2", "--train.warmup-steps", "0", "--train.sample-every", "0",
@@ -71,8 +71,8 @@ def test_prompt_on_a_labelled_run_is_refused(tmp_path, capsys):
 
 
 def test_shapes_eval_scores_both_splits(caption_run, capsys, monkeypatch):
-    import eval.shapes_judge as sj
-    import experiments.t2i as t2i
+    import ntm.eval.shapes_judge as sj
+    import ntm.experiments.t2i as t2i
 
     calls = []
 
@@ -95,7 +95,7 @@ def test_shapes_eval_scores_both_splits(caption_run, capsys, monkeypatch):
 def test_shapes_eval_on_a_labelled_run_is_one_line(tmp_path, capsys):
     run = tmp_path / "r"
     run.mkdir()
-    from experiments.presets import PRESETS
+    from ntm.experiments.presets import PRESETS
 
     (run / "config.json").write_text(PRESETS["digits-ntm"].model_dump_json())
     assert main(["eval", "--run", str(run), "--shapes-eval"]) == 2

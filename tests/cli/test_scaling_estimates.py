@@ -1,4 +1,4 @@
-"""experiments.scaling: dims without data, parameter counts, the FLOP formula and the memory estimate, each
+"""ntm.experiments.scaling: dims without data, parameter counts, the FLOP formula and the memory estimate, each
 against what the built model really has, runs and saves."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.presets import PRESETS
-from experiments.scaling import (
+from ntm.experiments.presets import PRESETS
+from ntm.experiments.scaling import (
     activation_bytes,
     checkpoint_blocks,
     main,

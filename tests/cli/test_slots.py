@@ -13,11 +13,11 @@ import pydantic
 import pytest
 import tyro
 
-from experiments.cli import main
-from experiments.config import Experiment
-from experiments.presets import PRESETS
-from registry import registry_slots
-from registry.cli import check_slot_tokens, cli_path, cli_type, to_data
+from ntm.experiments.cli import main
+from ntm.experiments.config import Experiment
+from ntm.experiments.presets import PRESETS
+from ntm.registry import registry_slots
+from ntm.registry.cli import check_slot_tokens, cli_path, cli_type, to_data
 
 PRESET_NAMES = ["toy-ntm", "digits-ntm"]  # a Markov and a trajectory predictor (whose config subclasses the former)
 

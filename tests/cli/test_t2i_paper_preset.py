@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from experiments.autoencoder import AE_PRESETS
-from experiments.cli import main
-from experiments.presets import PRESETS
+from ntm.experiments.autoencoder import AE_PRESETS
+from ntm.experiments.cli import main
+from ntm.experiments.presets import PRESETS
 from ntm.autoencoders import PretrainedAutoencoderConfig, save_autoencoder
 from ntm.conditioning import OpenClipTextConfig
 from ntm.data.shapes import ShapesConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 
 TINY = ["--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "16", "--predictor.depth", "1",
         "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "32", "--train.steps", "2"]

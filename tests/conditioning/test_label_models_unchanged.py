@@ -16,8 +16,8 @@ import hashlib
 import pytest
 import torch
 
-from experiments.build import build_model, dims_for
-from experiments.presets import PRESETS
+from ntm.experiments.build import build_model, dims_for
+from ntm.experiments.presets import PRESETS
 from ntm.denoisers import LearnedDenoiserConfig
 from ntm.spec import ModelDims
 

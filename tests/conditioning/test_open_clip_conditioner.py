@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.build import build_model, train_job
-from experiments.cli import main
-from experiments.presets import PRESETS
+from ntm.experiments.build import build_model, train_job
+from ntm.experiments.cli import main
+from ntm.experiments.presets import PRESETS
 from ntm import testing
 from ntm.conditioning import CONDITIONERS, NULL_TOKEN, Condition, OpenClipTextConfig
 from ntm.conditioning.open_clip_text import tower_spec

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.nll import heldout_nll
-from experiments.build import (
+from ntm.eval.nll import heldout_nll
+from ntm.experiments.build import (
     build_model,
     check_condition_source,
     dims_for,
@@ -19,7 +19,7 @@ from experiments.build import (
     sample,
     train_job,
 )
-from experiments.presets import PRESETS
+from ntm.experiments.presets import PRESETS
 from ntm import testing
 from ntm.conditioning import NULL_TOKEN, Condition, SmallTextConfig
 from ntm.data.base import Batch, DataError, DataSource, DataSpec
@@ -196,7 +196,7 @@ def test_samplers_nll_and_denoisers_accept_a_text_condition(trained):
     assert nll[2]["examples"] == 40 and torch.isfinite(torch.tensor(nll[2]["nll_traj_bpd"]))
     with pytest.raises(DataError, match="needs the run's conditioner"):
         heldout_nll(model, data, layout_for(exp, data), [2])
-    # experiments.build.sample: captions tokenized by the experiment's conditioner, guided by its sampler
+    # ntm.experiments.build.sample: captions tokenized by the experiment's conditioner, guided by its sampler
     images = sample(exp, model, data, 2, captions=["a dark square", "a bright square"], denoise=False)
     assert images.shape == (2, 1, 4, 4)
 

@@ -137,7 +137,7 @@ def test_missing_shard_names_it(tmp_path):
 
 
 def test_ntm_shards_command(tmp_path, image_folder, capsys):
-    from experiments.cli import main
+    from ntm.experiments.cli import main
 
     folder = image_folder(tmp_path / "images", 7)
     assert main(["shards", "write", "--folder", str(folder), "--out", str(tmp_path / "a" / "x-%03d.tar"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.autoencoders import ConvAutoencoderConfig, LatentSource, load_autoencoder, save_autoencoder
 from ntm.data import DataError, DigitsConfig, LatentShardsConfig, ShapesConfig
 from ntm.data import latent_shards as ls

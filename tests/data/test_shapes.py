@@ -10,14 +10,14 @@ import pydantic
 import pytest
 import torch
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm import testing
 from ntm.data import DATA_SOURCES, DataError, ShapesConfig, WebDatasetConfig
 from ntm.data.shapes import (
     BACKGROUND, CATEGORIES, COLOUR_CATEGORIES, COLOURS, COUNT_WORDS, SHAPES, caption_of, held_out_pairs,
     parse_caption, prompt_of, render,
 )
-from registry.cli import config_error
+from ntm.registry.cli import config_error
 
 SMALL = {"image_size": 16, "train_size": 40, "eval_size": 24}
 """A source that renders in milliseconds."""

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 import torch
 
-from experiments.config import Experiment
+from ntm.experiments.config import Experiment
 from ntm.denoisers import DENOISERS, LearnedDenoiser, LearnedDenoiserConfig, NoDenoiser
 from ntm.denoisers.learned import (
     DenoiserNotTrained, Distillation, DistillationLoss, distilled_config, load_distilled,

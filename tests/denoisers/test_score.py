@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eval.oracle import GaussianReversePredictor, posterior_mean
+from ntm.eval.oracle import GaussianReversePredictor, posterior_mean
 from ntm.data.mixture import GaussianMixture
 from ntm.denoisers import DENOISERS, ScoreDenoiser
 from ntm.forward import MarkovConfig

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from eval.nll import heldout_nll
-from experiments.build import build_model, data_for, dims_for, layout_for, sample, train_job
-from experiments.presets import PRESETS
+from ntm.eval.nll import heldout_nll
+from ntm.experiments.build import build_model, data_for, dims_for, layout_for, sample, train_job
+from ntm.experiments.presets import PRESETS
 from ntm.testing import perturb_
 from ntm.train import distributed as D
 from ntm.train.loop import noise_generator, train
@@ -156,7 +156,7 @@ def loop_check(run_dir: Path) -> None:
 
 
 def cli_sample(args: list[str]) -> tuple[int, str]:
-    from experiments.cli import main
+    from ntm.experiments.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
 from ntm.train.dcp import bytes_per_rank, read_meta
 from ntm.train.errors import CheckpointError
@@ -82,7 +82,7 @@ def _torchrun(tmp: Path, name: str, args: list[str], site: Path | None = None, *
     """Two gloo workers running ``ntm *args`` (``site`` first on ``PYTHONPATH``); output to ``tmp/name.log``; on a
     timeout everything is killed."""
     pid_file = tmp / f"{name}.pids"
-    return torchrun(["-m", "experiments.cli", *args], tmp / f"{name}.log", timeout_s=TIMEOUT_S, what=f"torchrun {name}",
+    return torchrun(["-m", "ntm.experiments.cli", *args], tmp / f"{name}.log", timeout_s=TIMEOUT_S, what=f"torchrun {name}",
                     env={"NTM_TEST_PIDS": str(pid_file), **env}, site=site, pid_file=pid_file)
 
 

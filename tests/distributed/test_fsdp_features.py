@@ -19,7 +19,7 @@ import pydantic
 import pytest
 import torch.distributed as dist
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.train.config import TrainConfig
 from tests.distributed.torchrun_launch import torchrun
 

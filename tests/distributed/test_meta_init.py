@@ -21,7 +21,7 @@ from ntm.nn.init import ResetError, reset
 from ntm.predictors import HEADS, PREDICTORS, PosteriorPredictorConfig
 from ntm.spec import ModelDims
 from ntm.transporters import TRANSPORTERS
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 LABELS = ModelDims(4, 2, 3)
 TINY = {"depth": 2, "width": 16, "num_heads": 2}

@@ -79,7 +79,7 @@ if "LOCAL_RANK" in os.environ and os.environ.get("NTM_TEST_SAVE_LOG"):  # torchr
 
 
 def _train_single(run_dir: Path, *flags: str) -> str:
-    rc, out = torchrun(["-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags],
+    rc, out = torchrun(["-m", "ntm.experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags],
                        run_dir.parent / "single.log", ranks=None, timeout_s=TIMEOUT_S, what="ntm train",
                        grace_s=20)
     assert rc == 0, out[-4000:]
@@ -89,7 +89,7 @@ def _train_single(run_dir: Path, *flags: str) -> str:
 def _train_torchrun(run_dir: Path, tmp: Path, *flags: str) -> tuple[str, list[tuple[int, int]]]:
     """Two gloo workers; returns the output and the recorded ``(rank, step)`` checkpoint saves."""
     save_log, pid_file = tmp / "saves.txt", tmp / "worker_pids.txt"
-    rc, out = torchrun(["-m", "experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags],
+    rc, out = torchrun(["-m", "ntm.experiments.cli", "train", "toy-ntm", "--run-dir", str(run_dir), *TINY, *flags],
                        tmp / "torchrun.log", timeout_s=TIMEOUT_S, what="torchrun ntm train",
                        env={"NTM_TEST_SAVE_LOG": str(save_log), "NTM_TEST_PIDS": str(pid_file)},
                        site=sitecustomize(tmp, SITECUSTOMIZE), pid_file=pid_file, fresh=[run_dir, save_log],

@@ -7,7 +7,7 @@ session into a fresh cache directory (never the user's cache).
 import pytest
 import torch
 
-from eval.domain_classifier import digits_domain_classifier
+from ntm.eval.domain_classifier import digits_domain_classifier
 from ntm.data.digits import Digits, DigitsConfig
 
 

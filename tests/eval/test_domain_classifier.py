@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import eval.domain_classifier as domain_classifier
-from eval.domain_classifier import (
+import ntm.eval.domain_classifier as domain_classifier
+from ntm.eval.domain_classifier import (
     DomainClassifierConfig,
     default_cache_dir,
     digits_domain_classifier,
@@ -104,7 +104,7 @@ def test_config_rejects_impossible_hyper_parameters():
 
 
 def test_shapes_scene_label_is_the_leftmost_objects_pair(tmp_path):
-    from eval.domain_classifier import shapes_domain_classifier, shapes_scene_label
+    from ntm.eval.domain_classifier import shapes_domain_classifier, shapes_scene_label
     from ntm.data.shapes import COLOURS, SHAPES
 
     objects = [{"colour": "blue", "shape": "star", "centre": [0.7, 0.5]},

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch_fidelity
 
-import eval.fidelity as fidelity
-from eval.domain_classifier import load_domain_classifier
-from eval.fidelity import (
+import ntm.eval.fidelity as fidelity
+from ntm.eval.domain_classifier import load_domain_classifier
+from ntm.eval.fidelity import (
     DOMAIN_EXTRACTOR,
     ImageTensorDataset,
     domain_extractor_for_digits,

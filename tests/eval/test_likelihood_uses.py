@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from eval.likelihood import (
+from ntm.eval.likelihood import (
     auroc, class_log_likelihoods, classify, expected_calibration_error, ood_scores, ood_sets,
 )
-from experiments.build import build_model, data_for, layout_for
-from experiments.cli import main
-from experiments.presets import PRESETS
+from ntm.experiments.build import build_model, data_for, layout_for
+from ntm.experiments.cli import main
+from ntm.experiments.presets import PRESETS
 
 TINY = ["--train.steps", "3", "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "32",
         "--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "32", "--predictor.depth", "2"]

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from eval.metrics import energy_distance, median_pairwise_distance, mmd_rbf, oracle_log_density
+from ntm.eval.metrics import energy_distance, median_pairwise_distance, mmd_rbf, oracle_log_density
 from ntm.data.mixture import GaussianMixture
-from eval.timing import measure
+from ntm.eval.timing import measure
 
 F64 = torch.float64
 

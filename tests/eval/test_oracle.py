@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from eval.oracle import _level_moments, posterior_mean, trajectory_log_prob, trajectory_nll
+from ntm.eval.oracle import _level_moments, posterior_mean, trajectory_log_prob, trajectory_nll
 from ntm.data.mixture import GaussianMixture
 from ntm.forward import MarkovConfig
 

@@ -1,7 +1,7 @@
 """shapes-eval: the judge reads ground-truth renders back, GenEval's scoring rules, the cache, CLIP score offline.
 
 A small judge is trained once per session into a temporary cache (about 10 s on one core); the full-size
-judge's accuracy is measured by ``python -m eval.shapes_judge`` (docs/evaluation.md has the numbers).
+judge's accuracy is measured by ``python -m ntm.eval.shapes_judge`` (docs/evaluation.md has the numbers).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval import shapes_judge
-from eval.shapes_judge import (
+from ntm.eval import shapes_judge
+from ntm.eval.shapes_judge import (
     EVAL_SETS,
     TRUST_THRESHOLD,
     JudgeConfig,
@@ -359,7 +359,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_clip_score_is_skipped_without_local_weights(tiny_clip):
-    from eval.clip_score import ClipUnavailable, clip_score, load_clip
+    from ntm.eval.clip_score import ClipUnavailable, clip_score, load_clip
 
     name, _, _ = tiny_clip
     x = torch.rand(2, 3, 32, 32)
@@ -378,7 +378,7 @@ def test_clip_score_is_skipped_without_local_weights(tiny_clip):
 def test_clip_score_from_a_local_file_matches_the_definition(tiny_clip):
     import open_clip
 
-    from eval.clip_score import clip_score, load_clip
+    from ntm.eval.clip_score import clip_score, load_clip
 
     name, path, model = tiny_clip
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -402,7 +402,7 @@ def test_clip_score_from_a_local_file_matches_the_definition(tiny_clip):
 
 def test_training_works_under_no_grad():
     """The first caller to need a judge may be sampling under ``torch.no_grad()`` (``ntm eval --shapes-eval``)."""
-    from eval.shapes_judge import train_judge
+    from ntm.eval.shapes_judge import train_judge
 
     with torch.no_grad():
         judge = train_judge(JudgeConfig(image_size=16, train_size=16, eval_size=8), measure=False)

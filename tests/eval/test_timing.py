@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eval.timing import RssPeak, measure, rss_bytes
+from ntm.eval.timing import RssPeak, measure, rss_bytes
 
 BIG = 50_000_000  # float32 elements: 200 MB
 

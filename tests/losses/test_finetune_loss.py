@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.finetune import TEACHER_MAPPING
+from ntm.experiments.finetune import TEACHER_MAPPING
 from ntm.forward import MarkovConfig
 from ntm.losses import FinetuneConfig
 from ntm.losses.finetune import align_factor

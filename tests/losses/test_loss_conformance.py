@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ntm import testing
 from ntm.losses import LOSSES, Loss, LossOutput
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 
 @pytest.mark.parametrize("name", LOSSES.names())

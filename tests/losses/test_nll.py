@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eval.oracle import GaussianReversePredictor, trajectory_nll
+from ntm.eval.oracle import GaussianReversePredictor, trajectory_nll
 from ntm.data.mixture import GaussianMixture
 from ntm.forward import MarkovConfig, interpolant
 from ntm.losses import EndToEndLoss, PairWiseLoss, forward_log_prob, x0_bound_nats

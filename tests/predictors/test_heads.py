@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from eval.oracle import posterior_mean, trajectory_nll
-from experiments.cli import main
+from ntm.eval.oracle import posterior_mean, trajectory_nll
+from ntm.experiments.cli import main
 from ntm import testing
 from ntm.data.mixture import GaussianMixture
 from ntm.denoisers import ScoreDenoiser

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import distributions as dist
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm import testing
 from ntm.denoisers import ScoreDenoiser
 from ntm.distributions import LogisticMixture

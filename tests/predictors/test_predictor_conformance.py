@@ -19,7 +19,7 @@ from ntm import testing
 from ntm.distributions import Gaussian
 from ntm.predictors import HEADS, PREDICTORS, Predictor, PredictorConfig
 from ntm.spec import ModelDims
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 TINY = {"depth": 2, "width": 16, "num_heads": 2}
 EXTRA: dict[str, list[dict]] = {

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ntm import testing
 from ntm.samplers import SAMPLERS, SampleOutput, Sampler
-from registry import ComponentConfig
+from ntm.registry import ComponentConfig
 
 SETTINGS = {"guidance": 1.5, "temperature": 0.8}
 """Applied, where the config has the field, in the second case of each sampler."""

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval.oracle import GaussianReversePredictor
+from ntm.eval.oracle import GaussianReversePredictor
 from ntm.distributions import Gaussian
 from ntm.forward import MarkovConfig, interpolant
 from ntm.model import NTM, NTMConfig

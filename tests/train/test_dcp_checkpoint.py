@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.cli import main
+from ntm.experiments.cli import main
 from ntm.train.checkpoint import (
     CheckpointManager,
     is_checkpoint_dir,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.build import train_job
-from experiments.cli import parse_experiment
+from ntm.experiments.build import train_job
+from ntm.experiments.cli import parse_experiment
 from ntm.train.loop import train
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_loss_curves.json").read_text())

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.autoencoder import AE_PRESETS
-from experiments.build import build_model
-from experiments.cli import parse_experiment
-from experiments.presets import PRESETS
+from ntm.experiments.autoencoder import AE_PRESETS
+from ntm.experiments.build import build_model
+from ntm.experiments.cli import parse_experiment
+from ntm.experiments.presets import PRESETS
 from ntm.conditioning import NoConditionConfig
 from ntm.data import EightGaussiansConfig
 from ntm.data.base import DataSpec
