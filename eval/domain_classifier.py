@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ntm.train.checkpoint import atomic_torch_save
+from ntm.eval.cache import CACHE_ENV, cache_path, load_or_train, read_payload, write_payload
+from ntm.eval.cache import default_cache_dir as _cache_dir
 
-CACHE_ENV = "NTM_CACHE"
-"""Environment variable: root of ntm's caches (default ``~/.cache/ntm``); classifiers go in ``<root>/domain_classifiers``."""
+CACHE_DIR = "domain_classifiers"
+"""The classifiers' directory under the cache root (:data:`~ntm.eval.cache.CACHE_ENV`)."""
 
 CHECKPOINT_FORMAT = 1
 """Bumped when the checkpoint layout or training procedure changes (part of the cache key)."""
@@ -245,14 +245,11 @@ def train_domain_classifier(
 
 def default_cache_dir() -> Path:
     """``$NTM_CACHE/domain_classifiers`` if ``NTM_CACHE`` is set, else ``~/.cache/ntm/domain_classifiers``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "ntm") / "domain_classifiers"
+    return _cache_dir(CACHE_DIR)
 
 
 def save_domain_classifier(model: DomainClassifier, path: str | Path, *, key: str, config: DomainClassifierConfig) -> Path:
     """Write ``model`` to ``path`` atomically (temp file + rename; concurrent writers cannot corrupt it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "key": key,
@@ -267,7 +264,7 @@ def save_domain_classifier(model: DomainClassifier, path: str | Path, *, key: st
         "info": model.info,
         "state_dict": model.state_dict(),
     }
-    return atomic_torch_save(payload, path)
+    return write_payload(payload, path)
 
 
 def load_domain_classifier(path: str | Path) -> DomainClassifier:
@@ -277,14 +274,8 @@ def load_domain_classifier(path: str | Path) -> DomainClassifier:
     if it is not a domain-classifier checkpoint of this format.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"domain classifier checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the path
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable domain classifier checkpoint: {first_line}") from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
+    payload = read_payload(path, "domain classifier")
+    if payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
         raise ValueError(f"{path} is not a domain classifier checkpoint of format {CHECKPOINT_FORMAT}")
     arch = payload["arch"]
     model = DomainClassifier(
@@ -317,20 +308,13 @@ def load_or_train_domain_classifier(
     """
     _check_labelled_images(train_x, train_labels, num_classes, "training")
     key = domain_classifier_key(train_x, train_labels, num_classes, config)
-    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = path / f"{key}.pt"
-    if path.exists():
-        model = load_domain_classifier(path)
-        model.from_cache = True
-        return model
-    model = train_domain_classifier(
-        train_x, train_labels, num_classes=num_classes, config=config, eval_x=eval_x, eval_labels=eval_labels
+    return load_or_train(
+        cache_path(key, cache_dir, CACHE_DIR), key,
+        load=load_domain_classifier,
+        train=lambda: train_domain_classifier(train_x, train_labels, num_classes=num_classes, config=config,
+                                              eval_x=eval_x, eval_labels=eval_labels),
+        save=lambda model, path: save_domain_classifier(model, path, key=key, config=config),
     )
-    save_domain_classifier(model, path, key=key, config=config)
-    model.info["key"] = key
-    model.cache_path = path
-    model.from_cache = False
-    return model
 
 
 def digits_domain_classifier(

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ntm.conditioning.base import heldout_condition
 from ntm.conditioning.condition import encode_condition
 from ntm.data.base import DataError, DataSource
 from ntm.losses.nll import x0_bound_nats
@@ -29,7 +30,7 @@ def heldout_nll(
 
     The conditional NLL uses the true condition: ``conditioner`` (the run's, e.g.
     ``exp.conditioner.build()``) reads its batch field without dropout
-    (``conditioner.inputs``) and the model encodes it. Without a conditioner the
+    (:meth:`~ntm.conditioning.base.Conditioner.condition` without a generator) and the model encodes it. Without a conditioner the
     labels are used when the data has classes (a model with a condition encoder,
     i.e. captions, then needs the conditioner: a :class:`DataError` says so). One
     forward trajectory per example, from a generator seeded by ``seed`` (deterministic).
@@ -49,11 +50,7 @@ def heldout_nll(
         total_nll, total_bound, count = 0.0, 0.0, 0
         for batch in data.eval_batches(batch_size, max_examples=max_examples):
             x = layout.to_tokens(batch.x.to(device))
-            if conditioner is None:
-                cond = None if batch.label is None or data.spec.num_classes == 0 else batch.label.to(device)
-            else:
-                cond = conditioner.inputs(getattr(batch, getattr(conditioner, "reads", "label")), data.spec.num_classes)
-                cond = None if cond is None else cond.to(device)
+            cond = heldout_condition(conditioner, batch, data.spec.num_classes, device)
             if sharded:
                 nll, bound = _sharded_sums(model, x, k, cond, gen)
                 total_nll, total_bound = total_nll + nll, total_bound + bound

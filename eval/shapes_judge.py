@@ -91,7 +91,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -102,7 +101,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ntm.eval.domain_classifier import CACHE_ENV
+from ntm.eval.cache import cache_path, load_or_train, read_payload, write_payload
+from ntm.eval.cache import default_cache_dir as _cache_dir
 from ntm.data.shapes import (
     BACKGROUND,
     CATEGORIES,
@@ -114,8 +114,9 @@ from ntm.data.shapes import (
     prompt_of,
     render,
 )
-from ntm.train.checkpoint import atomic_torch_save
 
+CACHE_DIR = "shapes_judge"
+"""The judges' directory under the cache root (:data:`~ntm.eval.cache.CACHE_ENV`)."""
 JUDGE_VERSION = 1
 """Bumped when the judge's architecture, targets, training or accuracy measurement change (part of the cache key)."""
 TRUST_THRESHOLD = 0.95
@@ -711,8 +712,7 @@ def _train(config: JudgeConfig, measure: bool) -> ShapesJudge:
 # -- caching -------------------------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
     """``$NTM_CACHE/shapes_judge`` if ``NTM_CACHE`` is set, else ``~/.cache/ntm/shapes_judge``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "ntm") / "shapes_judge"
+    return _cache_dir(CACHE_DIR)
 
 
 def judge_key(config: JudgeConfig = JudgeConfig()) -> str:
@@ -732,11 +732,9 @@ def judge_key(config: JudgeConfig = JudgeConfig()) -> str:
 
 def save_judge(judge: ShapesJudge, path: str | Path, *, key: str) -> Path:
     """Write ``judge`` to ``path`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": JUDGE_VERSION, "key": key, "config": dataclasses.asdict(judge.config),
                "info": judge.info, "state_dict": judge.state_dict()}
-    return atomic_torch_save(payload, path)
+    return write_payload(payload, path)
 
 
 def load_judge(path: str | Path) -> ShapesJudge:
@@ -745,14 +743,8 @@ def load_judge(path: str | Path) -> ShapesJudge:
     ``FileNotFoundError`` naming the path if missing; ``ValueError`` if it is not a judge of this version.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"shapes judge checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable shapes judge checkpoint: {first}") from e
-    if not isinstance(payload, dict) or payload.get("version") != JUDGE_VERSION or "state_dict" not in payload:
+    payload = read_payload(path, "shapes judge")
+    if payload.get("version") != JUDGE_VERSION or "state_dict" not in payload:
         raise ValueError(f"{path} is not a shapes judge checkpoint of version {JUDGE_VERSION}")
     judge = ShapesJudge(JudgeConfig(**payload["config"]))
     judge.load_state_dict(payload["state_dict"])
@@ -770,18 +762,9 @@ def load_or_train_judge(
     (with ``threads`` torch threads, see :func:`train_judge`; its accuracy measured) and saved. ``cache_dir``
     defaults to :func:`default_cache_dir`; the result has ``from_cache`` and ``cache_path`` set."""
     key = judge_key(config)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = root / f"{key}.pt"
-    if path.exists():
-        judge = load_judge(path)
-        judge.from_cache = True
-        return judge
-    judge = train_judge(config, threads=threads)
-    save_judge(judge, path, key=key)
-    judge.info["key"] = key
-    judge.cache_path = path
-    judge.from_cache = False
-    return judge
+    return load_or_train(cache_path(key, cache_dir, CACHE_DIR), key, load=load_judge,
+                         train=lambda: train_judge(config, threads=threads),
+                         save=lambda judge, path: save_judge(judge, path, key=key))
 
 
 def accuracy_table(judge: ShapesJudge) -> str:

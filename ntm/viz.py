@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ntm.atomic import atomic_write
+
 
 def image_grid(images: Tensor, nrow: int, pad: int = 1, upscale: int = 1) -> Tensor:
     """``(B, C, H, W)`` in [0, 1] -> one ``(C, H', W')`` grid with ``nrow`` images per row."""
@@ -38,17 +40,13 @@ def scatter_density(points: Tensor, size: int = 192, extent: float = 4.0) -> Ten
 
 
 def save_png(image: Tensor, path: str | os.PathLike[str]) -> Path:
-    """Write ``(C, H, W)`` in [0, 1] (C = 1 or 3) as a PNG, atomically."""
+    """Write ``(C, H, W)`` in [0, 1] (C = 1 or 3) as a PNG, atomically (:func:`ntm.atomic.atomic_write`: a
+    reader never sees a partial figure); parent directories are created. Returns the path."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
 
 
 def load_png(path: str | os.PathLike[str]) -> Tensor:

@@ -10,6 +10,9 @@ from ntm.conditioning.base import (
     ConditionEncoder,
     Conditioner,
     ConditionerConfig,
+    FunctionConditioner,
+    as_conditioner,
+    heldout_condition,
 )
 from ntm.conditioning.condition import Cond, Condition, condition_batch, condition_cat, encode_condition
 from ntm.conditioning.labels import ClassLabelConditioner, ClassLabelConfig, NoConditionConfig, NoConditioner
@@ -18,7 +21,8 @@ from ntm.conditioning.text import SmallTextConditioner, SmallTextConfig, SmallTe
 
 __all__ = [
     "CONDITIONERS", "NULL_TOKEN", "ClassLabelConditioner", "ClassLabelConfig", "Cond", "Condition",
-    "ConditionEncoder", "Conditioner", "ConditionerConfig", "NoConditionConfig", "NoConditioner",
+    "ConditionEncoder", "Conditioner", "ConditionerConfig", "FunctionConditioner", "NoConditionConfig", "NoConditioner",
     "OpenClipTextConditioner", "OpenClipTextConfig", "OpenClipTextEncoder", "SmallTextConditioner",
-    "SmallTextConfig", "SmallTextEncoder", "condition_batch", "condition_cat", "encode_condition",
+    "SmallTextConfig", "SmallTextEncoder", "as_conditioner", "condition_batch", "condition_cat", "encode_condition",
+    "heldout_condition",
 ]

@@ -71,6 +71,7 @@ from torch import Tensor, nn
 
 from ntm.conditioning.base import (
     CONDITIONERS,
+    BatchField,
     NULL_TOKEN,
     Conditioner,
     ConditionerConfig,
@@ -322,7 +323,7 @@ class OpenClipTextConfig(ConditionerConfig):
     """Captions whose token features a frozen tower keeps in memory (an LRU on the tower's device, shared by
     the encoders of the same model and weights); 0: no cache."""
 
-    reads: ClassVar[str] = "caption"
+    reads: ClassVar[BatchField] = "caption"
 
     def spec(self) -> TowerSpec:
         """The model's text tower config (imports open_clip; ``ConfigError`` for a model this cannot read)."""
@@ -353,7 +354,7 @@ class OpenClipTextConditioner(Conditioner):
     """Captions -> ``(B, context_length)`` open_clip token ids; each caption independently becomes the null row
     with probability ``dropout`` (the mask drawn from ``generator``)."""
 
-    reads = "caption"
+    reads: ClassVar[BatchField] = "caption"
 
     def __init__(self, config: OpenClipTextConfig) -> None:
         self.config = config

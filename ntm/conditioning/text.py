@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ntm.conditioning.base import (
     CONDITIONERS,
+    BatchField,
     NULL_TOKEN,
     ConditionEncoder,
     Conditioner,
@@ -108,7 +109,7 @@ class SmallTextConfig(ConditionerConfig):
     num_heads: int = pydantic.Field(4, ge=1)
     """Attention heads of the text encoder (must divide width)."""
 
-    reads: ClassVar[str] = "caption"
+    reads: ClassVar[BatchField] = "caption"
 
     @pydantic.model_validator(mode="after")
     def _heads_divide_width(self) -> SmallTextConfig:
@@ -131,7 +132,7 @@ class SmallTextConditioner(Conditioner):
     """Captions -> ``(B, context_length)`` token ids; each caption independently becomes the null row with
     probability ``dropout`` (the mask drawn from ``generator``, like the class conditioner's)."""
 
-    reads = "caption"
+    reads: ClassVar[BatchField] = "caption"
 
     def __init__(self, config: SmallTextConfig) -> None:
         self.config = config

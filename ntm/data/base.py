@@ -49,6 +49,15 @@ class Batch:
     """Structured, JSON-serialisable annotations, one per example, for sources that have them (``shapes``:
     category, objects, relation)."""
 
+    def rows(self, index: slice) -> Batch:
+        """The examples ``index`` of this batch (e.g. one micro-batch): views of its tensors, slices of its lists;
+        absent fields stay ``None``."""
+        def cut(value):
+            return None if value is None else value[index]
+
+        return dataclasses.replace(self, x=self.x[index], label=cut(self.label), caption=cut(self.caption),
+                                   annotation=cut(self.annotation))
+
 
 class DataSource(ABC):
     spec: DataSpec

@@ -61,10 +61,8 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -74,6 +72,7 @@ import torch
 import webdataset as wds
 from torch import Tensor
 
+from ntm.atomic import atomic_write_text
 from ntm.data.base import DATA_SOURCES, Batch, ComponentConfig, DataError, DataSource, DataSpec
 from ntm.data.folder import load_image, scan_image_folder, uint8_to_unit
 from ntm.data.streaming import ShardStream, conditions, expand_urls, is_local
@@ -122,17 +121,8 @@ def read_sidecar(file: str | Path) -> dict[str, Any]:
 
 
 def _write_json_atomically(file: Path, data: dict) -> None:
-    """``file`` appears complete or not at all: a fsynced temporary file in the same directory, renamed onto it."""
-    tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_format(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``file`` appears complete or not at all (:func:`ntm.atomic.atomic_write`)."""
+    atomic_write_text(file, _format(data))
 
 
 def _format(data: dict) -> str:

@@ -11,6 +11,7 @@ before the optimizer and the EMA see the weights.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import pydantic
 import torch
@@ -22,10 +23,15 @@ from ntm.registry import ComponentConfig
 
 
 class InitConfig(ComponentConfig):
+    """Start from another run's weights: ``ntm train PRESET init:run --init.path RUN`` (every weight of the same
+    name and shape), or the tensors under ``mapping``'s prefixes only."""
+
+    cli_name: ClassVar[str] = "run"
     path: str
     """A run directory (its newest checkpoint) or a checkpoint file to take the weights from."""
     mapping: dict[str, tuple[str, ...]] = pydantic.Field(default_factory=dict)
-    """Source prefix -> target prefixes; every source tensor under a prefix is copied to each target."""
+    """Source prefix -> target prefixes; every source tensor under a prefix is copied to each target (empty: every
+    tensor to the parameter of the same name)."""
     weights: str = "ema"
     """Which weights of the source: 'ema' (the weights it samples with) or 'raw'."""
 
@@ -61,7 +67,7 @@ def initialize_from(model: nn.Module, config: InitConfig) -> None:
     """Copy the mapped source weights into ``model`` (shapes must agree; unmapped weights keep their init)."""
     path = checkpoint_path(config.path)
     state = read_sampling_state(path, "raw" if config.weights == "raw" else "ema")
-    weights = mapped_state(sampling_state_dict(state, config.weights), config.mapping)
+    weights = mapped_state(sampling_state_dict(state, config.weights), config.mapping or {"": ("",)})
     own = model.state_dict()
     for name, tensor in weights.items():
         if name not in own:

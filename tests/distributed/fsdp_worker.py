@@ -35,7 +35,8 @@ from ntm.experiments.build import build_model, data_for, dims_for, layout_for, s
 from ntm.experiments.presets import PRESETS
 from ntm.testing import perturb_
 from ntm.train import distributed as D
-from ntm.train.loop import noise_generator, train
+from ntm.train.loop import train
+from ntm.train.step import noise_generator
 
 MP_TOLERANCE = 2e-2
 """Relative loss difference bf16 mixed precision may make (docs/quickstart.md, "Scale out")."""

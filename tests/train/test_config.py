@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ntm.train.config import RESUMABLE_FIELDS, TrainConfig
-from ntm.train.loop import make_scheduler
+from ntm.train.optim import make_scheduler
 
 
 @pytest.mark.parametrize(

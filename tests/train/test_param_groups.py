@@ -14,7 +14,7 @@ from torch import nn
 
 from ntm.experiments.autoencoder import AE_PRESETS
 from ntm.experiments.build import build_model
-from ntm.experiments.cli import parse_experiment
+from ntm.experiments.training import parse_experiment
 from ntm.experiments.presets import PRESETS
 from ntm.conditioning import NoConditionConfig
 from ntm.data import EightGaussiansConfig
@@ -32,7 +32,8 @@ from ntm.spec import ModelDims
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
 from ntm.train.config import TrainConfig
 from ntm.train.errors import TrainingError
-from ntm.train.loop import TrainJob, param_group_names, train
+from ntm.train.loop import TrainJob, train
+from ntm.train.optim import param_group_names
 from ntm.transporters import IdentityConfig, TarFlowConfig
 
 TINY_TARFLOW = TarFlowConfig(width=16, num_heads=2, num_blocks=1, layers_per_block=1)

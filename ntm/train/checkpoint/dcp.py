@@ -16,13 +16,13 @@ The entries (DCP flattens nested dicts, joining keys with ``.``):
   AdamW: keyed by parameter name, sharded like the parameters (plain tensors in one process);
 - ``ema``: :meth:`ntm.train.ema.EMA.state_dict` as it is (its shadow holds DTensors under FSDP2);
 - ``scheduler``: the learning-rate schedule's state dict;
-- ``local/rank<r>``: what belongs to rank ``r`` alone: its RNG states (:func:`ntm.train.checkpoint.rng_state`)
+- ``local/rank<r>``: what belongs to rank ``r`` alone: its RNG states (:func:`~ntm.train.checkpoint.rng.rng_state`)
   and its data position ``{"step", "rank", "world_size"}``. Every rank writes its own.
 
 **Visible only once complete.** Rank 0 makes ``step_<08d>.tmp-dcp/``, every rank writes into it, and after
 DCP's collective finish rank 0 writes ``meta.json`` (fsynced) and renames the directory to ``step_<08d>``.
 A directory under a final name is complete; a save that dies on any rank leaves only the temporary
-directory, which :class:`~ntm.train.checkpoint.CheckpointManager` ignores and deletes at the next commit.
+directory, which :class:`~ntm.train.checkpoint.base.CheckpointDirectory` ignores and deletes at the next commit.
 
 **Asynchronous saves** (``train.async_checkpoint``): ``dcp.async_save`` copies the state to host memory
 (training goes on changing the weights) and writes it from a background thread, over a gloo process group
@@ -61,14 +61,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ntm.train.checkpoint import (
-    META_FILE,
-    CheckpointManager,
-    PathLike,
-    _first_line,
-    rng_state,
-    set_rng_state,
-)
+from ntm.atomic import PathLike
+from ntm.train.checkpoint.base import META_FILE, CheckpointDirectory, first_line
+from ntm.train.checkpoint.rng import rng_state, set_rng_state
 from ntm.train.errors import CheckpointError
 
 FORMAT = "ntm-dcp-1"
@@ -145,8 +140,8 @@ def _read_error(path: Path, err: BaseException) -> CheckpointError:
     err = _cause(err)
     if "Unsupported global" in str(err) or "Weights only load failed" in str(err):
         return CheckpointError(f"checkpoint {path} holds objects other than tensors and plain containers "
-                               f"({_first_line(err)}); refused")
-    return CheckpointError(f"checkpoint {path} cannot be read ({_first_line(err)})")
+                               f"({first_line(err)}); refused")
+    return CheckpointError(f"checkpoint {path} cannot be read ({first_line(err)})")
 
 
 # -- meta.json and completeness -----------------------------------------------------
@@ -161,7 +156,7 @@ def read_meta(path: PathLike) -> dict[str, Any]:
     try:
         meta = json.loads(file.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: {META_FILE} cannot be read ({_first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path}: {META_FILE} cannot be read ({first_line(e)})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if not (isinstance(fmt, str) and fmt.startswith("ntm-dcp-") and fmt[8:].isdigit()):
         raise CheckpointError(f"checkpoint {path} is not an ntm checkpoint ({META_FILE} has format {fmt!r})")
@@ -181,7 +176,7 @@ def read_metadata(path: PathLike) -> Any:
     try:
         metadata = FileSystemReader(path).read_metadata()
     except Exception as e:  # noqa: BLE001 - missing, truncated or foreign: one line whatever it is
-        raise CheckpointError(f"checkpoint {path}: its .metadata cannot be read ({_first_line(e)})") from None
+        raise CheckpointError(f"checkpoint {path}: its .metadata cannot be read ({first_line(e)})") from None
     ends: dict[str, int] = {}
     for info in (getattr(metadata, "storage_data", None) or {}).values():
         name = getattr(info, "relative_path", None)
@@ -402,14 +397,15 @@ class _Staged:
 
 
 class ShardedCheckpointer:
-    """Writes the loop's checkpoints as DCP directories through ``manager`` (see the module docstring).
+    """Writes the loop's checkpoints as DCP directories through ``manager`` (a
+    :class:`~ntm.train.checkpoint.CheckpointManager`; see the module docstring).
 
     Every rank calls :meth:`save` at the same step; rank 0 alone creates, commits and prunes directories.
     With ``async_save`` the writes run in the background and a finished save is committed by
     :meth:`poll` (call it every step) or :meth:`wait`.
     """
 
-    def __init__(self, manager: CheckpointManager, rank: int, world_size: int, *, async_save: bool = False,
+    def __init__(self, manager: CheckpointDirectory, rank: int, world_size: int, *, async_save: bool = False,
                  meta: Mapping[str, Any] | None = None) -> None:
         self.manager = manager
         self.rank = rank
@@ -453,7 +449,7 @@ class ShardedCheckpointer:
                     return self.wait() if block else None
                 save(state, storage_writer=writer, no_dist=not self.distributed)
         except _errors() as e:
-            raise CheckpointError(f"saving checkpoint step {step} to {tmp} failed ({_first_line(_cause(e))})") from e
+            raise CheckpointError(f"saving checkpoint step {step} to {tmp} failed ({first_line(_cause(e))})") from e
         return self._commit(step, tmp, started)
 
     def poll(self) -> Path | None:
@@ -471,7 +467,7 @@ class ShardedCheckpointer:
         try:
             future.result()
         except _errors() as e:
-            raise CheckpointError(f"saving checkpoint step {step} to {tmp} failed ({_first_line(_cause(e))})") from e
+            raise CheckpointError(f"saving checkpoint step {step} to {tmp} failed ({first_line(_cause(e))})") from e
         return self._commit(step, tmp, started)
 
     def _commit(self, step: int, tmp: Path, started: float) -> Path | None:
