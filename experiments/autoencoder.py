@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ntm.autoencoders import AUTOENCODERS, Autoencoder, AutoencoderError, ConvAutoencoderConfig, save_autoencoder
 from ntm.autoencoders.files import FILE_NAME
+from ntm.conditioning import NoConditioner
 from ntm.data import DATA_SOURCES, DigitsConfig
 from ntm.data.base import DataError, DataSource
 from ntm.data.shapes import ShapesConfig
@@ -199,7 +200,7 @@ def train_autoencoder(exp: AutoencoderExperiment, *, resume: bool = False, quiet
         objective=None,  # the autoencoder's forward computes its own objective
         data=data,
         layout=WholeImages(),  # type: ignore[arg-type]
-        conditioner=lambda raw, num_classes, generator: None,
+        conditioner=NoConditioner(),
         train=exp.train,
         run_dir=run_dir,
         config=exp.model_dump(mode="json"),
@@ -242,32 +243,4 @@ def train_autoencoder(exp: AutoencoderExperiment, *, resume: bool = False, quiet
     return final
 
 
-def autoencoder_command(args: list[str]) -> int:
-    from ntm.experiments.core import UsageError, pop_flag, run_tyro
-    from ntm.registry import did_you_mean
-    from ntm.registry.cli import parse
-
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if args else 2
-    if args[0] != "train":
-        raise UsageError(f"unknown autoencoder command {args[0]!r}; commands: train")
-    args = list(args[1:])
-    resume = pop_flag(args, "--resume")
-    dry_run = pop_flag(args, "--dry-run")
-    if not args:
-        raise UsageError(f"name an autoencoder preset: {', '.join(AE_PRESETS)}")
-    first = args[0]
-    if not first.startswith("-") and ":" not in first and first not in AE_PRESETS:
-        raise UsageError(f"unknown autoencoder preset {first!r}{did_you_mean(first, list(AE_PRESETS))}; "
-                         f"presets: {', '.join(AE_PRESETS)}")
-    exp = run_tyro(parse, AutoencoderExperiment, presets=AE_PRESETS, prog="ntm autoencoder train", argv=args,
-                   description="Train an autoencoder. Extra flags: --resume, --dry-run.")
-    if dry_run:
-        print(json.dumps(exp.model_dump(mode="json"), indent=2))
-        return 0
-    train_autoencoder(exp, resume=resume)
-    return 0
-
-
-__all__ = ["AE_PRESETS", "AutoencoderExperiment", "autoencoder_command", "evaluate", "train_autoencoder"]
+__all__ = ["AE_PRESETS", "AutoencoderExperiment", "evaluate", "train_autoencoder"]

@@ -99,7 +99,7 @@ def check_condition_source(exp: Experiment, data: DataSource) -> None:
     Only fields other than labels are checked: a class conditioner on unlabelled data has always meant an
     unconditional model.
     """
-    field = getattr(exp.conditioner, "reads", "label")
+    field = exp.conditioner.reads
     if field != "label" and not provides(data, field):
         raise DataError(f"conditioner '{CONDITIONERS.name_of(exp.conditioner)}' reads the batch field '{field}', "
                         f"but data source '{DATA_SOURCES.name_of(exp.data)}' gives no {field}s; use a source with "

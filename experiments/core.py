@@ -62,18 +62,19 @@ def _tyro_problems(text: str) -> list[str]:
         block.append(" ".join(stripped.split()))
     if block:
         blocks.append(" ".join(block))
-    blocks = [b for b in blocks if not b.startswith("For full helptext")]
+    blocks = [b for b in blocks if not b.startswith(("For full helptext", "Arguments are applied to the directly"))]
     problems = blocks[1:] if len(blocks) > 1 else blocks  # the first block is a title ("Unrecognized options")
     out = []
     for b in problems:
         if b.startswith("Perhaps you meant"):
-            flags = [f for f in dict.fromkeys(re.findall(r"(--[\w.-]+)", b)) if f != "--help"][:2]
+            unknown = set(re.findall(r"(--[\w.-]+)", problems[0])) if problems else set()
+            flags = [f for f in dict.fromkeys(re.findall(r"(--[\w.-]+)", b)) if f != "--help" and f not in unknown][:2]
             if flags:
                 out.append(f"did you mean {' or '.join(flags)}?")
         elif b.startswith("Available subcommands") and any("--" in p for p in problems[:1]):
             continue  # an unknown flag: the list of every subcommand does not help
         else:
-            out.append(b)
+            out.append(re.sub(r" \(applied to [^)]*\)", "", b))
     return out
 
 

@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 import pydantic
 import torch
-import tyro
 
 from ntm.experiments.build import conditioner_of, dims_for, layout_for
-from ntm.experiments.core import UsageError, run_tyro
+from ntm.experiments.core import UsageError
 from ntm.experiments.runs import load_run
 from ntm.experiments.config import Experiment
+from ntm.conditioning.base import heldout_condition
 from ntm.data.base import DataError, DataSource
 from ntm.denoisers import LearnedDenoiser, LearnedDenoiserConfig, ScoreDenoiser
 from ntm.denoisers.learned import DENOISER_DIR, Distillation, DistillationLoss, distilled_config
@@ -128,13 +128,6 @@ def _apply_flags(cfg: DistillConfig, args: DistillArgs, teacher: str) -> Distill
         )
     except pydantic.ValidationError as e:
         raise config_error(e) from None
-
-
-def distill_command(args: list[str]) -> int:
-    a = run_tyro(tyro.cli, DistillArgs, prog="ntm distill", argv=args,
-                 description="Distill the run's learned one-pass denoiser (docs/math.md §8) into <run>/denoiser/.")
-    distill(a)
-    return 0
 
 
 def distill(a: DistillArgs) -> dict[str, Any] | None:
@@ -254,11 +247,7 @@ def heldout_errors(distilled: Distillation, loss: DistillationLoss, data: DataSo
         errors, examples = _Errors(data, layout), 0
         for batch in data.eval_batches(cfg.batch_size, max_examples=cfg.num_examples):
             x = layout.to_tokens(batch.x.to(device))
-            if conditioner is None:
-                cond = None if batch.label is None or teacher.dims.num_classes == 0 else batch.label.to(device)
-            else:
-                cond = conditioner.inputs(getattr(batch, getattr(conditioner, "reads", "label")), data.spec.num_classes)
-                cond = None if cond is None else cond.to(device)
+            cond = heldout_condition(conditioner, batch, teacher.dims.num_classes, device)
             cond = loss.encode(teacher, cond, x.shape[0])  # what the targets and D read
             u0, times, target, x_t0 = loss.targets(teacher, x, cond, gen, num_steps=k)
             d_out = distilled.net(u0, times[0].expand(u0.shape[0]), cond)
@@ -299,6 +288,6 @@ def sampled_errors(exp: Experiment, distilled: Distillation, data: DataSource, l
 
 
 __all__ = [
-    "DistillArgs", "DistillConfig", "DistillEvalConfig", "distill", "distill_command", "heldout_errors",
+    "DistillArgs", "DistillConfig", "DistillEvalConfig", "distill", "heldout_errors",
     "sampled_errors",
 ]

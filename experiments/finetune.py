@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pydantic
 
-from ntm.experiments.core import UsageError, pop_flag, pop_value, run_tyro
-from ntm.experiments.cli import TrainRequest, _check_preset, run_request
+from ntm.experiments.core import UsageError
 from ntm.experiments.config import Experiment
 from ntm.experiments.presets import PRESETS
 from ntm.predictors import PREDICTORS, PosteriorPredictorConfig
 from ntm.train.checkpoint import is_checkpoint_dir, load_checkpoint
 from ntm.train.init import InitConfig, checkpoint_path
 from ntm.transporters import TRANSPORTERS, IdentityConfig
-from ntm.registry.cli import config_error, parse
+from ntm.registry.cli import config_error
+
 
 TEACHER_MAPPING = {"predictor.xhat.": ("predictor.xhat.", "predictor.reference.")}
 """The teacher's velocity network initialises the finetuned backbone and its frozen copy."""
@@ -80,37 +80,5 @@ def finetune_base(teacher: Experiment, source: str, preset: Experiment) -> Exper
     )
 
 
-def _default_preset(teacher: Experiment, presets: dict[str, Experiment]) -> str:
-    same_data = [name for name, exp in presets.items() if type(exp.data) is type(teacher.data)]
-    if not same_data:
-        raise UsageError(f"name a finetune preset for this teacher's data: {', '.join(presets)}")
-    return same_data[0]
-
-
-def parse_finetune(args: list[str]) -> TrainRequest:
-    args = list(args)
-    source = pop_value(args, "--from")
-    if source is None:
-        raise UsageError("--from RUN_OR_CHECKPOINT is required: the flow-matching teacher to start from")
-    resume = pop_flag(args, "--resume")
-    dry_run = pop_flag(args, "--dry-run")
-    teacher = load_teacher(source)
-    presets = finetune_presets()
-    name = args.pop(0) if args and not args[0].startswith("-") and ":" not in args[0] else _default_preset(teacher, presets)
-    if name not in presets:
-        _check_preset([name])  # did-you-mean over every preset
-        raise UsageError(f"{name!r} is not a finetune preset; finetune presets: {', '.join(presets)}")
-    base = finetune_base(teacher, source, presets[name])
-    description = (f"Finetune an NTM from the flow-matching teacher {source} (preset {name}). Extra flags: "
-                   "--resume, --dry-run.")
-    exp = run_tyro(parse, Experiment, default=base, prog=f"ntm finetune --from {source} {name}", argv=args,
-                   description=description)
-    return TrainRequest(exp, resume, dry_run)
-
-
-def finetune_command(args: list[str]) -> int:
-    return run_request(parse_finetune(args), "finetune")
-
-
-__all__ = ["ENCODER_MAPPING", "TEACHER_MAPPING", "finetune_base", "finetune_command", "load_teacher", "parse_finetune",
+__all__ = ["ENCODER_MAPPING", "TEACHER_MAPPING", "finetune_base", "load_teacher",
            "teacher_mapping"]

@@ -1,9 +1,12 @@
-"""Run directories as a library: an experiment from its config file, a trained model from a run (or a checkpoint
-of it), the sampler a command asks for. The commands and the Python API load runs through these functions."""
+"""Run directories as a library: an experiment from its config file, a trained model from a run (or a checkpoint of
+it) or from an export file (:mod:`ntm.experiments.exports`), the sampler a command asks for. The commands and the
+Python API (:mod:`ntm.experiments.api`) load runs through these functions.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,14 +17,19 @@ import pydantic
 import torch
 
 from ntm.autoencoders import AutoencoderError
+from ntm.denoisers import DenoiserConfig, LearnedDenoiserConfig
+from ntm.denoisers.learned import DenoiserNotTrained
 from ntm.experiments.build import build_model, data_for
 from ntm.experiments.config import Experiment
 from ntm.experiments.core import UsageError
+from ntm.experiments.exports import (EXPORT_SUFFIX, EmbeddedDenoiserConfig, ExportSummary, LoadedRun, export_denoiser,
+                                     load_export, looks_like_export, read_export, write_export)
 from ntm.registry import ConfigError
 from ntm.registry.cli import config_error
 from ntm.train import distributed as D
 from ntm.train.checkpoint import (
-    CheckpointError, CheckpointManager, check_config_matches, load_sampling_weights, read_sampling_state,
+    CheckpointError, CheckpointManager, check_config_matches, is_checkpoint_dir, load_sampling_weights,
+    read_sampling_state,
 )
 from ntm.train.config import RESUMABLE_FIELDS
 
@@ -58,8 +66,28 @@ def check_run_autoencoder(run: Path, data) -> None:
 
 
 # -- loading a run ----------------------------------------------------------------
-def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
-    """``(experiment, data, model)`` from a run directory (EMA weights by default)."""
+def open_run(run: Path | None, checkpoint: Path | None = None, weights: str = "ema") -> LoadedRun:
+    """:func:`load_run` with the step, the weights and the source kept (:class:`LoadedRun`)."""
+    if checkpoint is not None and looks_like_export(checkpoint):
+        loaded = load_export(checkpoint, weights=weights)
+        if run is None:
+            return loaded
+        # an export of this run: its weights, with the run's data (held-out examples for ntm eval)
+        exp = load_experiment(Path(run) / "config.json")
+        check_config_matches(loaded.experiment.model_dump(mode="json"), exp.model_dump(mode="json"),
+                             ignore=RESUMABLE_FIELDS, path=checkpoint)
+        data = data_for(exp)
+        check_run_autoencoder(run, data)
+        if data.spec.encoded_by != loaded.data.spec.encoded_by:
+            raise AutoencoderError(f"export {checkpoint} was made on latents of autoencoder "
+                                   f"{loaded.data.spec.encoded_by}, but {run}'s config gives "
+                                   f"{data.spec.encoded_by or 'pixels'}")
+        return dataclasses.replace(loaded, experiment=exp, data=data, source=Path(run), checkpoint=Path(checkpoint))
+    if run is None:
+        if checkpoint is not None and Path(checkpoint).exists() and not is_checkpoint_dir(checkpoint):
+            read_export(checkpoint)  # the one-line error of what the file is instead (torch file, foreign, corrupt)
+        where = f"{checkpoint} is no export; " if checkpoint is not None else ""
+        raise UsageError(f"{where}name the run directory (--run RUN) of a checkpoint, or an export file")
     exp = load_experiment(Path(run) / "config.json")
     data = data_for(exp)
     check_run_autoencoder(run, data)
@@ -74,7 +102,58 @@ def load_run(run: Path, checkpoint: Path | None = None, weights: str = "ema"):
     check_config_matches(saved, exp.model_dump(mode="json"), ignore=RESUMABLE_FIELDS, path=checkpoint)
     model = build_model(exp, data)
     load_sampling_weights(model, state, weights=weights, path=checkpoint)
-    return exp, data, model.eval()
+    used = "ema" if weights == "ema" and "ema" in state else "raw"
+    return LoadedRun(exp, data, model.eval(), int(state["step"]), used, Path(run), Path(checkpoint))
+
+
+def load_run(run: Path | None, checkpoint: Path | None = None, weights: str = "ema"):
+    """``(experiment, data, model)`` from a run directory (EMA weights by default), or from an export file.
+
+    ``checkpoint``: a checkpoint file or directory of the run (default: its newest), an ``ntm-export-1`` ``.pt``
+    export of it, or an export file (``.safetensors``, :func:`write_export`). An export needs no run directory
+    (``run=None``): the experiment, the data statistics and the weights come from the file (``data`` then holds no
+    examples: :class:`ExportedData`). Given a run as well, the export must have been written by the run's config.
+    """
+    return open_run(run, checkpoint, weights).triple()
+
+
+def run_experiment(run: Path | None, checkpoint: Path | None = None) -> Experiment:
+    """The experiment of ``ntm sample/eval [--run RUN] [--checkpoint FILE]``, before any weights are read: the run's
+    ``config.json``, or the config inside an export file (its header alone)."""
+    if checkpoint is not None and looks_like_export(checkpoint):
+        return read_export(checkpoint).experiment
+    if run is None:
+        raise UsageError("name the run directory (--run RUN) or an export file (--checkpoint FILE.safetensors)")
+    return load_experiment(Path(run) / "config.json")
+
+
+def denoiser_for(exp: Experiment, source: Path, config: DenoiserConfig | None = None) -> DenoiserConfig:
+    """``config`` (default: the run's denoiser) as it samples the run directory or export file ``source``.
+
+    A learned denoiser without weights of its own finds the run's distilled one (``<run>/denoiser``), or, for an
+    export, the one the file carries (a one-line :class:`DenoiserNotTrained` when it carries none). Nothing but the
+    file is consulted for an export, so a ``runs/<name>`` of the same name elsewhere is never picked up.
+    """
+    config = exp.denoiser if config is None else config
+    source = Path(source)
+    if not looks_like_export(source):
+        return config.for_run(source) if isinstance(config, DenoiserConfig) else config
+    if not isinstance(config, LearnedDenoiserConfig) or isinstance(config, EmbeddedDenoiserConfig) or \
+            config.weights is not None:
+        return config
+    embedded = export_denoiser(source)
+    if embedded is None:
+        raise DenoiserNotTrained(f"export {source} carries no distilled denoiser (its run had none when exported); "
+                                 "sample it with the score denoiser or none, or export again after `ntm distill`")
+    return embedded
+
+
+def export_run(run: Path, checkpoint: Path | None = None, weights: str = "ema", out: Path | None = None) -> ExportSummary:
+    """``ntm export``: the run's sampling weights (its newest checkpoint by default) as one export file, by default
+    ``<run>/export/step_<08d>-<weights>.safetensors``."""
+    loaded = open_run(run, checkpoint, weights)
+    out = out or Path(run) / "export" / f"step_{loaded.step:08d}-{loaded.weights}{EXPORT_SUFFIX}"
+    return write_export(out, loaded)
 
 
 def shard_under_torchrun(exp: Experiment, model: torch.nn.Module) -> tuple[D.DistContext, torch.nn.Module]:

@@ -13,6 +13,8 @@ import are there), with these rules:
 - a field annotated ``Annotated[SomeConfig, Inline()]`` shows its fields at
   the parent's level (``Experiment.model`` puts ``transporter:tarflow`` and
   ``--predictor.depth`` at the top);
+- an optional config field (``init: InitConfig | None``) is a slot of two variants: ``init:none`` and
+  ``init:<name>``, the name being the config class's ``cli_name`` (else its class name in kebab case);
 - field docstrings are the help text.
 
 tyro builds the mirror objects without validating anything; :func:`parse`
@@ -23,8 +25,12 @@ path the user typed (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import re
+import types
+import typing
 from typing import Annotated, Any, Mapping, Sequence, TypeVar, Union
 
 import pydantic
@@ -67,6 +73,33 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+def _optional_model(annotation: Any) -> type[BaseModel] | None:
+    """``X`` for an annotation ``X | None`` (``Optional[X]``) with ``X`` a config class, else ``None``."""
+    if typing.get_origin(annotation) not in (Union, types.UnionType):
+        return None
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(members) == 1 and len(typing.get_args(annotation)) == 2 and _is_model(members[0]):
+        return members[0]
+    return None
+
+
+def optional_variant(config_cls: type[BaseModel]) -> str:
+    """The command-line name of an optional config's one variant (``init:run``): its ``cli_name``, else its class
+    name in kebab case."""
+    name = getattr(config_cls, "cli_name", None)
+    return name if isinstance(name, str) else re.sub(r"(?<!^)(?=[A-Z])", "-", config_cls.__name__).lower()
+
+
+def _optional_slot(config_cls: type[BaseModel], value: Any) -> tuple[Any, Any]:
+    """``(Union of none and the config's mirror, the default)`` of an optional config field."""
+    default = value if isinstance(value, config_cls) else _class_default(config_cls)
+    mirror_type, instance = _mirror(config_cls, default)
+    spec = tyro.conf.subcommand(optional_variant(config_cls), **({"default": instance} if instance is not _MISSING else {}))
+    none = Annotated[None, tyro.conf.subcommand("none", default=None)]
+    chosen = None if value is None or value is _MISSING else instance
+    return Union[none, Annotated[mirror_type, spec]], chosen  # noqa: UP007
+
+
 def _field_default(field: Any) -> Any:
     return _MISSING if field.is_required() else field.get_default(call_default_factory=True)
 
@@ -107,7 +140,13 @@ def _mirror(config_cls: type[BaseModel], default: BaseModel | None, slot_name: s
             raise TypeError(f"{config_cls.__name__}: field {name!r} appears twice on the command line (inlined)")
         if help_text:
             annotation = Annotated[annotation, tyro.conf.arg(help=help_text)]
-        fields.append((name, annotation, dataclasses.field(default=value) if value is not _MISSING else dataclasses.field()))
+        if value is _MISSING:
+            spec = dataclasses.field()
+        elif isinstance(value, (dict, list, set)):  # a mutable default: each instance its own copy
+            spec = dataclasses.field(default_factory=lambda value=value: copy.deepcopy(value))
+        else:
+            spec = dataclasses.field(default=value)
+        fields.append((name, annotation, spec))
         if value is _MISSING:
             complete = False
         else:
@@ -118,6 +157,9 @@ def _mirror(config_cls: type[BaseModel], default: BaseModel | None, slot_name: s
         registry = slot_registry(field)
         if registry is not None:
             annotation, value = _slot(registry, value)
+            add(name, annotation, value, field.description)
+        elif _optional_model(field.annotation) is not None:
+            annotation, value = _optional_slot(_optional_model(field.annotation), value)
             add(name, annotation, value, field.description)
         elif _is_model(field.annotation) and _is_inline(field):
             sub_type, sub_value = _mirror(field.annotation, value if value is not _MISSING else None)
@@ -193,6 +235,20 @@ def cli_slots(config_cls: type[BaseModel]) -> dict[str, Registry]:
     return {cli_path(config_cls, path): reg for path, reg in registry_slots(config_cls).items()}
 
 
+def optional_slots(config_cls: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    """Every optional config field by its command-line path, with its variants (``{"init": ["none", "run"]}``)."""
+    found: dict[str, list[str]] = {}
+    for name, field in config_cls.model_fields.items():
+        path = f"{prefix}{name}"
+        inner = _optional_model(field.annotation)
+        if inner is not None:
+            found[cli_path(config_cls, path) if not prefix else path] = ["none", optional_variant(inner)]
+        elif _is_model(field.annotation) and slot_registry(field) is None:
+            sub = optional_slots(field.annotation, "" if _is_inline(field) else f"{path}.")
+            found.update(sub)
+    return found
+
+
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
     """``" (did you mean 'x'?)"`` for a close match, else ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -206,12 +262,18 @@ def check_slot_tokens(config_cls: type[BaseModel], args: Sequence[str]) -> list[
     (tyro has no subcommand for a choice of one; the slot holds that variant anyway).
     """
     slots = cli_slots(config_cls)
+    optional = optional_slots(config_cls)
     kept = []
     for token in args:
         kept.append(token)
         if token.startswith("-") or ":" not in token:
             continue
         slot, variant = token.rsplit(":", 1)
+        if slot in optional and slot not in slots:
+            if variant not in optional[slot]:
+                raise RegistryError(f"{token}: {slot} is {' or '.join(f'{slot}:{v}' for v in optional[slot])}"
+                                    f"{did_you_mean(variant, optional[slot])}")
+            continue
         if slot not in slots:
             raise RegistryError(f"{token}: unknown slot {slot!r}{did_you_mean(slot, list(slots))}; "
                                 f"slots: {', '.join(sorted(slots))}")
@@ -240,6 +302,12 @@ def parse(
     :class:`ConfigError` listing every invalid field by its command-line path.
     """
     args = check_slot_tokens(config_cls, list(args))
+    if presets and args and args[0] in presets and not any(a in ("-h", "--help") for a in args):
+        # a named preset is the default: only its mirror is built (building every preset's is most of a parse's
+        # time); --help still shows the whole choice
+        name, args, default, presets = args[0], args[1:], presets[args[0]], None
+        if "prog" in tyro_kwargs:
+            tyro_kwargs = {**tyro_kwargs, "prog": f"{tyro_kwargs['prog']} {name}"}
     if presets:
         members = []
         for name, preset in presets.items():

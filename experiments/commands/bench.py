@@ -1,30 +1,24 @@
-"""``ntm bench``: the benchmark suites (toy, digits, shapes, latent, paper) and the latency, loader and
-checkpoint benches."""
+"""``ntm bench BENCH``: the suites trained side by side (toy, digits, shapes, latent, paper) and the benches of one
+cost each (latency, loader, checkpoint, gpu, scaling, oracle-gap), as tyro subcommands; ``ntm bench BENCH --help``
+lists each one's flags."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import tyro
 
+from ntm.experiments.bench import SUITES, run_suite
+from ntm.experiments.bench import checkpoint, gpu, loader, oracle_gap, scaling
 from ntm.experiments.core import UsageError, run_tyro
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchArgs:
-    suite: tyro.conf.Positional[Literal["toy", "digits", "shapes", "latent", "paper", "latency", "loader",
-                                         "checkpoint"]]
-    """toy (2-D mixture, ~10 min on CPU), digits (~45-50 min on 2 CPU cores), shapes (text-to-image on procedural
-    captioned shapes: NTM@4 vs Gaussian@4, flow matching Euler@4/16/64 and a deep-shallow AR flow of the same size,
-    scored by the shapes-eval judge), latent (pixel vs latent NTM@4 on shapes at 32x32, same training wall time: domain
-    FID, judge, ms/sample with decoding, training examples/s; trains the shapes-ae autoencoder first), paper (GPU, imagenet-paper family) or latency (time to one image and batched
-    throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the same size and flow matching, random
-    weights, ~3 min on CPU) or loader (data loader examples/s per num_workers vs the training step: data-bound or
-    compute-bound; its own flags: ntm bench loader --help) or checkpoint (bytes written and host memory added per
-    rank while saving a training checkpoint, torchrun on CPU ranks; its own flags: ntm bench checkpoint --help)."""
+class SuiteArgs:
+    suite: ClassVar[str]
     out: Path = Path("runs/bench")
     """Output directory (results.json, results.md, plots, figures, runs/)."""
     train_steps: int | None = None
@@ -49,40 +43,71 @@ class BenchArgs:
     """Held-out shards for the paper suite."""
     inception_weights: Path | None = None
     """Local Inception weights file for the paper suite's FID (nothing is downloaded)."""
+
+
+SUITE_HELP = {
+    "toy": "Baselines vs NTM on the 2-D mixture, one table (~10 min on CPU).",
+    "digits": "Baselines vs NTM on scikit-learn's digits (~45-50 min on 2 CPU cores).",
+    "shapes": "Text-to-image on procedural captioned shapes: NTM@4 vs Gaussian@4, flow matching Euler@4/16/64 and a "
+              "deep-shallow AR flow of the same size, scored by the shapes-eval judge.",
+    "latent": "Pixel vs latent NTM@4 on shapes at 32x32, same training wall time: domain FID, judge, ms/sample with "
+              "decoding, training examples/s (trains the shapes-ae autoencoder first).",
+    "paper": "The imagenet-paper family on a GPU, from --data-urls shards.",
+}
+
+
+def _suite_args(name: str) -> type[SuiteArgs]:
+    cls = type(f"{name.title()}SuiteArgs", (SuiteArgs,), {"__doc__": SUITE_HELP[name], "suite": name,
+                                                           "__module__": __name__})
+    return dataclasses.dataclass(frozen=True)(cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyArgs:
+    """Time to one image and batched throughput: NTM@4 + learned denoiser vs a deep-shallow AR flow of the same size
+    and flow matching, random weights (~3 min on CPU)."""
+
+    out: Path = Path("runs/bench-latency")
+    """Output directory (latency.json, latency.md)."""
     batch: int = 64
-    """Batch size of the latency suite's throughput measurement."""
+    """Batch size of the throughput measurement."""
+    seed: int = 0
+    """Seed of the random weights."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to sample."""
+    tiny: bool = False
+    """Shrink every network to a minimum (smoke tests)."""
+
+
+BENCHES: dict[str, type] = {
+    **{name: _suite_args(name) for name in SUITES},
+    "latency": LatencyArgs, "loader": loader.LoaderArgs, "checkpoint": checkpoint.CheckpointBenchArgs,
+    "gpu": gpu.GpuArgs, "scaling": scaling.ScalingArgs, "oracle-gap": oracle_gap.OracleGapArgs,
+}
 
 
 def main(args: list[str]) -> int:
-    from ntm.experiments.bench import SUITES, run_suite
-
-    if args[:1] == ["loader"]:  # its own flags (experiments/loader_bench.py)
-        from ntm.experiments.loader_bench import loader_command
-
-        return loader_command(args[1:])
-    if args[:1] == ["checkpoint"]:  # its own flags (experiments/checkpoint_bench.py)
-        from ntm.experiments.checkpoint_bench import checkpoint_command
-
-        return checkpoint_command(args[1:])
-    a = run_tyro(tyro.cli, BenchArgs, prog="ntm bench", argv=args)
-    if a.suite == "loader":
-        from ntm.experiments.loader_bench import loader_command
-
-        rest = list(args)
-        rest.remove("loader")
-        return loader_command(rest)
-    if a.suite == "checkpoint":
-        from ntm.experiments.checkpoint_bench import checkpoint_command
-
-        rest = list(args)
-        rest.remove("checkpoint")
-        return checkpoint_command(rest)
-    if a.suite == "latency":
+    a = run_tyro(tyro.extras.subcommand_cli_from_dict, BENCHES, prog="ntm bench", argv=args)
+    if isinstance(a, SuiteArgs):
+        return _suite(a)
+    if isinstance(a, LatencyArgs):
         return _latency(a)
-    kwargs = {"seed": a.seed, "tiny": a.tiny}
-    if a.train_steps is not None:
-        kwargs["train_steps"] = a.train_steps
-    for key in ("num_samples", "finetune_steps", "distill_steps", "teacher_steps"):
+    if isinstance(a, loader.LoaderArgs):
+        print(loader.loader_table(loader.run_loader_bench(a)), end="")
+        return 0
+    if isinstance(a, checkpoint.CheckpointBenchArgs):
+        return checkpoint.run_command(a)
+    if isinstance(a, gpu.GpuArgs):
+        return gpu.run(a)
+    if isinstance(a, scaling.ScalingArgs):
+        return scaling.run(a)
+    oracle_gap.run(a)
+    return 0
+
+
+def _suite(a: SuiteArgs) -> int:
+    kwargs: dict[str, Any] = {"seed": a.seed, "tiny": a.tiny}
+    for key in ("train_steps", "num_samples", "finetune_steps", "distill_steps", "teacher_steps"):
         if getattr(a, key) is not None:
             kwargs[key] = getattr(a, key)
     started = time.monotonic()
@@ -94,18 +119,12 @@ def main(args: list[str]) -> int:
     return 0
 
 
-def _latency(a: BenchArgs) -> int:
-    from ntm.experiments.latency import run_latency
-
-    unused = [f"--{k.replace('_', '-')}" for k in ("train_steps", "finetune_steps", "distill_steps", "teacher_steps",
-                                                  "num_samples", "data_urls", "eval_urls", "inception_weights")
-              if getattr(a, k) is not None]
-    if unused:
-        raise UsageError(f"the latency suite trains nothing and scores no samples: drop {', '.join(unused)}")
-    if a.batch < 1:
-        raise UsageError(f"--batch must be >= 1, got {a.batch}")
+def _latency(a: LatencyArgs) -> int:
+    from ntm.experiments.bench.latency import run_latency
     from ntm.train.distributed import resolve_device
 
+    if a.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {a.batch}")
     run_latency(a.out, batch=a.batch, tiny=a.tiny, device=str(resolve_device(a.device)), seed=a.seed,
                 repeats=1 if a.tiny else 5)
     print((a.out / "latency.md").read_text())

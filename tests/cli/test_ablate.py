@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ntm.experiments.ablate import cell, parse_slots
+from ntm.experiments.bench.ablate import cell, parse_slots
 from ntm.experiments.cli import main
 from ntm.experiments.presets import PRESETS
 

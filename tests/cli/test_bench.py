@@ -16,6 +16,7 @@ def _quality(row):
     return {k: v for k, v in row["metrics"].items() if k != "peak_mem_mb"}
 
 
+@pytest.mark.slow
 def test_bench_toy_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["bench", "toy", "--out", str(out), "--tiny", "--train-steps", "3", "--finetune-steps", "4",

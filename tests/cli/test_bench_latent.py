@@ -14,6 +14,7 @@ def cheap_scoring(cheap_shapes_scoring):
     return cheap_shapes_scoring(32)
 
 
+@pytest.mark.slow
 def test_bench_latent_compares_pixels_and_latents_at_one_wall_budget(tmp_path, capsys, cheap_scoring):
     out = tmp_path / "bench"
     argv = ["bench", "latent", "--out", str(out), "--tiny", "--train-steps", "3", "--num-samples", "6",

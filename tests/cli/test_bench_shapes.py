@@ -17,6 +17,7 @@ def cheap_scoring(cheap_shapes_scoring):
     return cheap_shapes_scoring(16)
 
 
+@pytest.mark.slow
 def test_bench_shapes_runs_end_to_end(tmp_path, capsys, cheap_scoring):
     out = tmp_path / "bench"
     argv = ["bench", "shapes", "--out", str(out), "--tiny", "--train-steps", "2", "--num-samples", "8",
@@ -58,6 +59,7 @@ def test_bench_shapes_runs_end_to_end(tmp_path, capsys, cheap_scoring):
     assert "resumed" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_shapes_suite_sizes_every_model_to_the_ntm():
     """Full size (no training): the baselines' parameter counts, text encoder excluded, within 10 % of the NTM's;
     one text encoder, budget and seed for all; the prompts parse and cover the six categories."""

@@ -10,13 +10,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from ntm.experiments.checkpoint_bench import MODES, check_loads, peak_rss
+from ntm.experiments.bench.checkpoint import MODES, check_loads, peak_rss
 from ntm.experiments.cli import main
 
 gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                           reason="torch.distributed with gloo is required")
 
 
+@pytest.mark.slow
 @gloo
 def test_bench_checkpoint_splits_dcp_bytes_evenly_and_every_checkpoint_loads(tmp_path, capsys):
     out = tmp_path / "bc"

@@ -78,7 +78,12 @@ def losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in GPU_PRESETS])
+FAST_PRESETS = ("toy-ntm", "digits-ntm", "shapes-t2i-ntm", "digits-latent-ntm")
+"""The presets trained in the fast tier; every other one runs in the slow tier (``-m slow``)."""
+
+
+@pytest.mark.parametrize("preset", [p if p in FAST_PRESETS else pytest.param(p, marks=pytest.mark.slow)
+                                    for p in PRESETS if p not in GPU_PRESETS])
 def test_every_preset_trains_through_the_cli(preset, tmp_path, capsys, preset_autoencoders):
     run_dir = tmp_path / preset
     latent = ["--autoencoder.path", str(preset_autoencoders[preset])] if preset in preset_autoencoders else []
@@ -214,6 +219,7 @@ def _train_cmd(run_dir: Path, steps: int, *extra: str) -> list[str]:
             "--train.threads", "1", *QUICK, *small("toy-ntm"), *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_the_identical_loss_curve(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"

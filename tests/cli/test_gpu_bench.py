@@ -1,4 +1,4 @@
-"""The GPU benchmark script: its CPU smoke run writes every part; without CUDA it stops at once in one line."""
+"""``ntm bench gpu``: its CPU smoke run writes every part; without CUDA it stops at once in one line."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from ntm.experiments.gpu_bench import main
+from ntm.experiments.cli import main
 
 
 def test_tiny_cpu_run_measures_every_part(tmp_path, capsys):
     out = tmp_path / "gb"
-    assert main(["--out", str(out), "--tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "1",
+    assert main(["bench", "gpu", "--out", str(out), "--tiny", "--device", "cpu", "--batch", "2", "--steps", "1", "--warmup", "1",
                  "--sample-batch", "2"]) == 0
     r = json.loads((out / "gpu_bench.json").read_text())
     assert r["preset"] == "imagenet-paper" and r["tokens"] == 16 and r["steps_K"] == [4]
@@ -37,7 +37,7 @@ def test_tiny_cpu_run_measures_every_part(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_without_cuda_it_fails_fast_in_one_line(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "x")]) == 2
+    assert main(["bench", "gpu", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("gpu_bench: error:") and len(err.strip().splitlines()) == 1
+    assert err.startswith("ntm bench: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ntm.experiments.cli import main
-from ntm.experiments.loader_bench import examples_digest
+from ntm.experiments.bench.loader import examples_digest
 
 
 def test_bench_loader_writes_the_table_and_every_setting_reads_the_same_examples(tmp_path, capsys):

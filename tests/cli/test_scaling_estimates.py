@@ -1,4 +1,4 @@
-"""ntm.experiments.scaling: dims without data, parameter counts, the FLOP formula and the memory estimate, each
+"""ntm.experiments.bench.scaling: dims without data, parameter counts, the FLOP formula and the memory estimate, each
 against what the built model really has, runs and saves."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ntm.experiments.cli import main
 from ntm.experiments.presets import PRESETS
-from ntm.experiments.scaling import (
+from ntm.experiments.bench.scaling import (
     activation_bytes,
     checkpoint_blocks,
-    main,
     max_micro_batch,
     memory_estimate,
     meta_model,
@@ -120,7 +120,7 @@ def test_checkpointed_blocks_give_the_same_gradients():
 
 
 def test_main_prints_the_memory_table(capsys):
-    assert main(["imagenet-paper", "--gpus", "8", "64"]) == 0
+    assert main(["bench", "scaling", "imagenet-paper", "--gpus", "8", "64"]) == 0
     out = capsys.readouterr().out
     assert "549.3 M" in out and "training FLOPs per example" in out
     rows = [line for line in out.splitlines() if line.startswith(("| 8 ", "| 64 "))]

@@ -28,13 +28,15 @@ import torch.distributed as dist
 
 from ntm.experiments.cli import main
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
-from ntm.train.dcp import bytes_per_rank, read_meta
+from ntm.train.checkpoint.dcp import bytes_per_rank, read_meta
 from ntm.train.errors import CheckpointError
 from tests.distributed.torchrun_launch import sitecustomize, torchrun
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
-)
+pytestmark = [
+    pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                       reason="torch.distributed with gloo is required"),
+    pytest.mark.slow,  # torchrun launches of two ranks (-m slow); test_parallel.py keeps one in the fast tier
+]
 
 TIMEOUT_S = 180
 RUN = [
@@ -64,7 +66,7 @@ if "LOCAL_RANK" in os.environ and os.environ.get("NTM_TEST_KILL_AT"):  # torchru
         f.write(f"{os.getpid()}\\n")
     import signal
 
-    from ntm.train.dcp import ShardedCheckpointer
+    from ntm.train.checkpoint.dcp import ShardedCheckpointer
 
     _save = ShardedCheckpointer.save
 

@@ -23,9 +23,11 @@ from ntm.experiments.cli import main
 from ntm.train.config import TrainConfig
 from tests.distributed.torchrun_launch import torchrun
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is required"
-)
+pytestmark = [
+    pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                       reason="torch.distributed with gloo is required"),
+    pytest.mark.slow,  # torchrun launches of two ranks (-m slow); test_parallel.py keeps one in the fast tier
+]
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 240

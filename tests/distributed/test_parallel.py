@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ntm.train.checkpoint import CheckpointManager, load_checkpoint
-from ntm.train.dcp import bytes_per_rank
+from ntm.train.checkpoint.dcp import bytes_per_rank
 from tests.distributed.torchrun_launch import sitecustomize, torchrun
 
 pytestmark = pytest.mark.skipif(
@@ -118,7 +118,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     ("strategy", "sample_every"),
-    [("fsdp", 0), ("fsdp", 2), ("ddp", 0)],
+    [("fsdp", 0), pytest.param("fsdp", 2, marks=pytest.mark.slow), pytest.param("ddp", 0, marks=pytest.mark.slow)],
     ids=["fsdp", "fsdp-sample-every-2", "ddp"],
 )
 def test_two_ranks_match_one_process(reference: Path, tmp_path: Path, strategy: str, sample_every: int) -> None:

@@ -1,4 +1,4 @@
-"""The launch of the two-rank tests: :func:`ntm.experiments.checkpoint_bench.run_ranks` (``ntm bench checkpoint``'s own
+"""The launch of the two-rank tests: :func:`ntm.experiments.launch.run_ranks` (the benches'
 launcher: a free port, retried when taken; output to a log file; the session and the recorded worker pids killed
 on a timeout), with ``OMP_NUM_THREADS=1`` and a timeout failing the test with the end of the log."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ntm.experiments.checkpoint_bench import run_ranks
+from ntm.experiments.launch import run_ranks
 
 
 def sitecustomize(directory: Path, source: str) -> Path:

@@ -25,7 +25,7 @@ from ntm.train.checkpoint import (
     read_sampling_state,
     sampling_state_dict,
 )
-from ntm.train.dcp import (
+from ntm.train.checkpoint.dcp import (
     ShardedCheckpointer,
     load_training_state,
     read_meta,
@@ -282,17 +282,21 @@ def test_export_writes_one_file_that_samples_like_the_run(run: Path, tmp_path: P
     assert latest.name == "step_00000002" and is_checkpoint_dir(latest)
     capsys.readouterr()
     assert main(["export", "--run", str(run)]) == 0
-    out = run / "export" / "step_00000002-ema.pt"
+    out = run / "export" / "step_00000002-ema.safetensors"
     assert f"-> {out}" in capsys.readouterr().out
-    exported = load_checkpoint(out)
-    assert exported["step"] == 2 and exported["config"] == json.loads((run / "config.json").read_text())
-    assert "optimizer" not in exported and "model" not in exported
+    from safetensors.torch import load_file
+
+    from ntm.experiments.exports import read_export
+
+    info = read_export(out)
+    assert info.step == 2 and info.weights == "ema"
+    assert info.payload["config"] == json.loads((run / "config.json").read_text())
     want = sampling_state_dict(load_checkpoint(latest))
-    got = sampling_state_dict(exported)
+    got = {k.removeprefix("model."): v for k, v in load_file(out).items()}  # the EMA weights, nothing else
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    raw = tmp_path / "raw.pt"
+    raw = tmp_path / "raw.safetensors"
     assert main(["export", "--run", str(run), "--weights", "raw", "--out", str(raw)]) == 0
-    assert set(load_checkpoint(raw)) == {"format", "step", "config", "source", "model"}
+    assert read_export(raw).weights == "raw"
     samples = []
     for i, checkpoint in enumerate((out, latest)):  # the same samples from the file and from the directory
         png = tmp_path / f"s{i}.png"
@@ -331,8 +335,10 @@ def test_a_run_of_checkpoint_files_still_exports_and_resumes(tmp_path: Path, cap
                  "--train.checkpoint-format", "file"]) == 0
     manager = CheckpointManager(run_dir / "checkpoints")
     assert manager.latest_path().name == "step_00000002.pt"
-    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "e.pt")]) == 0
-    assert set(load_checkpoint(tmp_path / "e.pt")) == {"format", "step", "config", "source", "ema"}
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "e.safetensors")]) == 0
+    from ntm.experiments.exports import read_export
+
+    assert read_export(tmp_path / "e.safetensors").weights == "ema"
     assert main(["train", "toy-ntm", "--run-dir", str(run_dir), *TINY, "--train.steps", "3", "--resume"]) == 0
     assert manager.steps() == [2, 3] and manager.latest_path().name == "step_00000003"  # continued in directories
     capsys.readouterr()

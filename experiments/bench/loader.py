@@ -10,7 +10,7 @@ latents under the run's autoencoder when it has one), read with each ``--workers
 examples per second after the first batch (``startup_s``: the time to the first batch, DataLoader workers
 included). ``--latent-urls`` reads cached latents (``data:latent-shards``) instead of a latent preset's pixel
 shards, which are otherwise encoded on the fly. The compute side is ``--steps`` training steps of the preset's
-model at the same batch on one device, in ``--grad-accum`` micro-batches (:class:`experiments.scaling.TrainStep`:
+model at the same batch on one device, in ``--grad-accum`` micro-batches (:func:`ntm.train.step.train_step`, the loop's own step:
 conditioner, forward through the loss, backward, clipping, AdamW, EMA; after two warm-up steps), fed one batch
 from the stream already in memory.
 
@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 
 from ntm.experiments.config import Experiment
 from ntm.experiments.presets import PRESETS
@@ -51,7 +50,7 @@ SHARDS = 8
 @dataclasses.dataclass(frozen=True)
 class LoaderArgs:
     """Loader throughput per num_workers setting vs the training step's throughput at the same batch: data-bound
-    or compute-bound (see experiments/loader_bench.py)."""
+    or compute-bound (see experiments/bench/loader.py)."""
 
     out: Path = Path("runs/bench-loader")
     """Output directory (loader.json, loader.md; shards/ for the default data)."""
@@ -147,23 +146,22 @@ def measure_step(exp: Experiment, *, batch: int, steps: int, device: torch.devic
     micro-batches (after 2 warm-up steps)."""
     from ntm.experiments.build import build_model, data_for, layout_for
     from ntm.experiments.core import UsageError
-    from ntm.experiments.scaling import TrainStep
+    from ntm.experiments.bench.scaling import bench_state
+    from ntm.train.step import train_step
 
     data = data_for(exp.replace(data=_with_workers(exp, 0).data))
     one = next(iter(data.train_batches(batch, seed=exp.train.seed)))
     torch.manual_seed(exp.train.seed)
     model = build_model(exp, data)
-    step = TrainStep(exp, model, device=device, grad_accum=grad_accum)
-    x = layout_for(exp, data).to_tokens(one.x)
-    raw = getattr(one, step.field)
+    state = bench_state(exp, model, device=device, layout=layout_for(exp, data), grad_accum=grad_accum)
     try:
         for _ in range(2):
-            step(x, raw)
+            train_step(state, one)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
         for _ in range(steps):
-            loss = step(x, raw)
+            loss = train_step(state, one).loss
         wall = time.perf_counter() - started
     except torch.cuda.OutOfMemoryError:
         raise UsageError(f"--batch {batch}: the training step does not fit on {device} in {grad_accum} "
@@ -185,7 +183,7 @@ def verdict(loader: float, step: float) -> str:
 def run_loader_bench(a: LoaderArgs) -> dict:
     """The whole bench (see the module docstring); writes ``loader.json`` and ``loader.md`` under ``a.out``."""
     from ntm.experiments.core import UsageError
-    from ntm.experiments.scaling import tiny_experiment
+    from ntm.experiments.bench.scaling import tiny_experiment
     from ntm.data import DATA_SOURCES
     from ntm.train.distributed import resolve_device
 
@@ -286,12 +284,3 @@ def loader_table(result: dict) -> str:
         f"| {r['num_workers']} | {r['examples_per_s']:.1f} | {r['startup_s']:.2f} | {step['examples_per_s']:.1f} "
         f"| {r['expected_examples_per_s']:.1f} | {r['verdict']} | {r['examples']} ({r['distinct_examples']} distinct) "
         f"| `{r['examples_digest']}` |\n" for r in result["rows"])
-
-
-def loader_command(args: list[str]) -> int:
-    from ntm.experiments.core import run_tyro
-
-    a = run_tyro(tyro.cli, LoaderArgs, prog="ntm bench loader", argv=args)
-    result = run_loader_bench(a)
-    print(loader_table(result), end="")
-    return 0

@@ -1,6 +1,6 @@
 """Sizing a run before it starts: model dims without data, parameter counts, training FLOPs and memory per GPU.
 
-``python -m ntm.experiments.scaling imagenet-paper --gpus 8 64`` prints the memory table of docs/scaling.md.
+``ntm bench scaling imagenet-paper --gpus 8 64`` prints the memory table of docs/scaling.md.
 
 No shard is read and no weight loaded that is not there: the model is built on the meta device from the preset's
 config, the token geometry comes from the data config and, while ``autoencoder.path`` does not exist yet, from the
@@ -48,18 +48,18 @@ tensors (a few per token, under 1 %), the text encoder of a caption-conditioned 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
-import sys
 from pathlib import Path
 from typing import Literal
 
 import torch
+import tyro
 from torch import nn
 
 from ntm.experiments.config import Experiment
+from ntm.experiments.core import UsageError
 from ntm.data.base import DataSpec
 from ntm.model import NTM
 from ntm.nn.backbone import TokenTransformer
@@ -69,6 +69,7 @@ from ntm.predictors.posterior import PosteriorPredictor
 from ntm.predictors.transformer import TrajectoryPredictor, TransformerPredictor
 from ntm.spec import ModelDims
 from ntm.train.distributed import shard_units
+from ntm.train.step import TrainState, build_train_state
 from ntm.transporters.tarflow import CausalFlow
 
 GiB = 1024**3
@@ -385,78 +386,56 @@ def compile_blocks(model: nn.Module) -> int:
     return len(blocks)
 
 
-class TrainStep:
-    """One step of the training loop outside it: the conditioner, ``model(x, cond, objective, generator)`` under
-    the experiment's autocast over ``grad_accum`` micro-batches, backward, gradient clipping, AdamW and the EMA
-    update, on one device (no process group, nothing written). ``step(x, raw_cond)`` returns the loss as a float
-    (read back every step, as the loop does)."""
+class TokenBatches:
+    """The layout of batches already in tokens ``(B, N, d)`` (the GPU bench's random data): ``to_tokens`` keeps
+    them as they are."""
 
-    def __init__(self, exp: Experiment, model: NTM, *, device: torch.device | str,
-                 precision: Literal["bf16", "fp32"] | None = None, grad_accum: int = 1) -> None:
-        from ntm.experiments.build import conditioner_of
-        from ntm.train.ema import EMA
-        from ntm.train.loop import make_optimizer, param_group_names
-
-        self.exp = exp
-        self.device = torch.device(device)
-        self.model = model.to(self.device).train()
-        self.optimizer = make_optimizer(self.model, param_group_names(self.model), exp.train)
-        self.ema = EMA(self.model, decay=exp.train.ema_decay, warmup=True)
-        self.objective = exp.loss.build()
-        self.conditioner = conditioner_of(exp.conditioner)
-        self.field = getattr(self.conditioner, "reads", "label")
-        precision = precision or exp.train.precision
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                       enabled=self.device.type == "cuda" and precision == "bf16")
-        self.grad_accum = grad_accum
-        self.steps = 0
-
-    def __call__(self, x: torch.Tensor, raw_cond) -> float:
-        """``x``: the batch in tokens ``(B, N, d)``, ``B`` divisible by ``grad_accum``; ``raw_cond``: the batch
-        field the conditioner reads (labels, captions or ``None``)."""
-        from ntm.train.loop import noise_generator
-
-        seed, accum = self.exp.train.seed, self.grad_accum
-        micro = x.shape[0] // accum
-        total = torch.zeros((), device=self.device)
-        for m in range(accum):
-            rows = slice(m * micro, (m + 1) * micro)
-            raw = None if raw_cond is None else raw_cond[rows]
-            cond = self.conditioner(raw, self.model.dims.num_classes,
-                                    noise_generator(torch.device("cpu"), seed, self.steps, m))
-            cond = None if cond is None else cond.to(self.device)
-            with self.autocast:
-                loss, _ = self.model(x[rows].to(self.device, non_blocking=True), cond, self.objective,
-                                     noise_generator(self.device, seed, self.steps, m))
-                (loss / accum).backward()
-            total += loss.detach() / accum
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.exp.train.grad_clip or math.inf)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model, decay=self.ema.decay_at(self.ema.num_updates))
-        self.steps += 1
-        return total.item()
+    @staticmethod
+    def to_tokens(x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ntm.experiments.core import USER_ERRORS, format_error
+def bench_state(exp: Experiment, model: NTM, *, device: torch.device | str, layout,
+                precision: Literal["bf16", "fp32"] | None = None, grad_accum: int = 1) -> TrainState:
+    """The training loop's own state (:func:`ntm.train.step.build_train_state`) for ``model`` on one device, no
+    process group, nothing written: the experiment's AdamW, schedule, EMA, loss and conditioner, with
+    ``precision`` and ``grad_accum`` set; the benches time :func:`ntm.train.step.train_step` on it, the loop's
+    step itself. Activation checkpointing and ``torch.compile`` stay as the caller set them on ``model``."""
+    from ntm.experiments.build import conditioner_of
+
+    train = exp.train.replace(grad_accum=grad_accum, precision=precision or exp.train.precision,
+                              activation_checkpointing="none", compile=False)
+    return build_train_state(train, model, objective=exp.loss.build(), conditioner=conditioner_of(exp.conditioner),
+                             layout=layout, num_classes=model.dims.num_classes, device=device)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingArgs:
+    """Parameters, training FLOPs per example and the memory per GPU of a preset, from its config alone (the model
+    built on the meta device; nothing read, nothing trained)."""
+
+    preset: tyro.conf.Positional[str] = "imagenet-paper"
+    """The preset to size."""
+    gpus: tuple[int, ...] = (8, 64)
+    """GPU counts of the memory table's columns."""
+    batch_size: int | None = None
+    """Global batch (default: the preset's)."""
+    capacity_gib: float = 80.0
+    """GPU memory for the table's last column, GiB."""
+
+
+def run(args: ScalingArgs) -> int:
+    """Print the sizes of ``args.preset`` (the memory table of docs/scaling.md)."""
     from ntm.experiments.presets import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m ntm.experiments.scaling", description=__doc__.split("\n")[0])
-    parser.add_argument("preset", nargs="?", default="imagenet-paper", choices=sorted(PRESETS))
-    parser.add_argument("--gpus", type=int, nargs="+", default=[8, 64])
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
-    parser.add_argument("--capacity-gib", type=float, default=80.0, help="GPU memory for the last column (80)")
-    args = parser.parse_args(argv)
-    try:
-        return _print_sizes(PRESETS[args.preset], args)
-    except USER_ERRORS as e:
-        for line in format_error(e).splitlines():
-            print(f"{parser.prog}: error: {line}", file=sys.stderr)
-        return 2
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; presets: {', '.join(sorted(PRESETS))}")
+    if not args.gpus or min(args.gpus) < 1:
+        raise UsageError(f"--gpus takes GPU counts >= 1, got {list(args.gpus)}")
+    return _print_sizes(PRESETS[args.preset], args)
 
 
-def _print_sizes(exp: Experiment, args: argparse.Namespace) -> int:
+def _print_sizes(exp: Experiment, args: ScalingArgs) -> int:
     model = meta_model(exp)
     params = param_counts(model)
     flops = train_flops(exp, model)
@@ -470,7 +449,3 @@ def _print_sizes(exp: Experiment, args: argparse.Namespace) -> int:
               f"a = {activation_bytes(s.per_token_context, s.hidden / s.width):.1f} bytes / token / width (bf16)")
     print(memory_table(exp, tuple(args.gpus), args.batch_size, args.capacity_gib), end="")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

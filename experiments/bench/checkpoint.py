@@ -3,18 +3,17 @@
     ntm bench checkpoint --out runs/bench-checkpoint                   # 25 M parameters, 2 gloo ranks on the CPU
     ntm bench checkpoint --out runs/bc --params-m 100 --ranks 4
 
-``torchrun --nproc-per-node RANKS`` starts gloo workers on the CPU (``python -m ntm.experiments.checkpoint_bench``).
+``torchrun --nproc-per-node RANKS`` starts gloo workers on the CPU (``python -m ntm.experiments.bench.checkpoint``).
 Each builds the training state the loop checkpoints: ``toy-ntm`` with the transporter's and the predictor's width
 chosen for about ``--params-m`` million parameters (a multiple of ``lcm(4, RANKS)``, so that the weights shard
 evenly), wrapped with FSDP2 (:func:`ntm.train.distributed.wrap`), its AdamW and schedule
-(:func:`ntm.train.loop.make_optimizer`, :func:`~ntm.train.loop.make_scheduler`) after one step on gradients of
-the weights' layout, and the EMA after one update. Then it saves that state once per mode, as the loop's
+(:func:`ntm.train.step.build_train_state`, as the loop builds them) after one :func:`~ntm.train.step.train_step`. Then it saves that state once per mode, as the loop's
 ``save`` does:
 
-- ``sync``: :class:`ntm.train.dcp.ShardedCheckpointer` with :func:`~ntm.train.dcp.training_state`
+- ``sync``: :class:`ntm.train.checkpoint.dcp.ShardedCheckpointer` with :func:`~ntm.train.checkpoint.dcp.training_state`
   (``train.checkpoint_format dcp``);
 - ``async``: the same with ``async_save`` (``train.async_checkpoint``), timed until the save is written and
-  committed (:meth:`~ntm.train.dcp.ShardedCheckpointer.wait`);
+  committed (:meth:`~ntm.train.checkpoint.dcp.ShardedCheckpointer.wait`);
 - ``file``: the full state gathered on rank 0 and written by :meth:`ntm.train.checkpoint.CheckpointManager.save`
   (``train.checkpoint_format file``).
 
@@ -44,17 +43,15 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import tyro
+
+from ntm.experiments.launch import run_ranks
 
 MODES = ("sync", "async", "file")
 """The saves measured, in order: DCP synchronous, DCP asynchronous, one file gathered on rank 0."""
@@ -65,10 +62,6 @@ SAMPLE_S = 0.002
 STEP = 1
 """The step the checkpoints are saved as."""
 MiB = 2**20
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
-
-
 class WorkerError(RuntimeError):
     """The torchrun workers failed or hung (not a user error: the message holds the end of their log)."""
 
@@ -76,7 +69,7 @@ class WorkerError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class CheckpointBenchArgs:
     """Bytes written and host memory added per rank while saving a training checkpoint (DCP sync, DCP async, one
-    file): torchrun, gloo ranks on the CPU (see experiments/checkpoint_bench.py)."""
+    file): torchrun, gloo ranks on the CPU (see experiments/bench/checkpoint.py)."""
 
     out: Path = Path("runs/bench-checkpoint")
     """Output directory (checkpoint.json, checkpoint.md, torchrun.log)."""
@@ -105,7 +98,7 @@ def bench_experiment(width: int):
 def width_for(params: float, ranks: int) -> tuple[int, int]:
     """The width (a multiple of ``lcm(4, ranks)``) whose model has the parameter count closest to ``params``, and
     that count."""
-    from ntm.experiments.scaling import count, meta_model
+    from ntm.experiments.bench.scaling import count, meta_model
 
     unit = math.lcm(HEADS, ranks)
 
@@ -292,9 +285,10 @@ def worker(out: Path, width: int, seed: int) -> None:
     from ntm.experiments.build import data_for, train_job
     from ntm.train import distributed as D
     from ntm.train.checkpoint import CheckpointManager, rng_state
-    from ntm.train.dcp import ShardedCheckpointer, training_state
-    from ntm.train.ema import EMA
-    from ntm.train.loop import FORMAT, _full_ema_state, make_optimizer, make_scheduler, param_group_names
+    from ntm.train.checkpoint.dcp import ShardedCheckpointer, training_state
+    from ntm.train.ema_models import full_ema_state
+    from ntm.train.loop import FORMAT
+    from ntm.train.step import build_train_state, train_step
 
     exp = bench_experiment(width)
     exp = exp.replace(train=exp.train.replace(seed=seed))
@@ -304,25 +298,14 @@ def worker(out: Path, width: int, seed: int) -> None:
     with open(out / "ranks" / "pids", "a") as f:
         f.write(f"{os.getpid()}\n")
     job = train_job(exp, data_for(exp))
-    torch.manual_seed(cfg.seed)
-    model = job.build_model()
-    groups = param_group_names(model)
-    params = sum(p.numel() for p in model.parameters())
-    model = D.wrap(model, ctx, cfg.parallel, mesh=D.device_mesh(ctx, cfg.mesh), mixed_precision=cfg.mixed_precision,
-                   reshard_after_forward=cfg.reshard_after_forward)
-    inner = D.unwrap(model)
-    optimizer = make_optimizer(inner, groups, cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    ema = EMA(inner, decay=cfg.ema_decay, warmup=True)
-    # one step: AdamW's moments and step counts, the schedule and the EMA as after the loop's first step (the
-    # gradient's values do not matter here, its layout does: each rank's shard of every parameter)
-    with torch.no_grad():
-        for p in inner.parameters():
-            p.grad = p.detach().clone().mul_(1e-3)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    ema.update(inner, decay=ema.decay_at(ema.num_updates))
+    # the loop's state after its first step: AdamW's moments and step counts, the schedule and the EMA
+    state = build_train_state(cfg, job.build_model, objective=job.objective, conditioner=job.conditioner,
+                              layout=job.layout, num_classes=job.data.spec.num_classes, ctx=ctx)
+    model, inner, optimizer, scheduler, ema = state.model, state.inner, state.optimizer, state.scheduler, state.ema
+    params = sum(p.numel() for p in inner.parameters())  # a DTensor counts its global elements
+    batch = next(iter(job.data.train_batches(cfg.batch_size // ctx.world_size, seed=cfg.seed, rank=ctx.rank,
+                                             world_size=ctx.world_size)))
+    train_step(state, batch)
 
     meta = {"parallel": cfg.parallel, "config": job.config}
     state = training_state(inner, optimizer, scheduler, ema, ctx.rank, ctx.world_size, STEP)
@@ -331,7 +314,7 @@ def worker(out: Path, width: int, seed: int) -> None:
     del state
 
     def save_file(manager: CheckpointManager) -> None:  # the loop's save() with train.checkpoint_format file
-        full = {"format": FORMAT, "step": STEP, "model": D.full_state_dict(model), "ema": _full_ema_state(ema),
+        full = {"format": FORMAT, "step": STEP, "model": D.full_state_dict(model), "ema": full_ema_state(ema),
                 "optimizer": D.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict(),
                 "rng": rng_state(), "config": job.config}
         if ctx.is_main:
@@ -366,82 +349,12 @@ def worker(out: Path, width: int, seed: int) -> None:
 
 
 # -- the command ------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, pid_file: Path | None, grace_s: float) -> None:
-    """Stop the process's session: SIGTERM (torchrun stops its workers on it) and ``grace_s`` to exit, then SIGKILL
-    (at once when ``grace_s`` is 0); then SIGKILL the pids listed in ``pid_file`` (torchrun starts each worker in a
-    session of its own, which the first signals miss)."""
-    if grace_s > 0:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    for pid in pid_file.read_text().split() if pid_file is not None and pid_file.is_file() else []:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(int(pid), signal.SIGKILL)
-
-
-def run_ranks(args: Sequence[str], log: Path, *, ranks: int | None, timeout_s: float,
-              env: Mapping[str, str] | None = None, pythonpath: Sequence[str | Path] = (),
-              pid_file: Path | None = None, fresh: Sequence[Path] = (), grace_s: float = 30.0,
-              tries: int = 3) -> tuple[int | None, str]:
-    """``python -m torch.distributed.run --nproc-per-node RANKS ... ARGS`` on 127.0.0.1 (``python ARGS`` when
-    ``ranks`` is None), from the repository, in a session of its own, its output to ``log`` (a file: a pipe would be
-    held open by stray workers).
-
-    The environment is this process's without the variables a surrounding launcher sets (``RANK``, ``MASTER_PORT``,
-    ...), with ``OMP_NUM_THREADS=1`` unless set, ``pythonpath`` put before ``PYTHONPATH``, and ``env`` over it.
-    The master port is probed free; when it is taken before torchrun binds it ("address already in use"), the
-    launch is retried on a fresh port, up to ``tries`` launches. Before each launch ``pid_file`` and the files and
-    directories of ``fresh`` are removed. Past ``timeout_s`` the launch is stopped (:func:`_stop`). Returns the
-    exit status (``None`` when it was stopped) and the log."""
-    repo = Path(__file__).resolve().parents[1]
-    full = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    full.setdefault("OMP_NUM_THREADS", "1")
-    full["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), *filter(None, [full.get("PYTHONPATH")])])
-    if not full["PYTHONPATH"]:
-        del full["PYTHONPATH"]
-    full.update(env or {})
-    code: int | None = 1
-    for _ in range(tries if ranks is not None else 1):
-        for path in [*fresh, *([pid_file] if pid_file is not None else [])]:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        launcher = [] if ranks is None else ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-                                             "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
-        with open(log, "w") as f:
-            proc = subprocess.Popen([sys.executable, *launcher, *args], cwd=repo, env=full, stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _stop(proc, pid_file, grace_s)
-                return None, log.read_text()
-        text = log.read_text()
-        if ranks is not None and code != 0 and "address already in use" in text.lower():
-            continue
-        return code, text
-    return code, log.read_text()
-
-
 def launch(out: Path, ranks: int, width: int, seed: int, timeout_s: float) -> tuple[int, str]:
     """``torchrun --nproc-per-node ranks`` of :func:`worker` (gloo, CPU; :func:`run_ranks`); output to
     ``out/torchrun.log``. Returns the exit status (``-1`` when it ran past ``timeout_s`` and was stopped) and the
     log."""
-    code, text = run_ranks(["-m", "ntm.experiments.checkpoint_bench", "worker", str(out), str(width), str(seed)],
-                           out / "torchrun.log", ranks=ranks, timeout_s=timeout_s,
-                           pythonpath=[Path(__file__).resolve().parents[1]], pid_file=out / "ranks" / "pids")
+    code, text = run_ranks(["-m", "ntm.experiments.bench.checkpoint", "worker", str(out), str(width), str(seed)],
+                           out / "torchrun.log", ranks=ranks, timeout_s=timeout_s, pid_file=out / "ranks" / "pids")
     return -1 if code is None else code, text
 
 
@@ -450,7 +363,7 @@ def run_checkpoint_bench(a: CheckpointBenchArgs) -> dict:
     ``a.out``."""
     from ntm.experiments.core import UsageError
     from ntm.train.checkpoint import CheckpointManager
-    from ntm.train.dcp import bytes_per_rank
+    from ntm.train.checkpoint.dcp import bytes_per_rank
 
     if not (a.params_m > 0 and math.isfinite(a.params_m)):
         raise UsageError(f"--params-m must be > 0, got {a.params_m}")
@@ -539,10 +452,9 @@ def checkpoint_table(result: dict) -> str:
     return head + "".join(rows)
 
 
-def checkpoint_command(args: list[str]) -> int:
-    from ntm.experiments.core import run_tyro
-
-    a = run_tyro(tyro.cli, CheckpointBenchArgs, prog="ntm bench checkpoint", argv=args)
+def run_command(a: CheckpointBenchArgs) -> int:
+    """``ntm bench checkpoint``: run the bench, print its table; 1 when the workers fail or a checkpoint does not
+    load."""
     try:
         result = run_checkpoint_bench(a)
     except WorkerError as e:

@@ -1,20 +1,20 @@
 """The imagenet-paper training step on one GPU: throughput, MFU, memory, bf16 vs fp32 NLL, sampling latency.
 
-    python -m ntm.experiments.gpu_bench --out runs/gpu-bench            # about 3-5 minutes on one H100/H200
-    python -m ntm.experiments.gpu_bench --out /tmp/gb --tiny --device cpu   # a smoke run of every part on CPU
+    ntm bench gpu --out runs/gpu-bench                          # about 3-5 minutes on one H100/H200
+    ntm bench gpu --out /tmp/gb --tiny --device cpu             # a smoke run of every part on CPU
 
 Random data of the model's shape (latents at unit scale ``(B, 256, 128)`` and class labels; no dataset, no
 autoencoder) through the preset's model and loss, one device, no process group. Parts, each written to
 ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` as soon as it is done (a run cut short keeps what it measured):
 
-1. **Training step** (:class:`experiments.scaling.TrainStep`: the loop's step -- forward through the loss, backward,
+1. **Training step** (:func:`ntm.train.step.train_step`, the loop's own step -- forward through the loss, backward,
    clipping, AdamW, EMA -- at ``--batch`` examples) in bf16 autocast: eager, full activation checkpointing (every
    transformer block recomputed in the backward pass), eager with ``torch.compile`` of the blocks, and checkpointing
    compiled too when compiling helped. Per setting: seconds per step (median of ``--steps`` after ``--warmup``),
    examples/s, image tokens/s (examples x N), model TFLOP/s and MFU, peak memory
    (``torch.cuda.max_memory_allocated`` less what was allocated before the setting's model was built) next to
-   :func:`experiments.scaling.memory_estimate`. Model FLOPs per example are the analytic count of
-   :mod:`experiments.scaling` (``train_flops``; also reported: ``torch.utils.flop_counter`` on one example, a check
+   :func:`ntm.experiments.bench.scaling.memory_estimate`. Model FLOPs per example are the analytic count of
+   :mod:`ntm.experiments.bench.scaling` (``train_flops``; also reported: ``torch.utils.flop_counter`` on one example, a check
    of the formula). MFU = model FLOP/s / ``--peak-tflops`` (default: 989 dense bf16 on H100/H200, from the device
    name; the target is 40 %).
 2. **bf16 vs fp32 NLL**: the trained eager model's loss (trajectory NLL, bits/dim) on 4 fixed batches with the
@@ -29,19 +29,19 @@ Without CUDA (and without ``--device cpu``) it stops at once with one line and s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+from ntm.experiments.core import UsageError
 
 TARGET_MFU = 0.40
 
@@ -57,31 +57,38 @@ SETTINGS = (Setting("bf16", False, False), Setting("bf16 + checkpointing", True,
             Setting("bf16 + compile", False, True), Setting("bf16 + checkpointing + compile", True, True))
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ntm.experiments.gpu_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output directory (gpu_bench.json, gpu_bench.md)")
-    p.add_argument("--preset", default="imagenet-paper", help="the preset whose model is measured")
-    p.add_argument("--batch", type=int, default=32, help="examples per training step (default 32)")
-    p.add_argument("--steps", type=int, default=8, help="timed training steps per setting (default 8)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiled settings: 2 more)")
-    p.add_argument("--sample-batch", type=int, default=16, help="batch of the batched sampling timing")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="measure the torch.compile settings (auto: on CUDA)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="dense bf16 peak of the device, TFLOP/s (default: from the device name)")
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny: the smoke run)")
-    p.add_argument("--tiny", action="store_true", help="shrink the model and the token count (smoke runs)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    for name in ("batch", "steps", "sample_batch"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    return args
+@dataclasses.dataclass(frozen=True)
+class GpuArgs:
+    """The loop's training step (tokens/s, MFU, memory per setting), bf16 vs fp32 NLL and NTM@4 latency on one GPU
+    (about 3-5 minutes on an H100/H200; ``--tiny --device cpu`` is the smoke run of every part)."""
+
+    out: Path
+    """Output directory (gpu_bench.json, gpu_bench.md)."""
+    preset: str = "imagenet-paper"
+    """The preset whose model is measured."""
+    batch: int = 32
+    """Examples per training step."""
+    steps: int = 8
+    """Timed training steps per setting."""
+    warmup: int = 3
+    """Untimed steps first (compiled settings: 2 more)."""
+    sample_batch: int = 16
+    """Batch of the batched sampling timing."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """Measure the torch.compile settings (auto: on CUDA)."""
+    peak_tflops: float | None = None
+    """Dense bf16 peak of the device, TFLOP/s (default: from the device name)."""
+    device: str = "cuda"
+    """cuda, or cpu (with --tiny: the smoke run)."""
+    tiny: bool = False
+    """Shrink the model and the token count (smoke runs)."""
+    seed: int = 0
+    """Seed of the model and the data."""
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
-    """``given``, else the dense bf16 peak of a known device name (:data:`experiments.scaling.PEAK_TFLOPS`)."""
-    from ntm.experiments.scaling import PEAK_TFLOPS
+    """``given``, else the dense bf16 peak of a known device name (:data:`ntm.experiments.bench.scaling.PEAK_TFLOPS`)."""
+    from ntm.experiments.bench.scaling import PEAK_TFLOPS
 
     if given is not None:
         return given
@@ -103,9 +110,9 @@ def _median_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 3, wa
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: GpuArgs) -> None:
         from ntm.experiments.presets import PRESETS
-        from ntm.experiments.scaling import meta_model, model_dims, param_counts, tiny_experiment, train_flops
+        from ntm.experiments.bench.scaling import meta_model, model_dims, param_counts, tiny_experiment, train_flops
 
         self.args = args
         self.device = torch.device(args.device)
@@ -177,7 +184,10 @@ class Bench:
     # -- parts ----------------------------------------------------------------------------------------------
     def train_setting(self, setting: Setting):
         """Time ``setting``; returns its row and the trained model."""
-        from ntm.experiments.scaling import TrainStep, checkpoint_blocks, compile_blocks, memory_estimate
+        from ntm.data.base import Batch
+        from ntm.experiments.bench.scaling import (TokenBatches, bench_state, checkpoint_blocks, compile_blocks,
+                                                   memory_estimate)
+        from ntm.train.step import train_step
 
         base = 0
         if self.device.type == "cuda":  # the peak counts what this setting allocates (weights, state, activations)
@@ -189,17 +199,18 @@ class Bench:
             checkpoint_blocks(model)
         if setting.compile:
             compile_blocks(model)
-        step = TrainStep(self.exp, model, device=self.device, precision="bf16")
+        state = bench_state(self.exp, model, device=self.device, layout=TokenBatches(), precision="bf16")
         x, labels = self.batch(self.args.batch, self.args.seed)
+        batch = Batch(x=x, label=labels)
         started = time.perf_counter()
         for _ in range(self.args.warmup + (2 if setting.compile else 0)):
-            step(x, labels)
+            train_step(state, batch)
         _sync(self.device)
         warm_s = time.perf_counter() - started
         times, losses = [], []
         for _ in range(self.args.steps):
             t0 = time.perf_counter()
-            losses.append(step(x, labels))  # reads the loss back: synchronises, as the loop does
+            losses.append(train_step(state, batch).loss)  # reads the loss back: synchronises, as the loop does
             _sync(self.device)
             times.append(time.perf_counter() - t0)
         step_s = statistics.median(times)
@@ -385,30 +396,20 @@ def report(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu_bench: error: no CUDA device here; this benchmark needs a GPU (--tiny --device cpu: the CPU "
-              "smoke run)", file=sys.stderr)
-        return 2
-    if args.device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(args.device))
-    from ntm.experiments.core import USER_ERRORS, format_error
+def run(args: GpuArgs) -> int:
+    """Measure (see the module docstring), write ``gpu_bench.json`` and ``gpu_bench.md`` and print the report."""
     from ntm.experiments.presets import PRESETS
 
+    for name in ("batch", "steps", "sample_batch"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.preset not in PRESETS:
-        print(f"gpu_bench: error: --preset: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}",
-              file=sys.stderr)
-        return 2
-    try:
-        bench = Bench(args)
-    except USER_ERRORS as e:  # e.g. a preset whose text encoder's weights are not here
-        print(f"gpu_bench: error: {format_error(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--preset: unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("no CUDA device here; this benchmark needs a GPU (--tiny --device cpu: the CPU smoke run)")
+    if args.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(args.device))
+    bench = Bench(args)
     bench.run()
     print(report(bench.result), end="")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

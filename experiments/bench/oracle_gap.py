@@ -1,6 +1,6 @@
 """Oracle-NLL gap of NTM (TarFlow transporter) vs the identity transporter on a 2-D mixture, per K.
 
-    python -m ntm.experiments.oracle_gap --steps 1 2 4 --train-steps 1500 --out runs/oracle-gap
+    ntm bench oracle-gap --steps 1 2 4 --train-steps 1500 --out runs/oracle-gap
 
 Trains both models of each K with the same preset, budget and seed through
 the regular training loop, then scores fresh data against the mixture's exact
@@ -14,7 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import tyro
 
 from ntm.eval.oracle import oracle_gap
 from ntm.experiments.build import train_job
@@ -25,7 +24,9 @@ from ntm.transporters import IdentityConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class OracleGapArgs:
+    """Model NLL minus the oracle's on a Gaussian mixture, TarFlow vs identity transporter, per K."""
+
     steps: tuple[int, ...] = (1, 2, 4)
     """Step counts K to compare."""
     train_steps: int = 1500
@@ -44,7 +45,7 @@ class Args:
     """Override the TarFlow block count (transporter capacity)."""
 
 
-def variants(args: Args) -> list[tuple[int, str, Experiment]]:
+def variants(args: OracleGapArgs) -> list[tuple[int, str, Experiment]]:
     """``(K, transporter label, experiment)`` per K: the preset's TarFlow (``--transporter-blocks`` blocks), then identity."""
     base = PRESETS[args.preset]
     tarflow = base.model.transporter
@@ -62,7 +63,7 @@ def variants(args: Args) -> list[tuple[int, str, Experiment]]:
     return out
 
 
-def main(args: Args) -> list[dict]:
+def run(args: OracleGapArgs) -> list[dict]:
     rows = []
     for k, transporter, exp in variants(args):
         data = exp.data.build()
@@ -86,7 +87,3 @@ def main(args: Args) -> list[dict]:
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
-
-
-if __name__ == "__main__":
-    main(tyro.cli(Args))
