@@ -12,6 +12,7 @@ import pydantic
 
 from ntm.autoencoders import AutoencoderError
 from ntm.data.base import DataError
+from ntm.eval.shapes_judge import JudgeNotTrusted
 from ntm.experiments.plugins import PluginError
 from ntm.forward import ScheduleError
 from ntm.registry import ConfigError, RegistryError
@@ -22,7 +23,7 @@ from ntm.train.errors import TrainingError
 
 USER_ERRORS = (
     pydantic.ValidationError, ConfigError, DataError, RegistryError, ScheduleError, TrainingError, FileNotFoundError,
-    PluginError, AutoencoderError,
+    PluginError, AutoencoderError, JudgeNotTrusted,
 )
 
 
