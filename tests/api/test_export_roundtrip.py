@@ -123,6 +123,14 @@ def test_ntm_sample_takes_the_export_alone_and_samples_like_the_run(exported, di
     assert np.array_equal(alone, np.load(tmp_path / "run.npy"))
 
 
+def test_ntm_sample_names_a_missing_checkpoint(tmp_path, capsys):
+    from ntm.experiments.cli import main
+
+    assert main(["sample", "--checkpoint", str(tmp_path / "gone.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gone.safetensors: no such file" in err[0]
+
+
 def test_an_export_with_its_run_directory_scores_the_run_s_data(exported, digits_run):
     exp, data, model = load_run(digits_run, exported)  # ntm eval --run RUN --checkpoint FILE
     assert next(iter(data.eval_batches(8))).x.shape == (8, 1, 8, 8)
