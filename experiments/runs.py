@@ -121,7 +121,7 @@ def run_experiment(run: Path | None, checkpoint: Path | None = None) -> Experime
     """The experiment of ``ntm sample/eval [--run RUN] [--checkpoint FILE]``, before any weights are read: the run's
     ``config.json``, or the config inside an export file (its header alone)."""
     if checkpoint is not None and not Path(checkpoint).exists():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     if checkpoint is not None and looks_like_export(checkpoint):
         return read_export(checkpoint).experiment
     if run is None:

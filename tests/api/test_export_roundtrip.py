@@ -128,7 +128,7 @@ def test_ntm_sample_names_a_missing_checkpoint(tmp_path, capsys):
 
     assert main(["sample", "--checkpoint", str(tmp_path / "gone.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "gone.safetensors: no such file" in err[0]
+    assert len(err) == 1 and "gone.safetensors does not exist" in err[0]
 
 
 def test_an_export_with_its_run_directory_scores_the_run_s_data(exported, digits_run):
