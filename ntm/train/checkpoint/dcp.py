@@ -7,7 +7,11 @@ Layout of ``checkpoints/step_<08d>/``:
   about ``1/world_size`` of the bytes. Entries every rank holds alike (buffers, AdamW's step counts, the
   schedule) are written once.
 - ``.metadata``: DCP's index (every entry's global shape, dtype and file range), written by rank 0 once
-  every rank's writes have returned.
+  every rank's writes have returned. DCP pickles it; it is read back by a restricted unpickler that admits only
+  DCP's own index classes, torch sizes, dtypes and layouts, paths and plain containers
+  (:data:`_METADATA_CLASSES`), so a ``.metadata`` from someone else cannot run code: a pickle that names anything
+  else (``os.system``, a class of another module) is refused in one line before it is loaded. (A digest written
+  at save time would not help: whoever shares the directory writes the digest too.)
 - ``meta.json``: ``{"format", "step", "world_size", "parallel", "config"}``, written last.
 
 The entries (DCP flattens nested dicts, joining keys with ``.``):
@@ -52,6 +56,7 @@ import contextlib
 import io
 import itertools
 import json
+import pickle
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -167,14 +172,56 @@ def read_meta(path: PathLike) -> dict[str, Any]:
     return meta
 
 
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "BytesStorageMetadata",
+                                              "ChunkStorageMetadata", "StorageMeta", "TensorProperties",
+                                              "TensorStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
+"""What a DCP ``.metadata`` pickle may name: DCP's own index classes, torch's sizes, dtypes and layouts, paths and
+plain containers. Anything else (a function to call, a class of another module) is refused before it is loaded,
+so reading a checkpoint never runs code from it."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """``pickle`` restricted to :data:`_METADATA_CLASSES` (and ``torch.<dtype>``)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _METADATA_CLASSES.get(module, ()) or (
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a checkpoint index never holds "
+                                     "(refused: loading a checkpoint never runs code from it)")
+
+
+def _reader(path: PathLike):
+    """DCP's file-system reader of ``path`` with its ``.metadata`` read by :class:`_MetadataUnpickler`."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
+
+
 def read_metadata(path: PathLike) -> Any:
     """DCP's index of ``path``, after checking that every file it points into is there and long enough."""
-    from torch.distributed.checkpoint import FileSystemReader
-
     path = Path(path)
     read_meta(path)
     try:
-        metadata = FileSystemReader(path).read_metadata()
+        metadata = _reader(path).read_metadata()
     except Exception as e:  # noqa: BLE001 - missing, truncated or foreign: one line whatever it is
         raise CheckpointError(f"checkpoint {path}: its .metadata cannot be read ({first_line(e)})") from None
     ends: dict[str, int] = {}
@@ -236,7 +283,7 @@ def read_checkpoint_dir(
     the checkpoint must hold (loaded or not). Raises :class:`CheckpointError` (one line, naming the
     directory) when it is partial, foreign, or lacks a required key.
     """
-    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint import load
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     path = Path(path)
@@ -259,7 +306,7 @@ def read_checkpoint_dir(
     try:
         if template:
             with _quiet():
-                load(template, storage_reader=FileSystemReader(path), planner=_planner(weights_only), no_dist=True)
+                load(template, storage_reader=_reader(path), planner=_planner(weights_only), no_dist=True)
         local = _unblob(template.pop(local_key(0), None), weights_only)
         state.update({k: _unblob(v, weights_only) for k, v in template.items()})
     except _errors() as e:
@@ -333,7 +380,7 @@ def load_training_state(path: PathLike, model: nn.Module, optimizer: torch.optim
 
     The shapes are checked against the checkpoint's index before anything is read (:func:`check_fits`).
     """
-    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint import load
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     path = Path(path)
@@ -346,10 +393,10 @@ def load_training_state(path: PathLike, model: nn.Module, optimizer: torch.optim
     distributed = world_size > 1 and dist.is_initialized()
     try:
         with _quiet():
-            load(template, storage_reader=FileSystemReader(path), planner=_planner(), no_dist=not distributed)
+            load(template, storage_reader=_reader(path), planner=_planner(), no_dist=not distributed)
             local: dict[str, Any] = {local_key(rank): None}
             if local_key(rank) in metadata.state_dict_metadata:  # this rank's own entry: read by it alone
-                load(local, storage_reader=FileSystemReader(path), planner=_planner(), no_dist=True)
+                load(local, storage_reader=_reader(path), planner=_planner(), no_dist=True)
         schedule, own = _unblob(template["scheduler"]), _unblob(local[local_key(rank)])
     except _errors() as e:
         raise _read_error(path, e) from None

@@ -1,0 +1,68 @@
+"""A checkpoint directory from someone else never runs code: a DCP ``.metadata`` whose pickle would create a marker
+file is refused in one line (exit 2) by every command that reads checkpoints, and the marker never appears."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+
+import pytest
+
+from ntm.experiments.cli import main
+from ntm.train.checkpoint import CheckpointManager
+
+SMALL = ["--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "16", "--predictor.depth", "1",
+         "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "8"]
+
+
+class _System:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class _Touch:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+class _Exec:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("malicious") / "run"
+    assert main(["train", "toy-ntm", *SMALL, "--run-dir", str(run_dir), "--train.steps", "2"]) == 0
+    return run_dir
+
+
+@pytest.mark.parametrize("payload", [_System, _Touch, _Exec], ids=["os.system", "Path.touch", "exec"])
+@pytest.mark.parametrize("command", ["sample", "eval", "export", "resume"])
+def test_a_metadata_pickle_that_runs_code_is_refused(run, tmp_path, capsys, payload, command):
+    import shutil
+
+    shared = tmp_path / "shared"
+    shutil.copytree(run, shared)
+    latest = CheckpointManager(shared / "checkpoints").latest_path()
+    marker = tmp_path / "MARKER"
+    (latest / ".metadata").write_bytes(pickle.dumps(payload(marker)))
+    capsys.readouterr()
+    args = {"sample": ["sample", "--run", str(shared)], "eval": ["eval", "--run", str(shared)],
+            "export": ["export", "--run", str(shared)],
+            "resume": ["train", "toy-ntm", *SMALL, "--run-dir", str(shared), "--train.steps", "3", "--resume"]}[command]
+    status = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not marker.exists()
+    assert status == 2 and len(err) == 1, err
+    assert "refused" in err[0] and str(latest) in err[0]
