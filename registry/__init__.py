@@ -1,7 +1,7 @@
 """Generic typed registry (depends on pydantic and tyro; never on ``ntm``)."""
 
-from ntm.registry.cli import ConfigError, Inline, did_you_mean, parse
-from ntm.registry.core import ComponentConfig, Entry, Registry, RegistryError, Slot, registry_slots, slot_registry
+from .cli import ConfigError, Inline, did_you_mean, parse
+from .core import ComponentConfig, Entry, Registry, RegistryError, Slot, registry_slots, slot_registry
 
 __all__ = [
     "ComponentConfig", "ConfigError", "Entry", "Inline", "Registry", "RegistryError", "Slot", "did_you_mean", "parse",

@@ -37,7 +37,7 @@ import pydantic
 import tyro
 from pydantic import BaseModel
 
-from ntm.registry.core import Registry, RegistryError, slot_registry
+from .core import Registry, RegistryError, slot_registry
 
 M = TypeVar("M", bound=BaseModel)
 _MISSING = dataclasses.MISSING
@@ -230,7 +230,7 @@ def config_error(err: pydantic.ValidationError, config_cls: type[BaseModel] | No
 
 def cli_slots(config_cls: type[BaseModel]) -> dict[str, Registry]:
     """Every slot by its command-line path (``predictor``, ``process.schedule``, ``data``, ...)."""
-    from ntm.registry.core import registry_slots
+    from .core import registry_slots
 
     return {cli_path(config_cls, path): reg for path, reg in registry_slots(config_cls).items()}
 

@@ -166,6 +166,14 @@ def test_registry_imports_none_of_the_other_layers():
     assert not found, "\n".join(found)
 
 
+def test_registry_names_its_own_modules_relatively():
+    """registry/ imports its own modules as ``.core``/``.cli``, never ``ntm.registry.*``: read by folder (as the
+    repository's layers are), an absolute ``ntm.`` import from registry/ would point at the layer above it."""
+    found = [f"{path.relative_to(ROOT).as_posix()}: {line.strip()}" for path in sorted((ROOT / "registry").rglob("*.py"))
+             for line in path.read_text().splitlines() if line.strip().startswith(("from ntm", "import ntm"))]
+    assert not found, "\n".join(found)
+
+
 def test_no_import_of_the_old_top_level_names():
     """``experiments``, ``eval`` and ``registry`` are not installed under those names (a user's folders are)."""
     found = [f"{MODULES[n].relative_to(ROOT).as_posix()} imports {m}" for n in MODULES
