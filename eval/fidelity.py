@@ -15,6 +15,15 @@ with any torch-fidelity feature extractor. Two kinds are supported offline:
   ``"vgg16"`` and ``"clip-*"``. Nothing is ever downloaded: a missing
   ``weights_path`` is an error, and ``dinov2-*`` (hub-only) is refused.
 
+**Trusted paths only.** torch-fidelity reads its own extractors' weight files
+itself: ``inception-v3-compat`` and ``vgg16`` with
+``torch.load(weights_only=False)``, ``clip-*`` with ``torch.jit.load``. Either
+can run code stored in the file, and ntm cannot restrict it, so
+``weights_path`` for those extractors must be a file you trust like code (for
+Inception, the published ``pt_inception-2015-12-05`` weights). The
+``ntm-domain`` extractor's checkpoint is ntm's own and is read with
+``weights_only=True`` (:func:`eval.domain_classifier.load_domain_classifier`).
+
 Metric conventions (torch-fidelity's): ``samples`` is input 1 (generated),
 ``reference`` input 2 (real). Precision = fraction of samples inside the
 reference manifold (k-NN balls, k = ``prc_neighborhood`` = 3), recall = the

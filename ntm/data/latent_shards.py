@@ -47,9 +47,13 @@ shard, training or held-out, must be listed in the sidecar of its directory,
 and all those sidecars must name the same autoencoder and shapes. The stream is
 the ``webdataset`` one (:class:`ntm.data.streaming.ShardStream`: the same rank
 and worker split, shuffling, determinism, corrupt samples skipped and counted);
-only the sample decoding differs (no image decoder runs: ``.npy`` is read with
-``allow_pickle=False``). Batches hold unit-scale latents, not images in
-``[-1, 1]``, so this source cannot show them: a run wraps it in
+only the sample decoding differs: the declared members are ``latent.npy``,
+``cls``, ``txt`` and ``json`` (anything else in a shard is dropped undecoded,
+with one warning per shard), no image decoder runs, and ``latent.npy`` is read
+as a ``.npy`` array only (``numpy.lib.format.read_array`` with
+``allow_pickle=False``: an object array, a pickle or an ``.npz`` is a corrupt
+sample, skipped and counted, never unpickled). Batches hold unit-scale
+latents, not images in ``[-1, 1]``, so this source cannot show them: a run wraps it in
 ``LatentSource`` (``autoencoder:pretrained --autoencoder.path RUN``, see
 ``experiments.build.data_for``), which checks the fingerprint and decodes;
 ``to_display`` of the bare source raises :class:`DataError`.
@@ -69,13 +73,12 @@ from typing import Any, Callable, Iterator, Literal
 import numpy as np
 import pydantic
 import torch
-import webdataset as wds
 from torch import Tensor
 
 from ntm.atomic import atomic_write_text
 from ntm.data.base import DATA_SOURCES, Batch, ComponentConfig, DataError, DataSource, DataSpec
 from ntm.data.folder import load_image, scan_image_folder, uint8_to_unit
-from ntm.data.streaming import ShardStream, conditions, expand_urls, is_local
+from ntm.data.streaming import CONDITION_KEYS, ShardStream, conditions, expand_urls, is_local
 from ntm.data.streams import InMemorySource
 
 FORMAT = "ntm-latent-shards-1"
@@ -188,7 +191,7 @@ def write_latent_shards(
     source, the first batch, an existing sidecar of another autoencoder) runs before the first file is created.
     See the module docstring for the layout.
     """
-    from ntm.data.shards import _check_output
+    from ntm.data.shards import ShardSink, _check_output
 
     _check_output(out_pattern, maxcount)
     if count is not None and count < 1:
@@ -232,7 +235,7 @@ def write_latent_shards(
         shards.append(str(fname))
         entries.append({"file": Path(fname).name, "samples": sink.count, "source": origin})
 
-    with wds.ShardWriter(out_pattern, maxcount=maxcount, verbose=0, post=closed) as sink:
+    with ShardSink(out_pattern, maxcount, post=closed) as sink:
         for batch in _chain(first, batches):
             for j in range(batch.x.shape[0]):
                 if written == count:
@@ -343,7 +346,7 @@ def _latent_example(sample: dict, shape: tuple[int, ...], num_classes: int) -> d
     raw = sample.get(LATENT_KEY)
     if raw is None:
         raise DataError(f"sample {sample.get('__key__')!r} has no {LATENT_KEY}")
-    array = np.load(io.BytesIO(raw), allow_pickle=False)
+    array = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)  # .npy only; never a pickle
     if array.dtype != np.float32 or tuple(array.shape) != shape:
         raise DataError(f"sample {sample.get('__key__')!r}: {LATENT_KEY} is {array.dtype} {tuple(array.shape)}, "
                         f"expected float32 {shape}")
@@ -376,12 +379,13 @@ class LatentShardsSource(ShardStream):
     """
 
     who = "latent-shards"
-    decode = None  # raw bytes: only .npy, cls, txt and json are read, none through pickle
+    members = frozenset((LATENT_KEY, *CONDITION_KEYS))  # raw bytes: none is ever read through pickle
 
     def __init__(self, config: LatentShardsConfig) -> None:
         self.config = config
         self.urls = expand_urls(config.urls, self.who)
-        self.eval_urls = None if config.eval_urls is None else expand_urls(config.eval_urls, self.who)
+        self.eval_urls = None if config.eval_urls is None else expand_urls(config.eval_urls, self.who,
+                                                                             "data.eval_urls")
         if not is_local(self.urls[0]):
             raise DataError(f"latent-shards: the first training shard {self.urls[0]} is not a local file; "
                             f"{SIDECAR} is read next to it")
@@ -394,6 +398,7 @@ class LatentShardsSource(ShardStream):
                              encoded_by=self.meta["autoencoder"], image_shape=tuple(self.meta["image_shape"]))
         self.skipped = 0
         self.skip_messages: list[str] = []
+        self.ignored_members: dict[str, list[str]] = {}
         self._autoencoder = None
 
     def _check_listed(self, urls: list[str]) -> None:

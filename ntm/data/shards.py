@@ -18,6 +18,13 @@ From a registered image source (:func:`write_source_shards`), each sample is
 stored losslessly), its label, its caption and its annotation (``Batch.annotation``)
 as JSON, taken in order from the source's training stream or held-out split.
 
+Every shard is written by :class:`ShardSink`: to a temporary name beside it
+(``<name>.tmp-<pid>-<token>``, :func:`ntm.atomic.temp_path`) and renamed onto
+its name once closed and fsynced, so a write that fails (or is killed) never
+leaves a valid-looking partial tar under a shard's name; the failing shard's
+temporary file is removed (shards completed before it stay). The output
+pattern must be a local path.
+
 Reading is :class:`ntm.data.streaming.WebDatasetSource` (registered as
 ``webdataset``), re-exported here.
 """
@@ -27,19 +34,22 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import random
 import re
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import IO, Callable, Literal
 
 import torch
 import webdataset as wds
 from PIL import Image
 from torch import Tensor
 
+from ntm.atomic import fsync_dir, temp_path
 from ntm.data.base import DATA_SOURCES, ComponentConfig, DataError
 from ntm.data.folder import scan_image_folder
-from ntm.data.streaming import CorruptSampleWarning, WebDatasetConfig, WebDatasetSource
+from ntm.data.streaming import CorruptSampleWarning, WebDatasetConfig, WebDatasetSource, is_local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +92,96 @@ def _check_output(out_pattern: str, maxcount: int) -> None:
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
     if "%" not in out_pattern:
         raise ValueError(f"out_pattern needs a shard-number placeholder such as %06d, got {out_pattern!r}")
+    if not is_local(out_pattern) or out_pattern.startswith("file:"):
+        raise ValueError(f"out_pattern must be a local path (each shard is written to a temporary file and renamed), "
+                         f"got {out_pattern!r}")
+
+
+class ShardSink:
+    """Tar shards of at most ``maxcount`` samples named ``pattern % 0, 1, ...``, each appearing under its name only
+    complete: written to a temporary file beside it (:func:`ntm.atomic.temp_path`), then closed, fsynced and renamed.
+
+    A context manager (the way ``wds.ShardWriter`` is used): leaving the block normally closes the last shard;
+    leaving it by an exception (or a failing close) removes the open shard's temporary file and renames nothing,
+    so no partial tar is left under a shard's name (shards closed earlier stay). A shard is opened by its first
+    sample, so writing nothing creates no file. ``post(name)`` runs after each shard is renamed; :attr:`count` is
+    then that shard's sample count.
+    """
+
+    def __init__(self, pattern: str, maxcount: int, post: Callable[[str], object] | None = None) -> None:
+        self.pattern = pattern
+        self.maxcount = maxcount
+        self.post = post
+        self.shard = 0
+        self.count = 0
+        self.total = 0
+        self._name: Path | None = None
+        self._tmp: Path | None = None
+        self._file: IO[bytes] | None = None
+        self._tar: wds.TarWriter | None = None
+
+    def write(self, sample: dict) -> None:
+        if self._tar is None or self.count >= self.maxcount:
+            self._next()
+        assert self._tar is not None
+        self._tar.write(sample)
+        self.count += 1
+        self.total += 1
+
+    def _next(self) -> None:
+        self._finish()
+        self._name = Path(self.pattern % self.shard)
+        self.shard += 1
+        self._tmp = temp_path(self._name)
+        self._file = open(self._tmp, "wb")
+        compress = next((c for c in ("gz", "bz2", "xz") if self._name.name.endswith(c)), False)
+        self._tar = wds.TarWriter(self._file, compress=compress)
+        self.count = 0
+
+    def _finish(self) -> None:
+        """Close the open shard and rename it onto its name."""
+        if self._tar is None:
+            return
+        assert self._file is not None and self._tmp is not None and self._name is not None
+        self._tar.close()  # the tar's end blocks; the file stays open (TarWriter does not own it)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self._name)
+        fsync_dir(self._name.parent)
+        self._tar = self._file = self._tmp = None
+        if self.post is not None:
+            self.post(str(self._name))
+
+    def _abort(self) -> None:
+        """Drop the open shard: its temporary file is removed, nothing is renamed."""
+        if self._tar is not None:
+            try:  # closes tarfile's stream too (else its finaliser writes into the closed file)
+                self._tar.close()
+            except Exception:  # noqa: BLE001 - the file is deleted next; the original error propagates
+                pass
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self._tar = self._file = self._tmp = None
+
+    def __enter__(self) -> "ShardSink":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self._abort()
+            raise
 
 
 def write_shards(
@@ -103,7 +203,7 @@ def write_shards(
     Path(out_pattern % 0).parent.mkdir(parents=True, exist_ok=True)
     shards: list[str] = []
     captions = 0
-    with wds.ShardWriter(out_pattern, maxcount=maxcount, verbose=0, post=lambda fname: shards.append(str(fname))) as sink:
+    with ShardSink(out_pattern, maxcount, post=shards.append) as sink:
         for index in order:
             file = listing.files[index]
             sample: dict[str, object] = {"__key__": _key(index, file.relative_to(root)), "png": _png_bytes(file)}
@@ -157,7 +257,7 @@ def write_source_shards(
     Path(out_pattern % 0).parent.mkdir(parents=True, exist_ok=True)
     shards: list[str] = []
     written = captions = annotations = 0
-    with wds.ShardWriter(out_pattern, maxcount=maxcount, verbose=0, post=lambda f: shards.append(str(f))) as sink:
+    with ShardSink(out_pattern, maxcount, post=shards.append) as sink:
         for batch in batches:
             pixels = (source.to_display(batch.x) * 255).round().clamp(0, 255).to(torch.uint8)
             for j in range(pixels.shape[0]):
@@ -183,6 +283,6 @@ def write_source_shards(
 
 
 __all__ = [
-    "CorruptSampleWarning", "ShardSummary", "WebDatasetConfig", "WebDatasetSource", "write_shards",
+    "CorruptSampleWarning", "ShardSink", "ShardSummary", "WebDatasetConfig", "WebDatasetSource", "write_shards",
     "write_source_shards",
 ]

@@ -28,6 +28,19 @@ and replays nothing, so it does not continue the interrupted run's order (but
 resuming twice at the same step gives the same batches, and every epoch still
 covers the data once).
 
+Only the members the source declares are read (:data:`IMAGE_KEYS`, ``cls``, ``txt``, ``json``; ``latent-shards``:
+``latent.npy``, ``cls``, ``txt``, ``json``), each by this module's own decoder: images by PIL restricted to
+:data:`IMAGE_FORMATS`, ``cls`` as an integer, ``txt`` as UTF-8, ``json`` as JSON, ``latent.npy`` as a ``.npy`` array
+with ``allow_pickle=False``. webdataset's decoders are never used (its default chain unpickles ``.pyd`` / ``.pkl`` /
+``.pickle`` and ``torch.load``-s ``.pth``): every other member is dropped from the sample before anything is
+decoded, and reported once per shard as an :class:`IgnoredMembersWarning` naming the shard and the extensions. So a
+shard someone shares never runs code.
+
+A ``pipe:`` URL (webdataset runs it with a shell) is refused with one line (:class:`DataError` naming the field)
+unless the environment sets ``NTM_ALLOW_PIPE_URLS=1`` (:data:`PIPE_ENV`) for this process: an environment
+variable because a config (a saved run's config.json, a preset) can never set it, so a run directory someone shares
+cannot run a shell command on ``ntm eval --run``.
+
 Corrupt data never ends the run: a sample that fails to read or decode is
 skipped, counted in :attr:`WebDatasetSource.skipped` (also ``stats()["skipped"]``)
 and reported as a :class:`CorruptSampleWarning` in the consuming process,
@@ -46,42 +59,97 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
+import os
 import random
 import warnings
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
+from urllib.parse import urlparse
 
 import pydantic
 import torch
 import webdataset as wds
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import rewrite_url
 
 from ntm.data.base import DATA_SOURCES, Batch, ComponentConfig, DataError, DataSource, DataSpec
 from ntm.data.folder import pil_to_uint8, uint8_to_unit
 from ntm.data.streams import check_stream_args, derive_seed
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+"""Sample entries read as the image (the first present)."""
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+"""The only formats PIL may open an image entry as (whatever its extension says)."""
+CONDITION_KEYS = ("cls", "txt", "json")
+"""Sample entries read as the label, caption and annotation."""
+META_KEYS = frozenset({"__key__", "__url__", "__local_path__"})
+"""What webdataset itself puts in a sample (never a member's bytes)."""
 MAX_LOGGED_ERRORS = 100
+PIPE_ENV = "NTM_ALLOW_PIPE_URLS"
+"""Set to ``1`` in the environment to let shard URLs be ``pipe:`` shell commands (a config cannot set it)."""
+SHELL_SCHEMES = frozenset({"pipe"})
+"""URL schemes webdataset opens by running a shell command (``gopen_pipe``, ``shell=True``)."""
 
 
 class CorruptSampleWarning(UserWarning):
     """A shard sample could not be read or decoded and was skipped."""
 
 
+class IgnoredMembersWarning(UserWarning):
+    """A shard holds members its source does not read: they were dropped undecoded (reported once per shard)."""
+
+
+def _scheme(url: str) -> str:
+    """A URL's scheme as webdataset's ``gopen`` dispatches on it (``urlparse``, lower case; ``""``: a path)."""
+    try:
+        return urlparse(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def runs_a_shell(url: str) -> bool:
+    """Whether webdataset would open ``url`` by running a shell command (also after ``GOPEN_REWRITE``)."""
+    if _scheme(url) in SHELL_SCHEMES:
+        return True
+    if "GOPEN_REWRITE" in os.environ:
+        try:
+            rewritten = rewrite_url(url)
+        except Exception:  # noqa: BLE001 - webdataset refuses rewriting under WDS_SECURE: nothing is opened then
+            return False
+        return _scheme(rewritten) in SHELL_SCHEMES
+    return False
+
+
+def shell_urls_allowed() -> bool:
+    """``NTM_ALLOW_PIPE_URLS=1`` in this process's environment."""
+    return os.environ.get(PIPE_ENV, "").strip() == "1"
+
+
+def check_url(url: str, who: str = "webdataset", field: str = "data.urls") -> None:
+    """:class:`DataError` (one line, naming ``field``) for a shell-running URL unless :func:`shell_urls_allowed`."""
+    if runs_a_shell(url) and not shell_urls_allowed():
+        raise DataError(f"{who}: {field} {url[:120]!r} is a pipe: URL, which runs a shell command; shell URLs are "
+                        f"allowed only with {PIPE_ENV}=1 in the environment (never by a config)")
+
+
 def is_local(url: str) -> bool:
-    """Whether a shard URL is a local path (not ``scheme://...`` or ``pipe:...``)."""
-    return "://" not in url and not url.startswith("pipe:")
+    """Whether a shard URL is a local path (not ``scheme://...`` or a ``pipe:`` command)."""
+    return "://" not in url and _scheme(url) not in SHELL_SCHEMES
 
 
-def expand_urls(urls: str, who: str = "webdataset") -> list[str]:
-    """Brace pattern / ``::``-separated list -> explicit shard URLs; local paths must exist."""
+def expand_urls(urls: str, who: str = "webdataset", field: str = "data.urls") -> list[str]:
+    """Brace pattern / ``::``-separated list -> explicit shard URLs; local paths must exist, and a ``pipe:`` URL
+    needs :data:`PIPE_ENV` (:func:`check_url`; ``field`` names the config field in the message)."""
     expanded = list(wds.shardlists.expand_urls(urls))
     if not expanded:
         raise DataError(f"{who}: no shards in {urls!r}")
     for url in expanded:
+        check_url(url, who, field)
         if is_local(url) and not Path(url).expanduser().is_file():
             raise DataError(f"{who}: shard not found: {url}")
     return expanded
@@ -96,6 +164,8 @@ class _SkipLog:
     def __init__(self) -> None:
         self.count = 0
         self.messages: list[str] = []
+        self.ignored: list[tuple[str, list[str]]] = []
+        """``(shard, extensions)`` for each shard read that held undeclared members (see :class:`_Declared`)."""
 
     def __call__(self, exn: BaseException) -> bool:
         self.count += 1
@@ -103,10 +173,44 @@ class _SkipLog:
             self.messages.append(repr(exn)[:500])
         return True  # skip the sample and go on
 
-    def take(self) -> tuple[int, list[str]]:
-        out = (self.count, self.messages)
-        self.count, self.messages = 0, []
+    def take(self) -> tuple[int, list[str], list[tuple[str, list[str]]]]:
+        out = (self.count, self.messages, self.ignored)
+        self.count, self.messages, self.ignored = 0, [], []
         return out
+
+
+class _Declared:
+    """The first stage after the tar reader, before anything is decoded: each raw sample keeps only the declared
+    members (and webdataset's ``__key__`` / ``__url__``); the extensions dropped are gathered per shard and handed
+    to ``log.ignored`` when the shard's samples end (samples arrive shard by shard, in order)."""
+
+    def __init__(self, members: frozenset[str], log: _SkipLog) -> None:
+        self.members = members
+        self.log = log
+        self._url: str | None = None
+        self._dropped: set[str] = set()
+
+    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+        for sample in samples:
+            url = str(sample.get("__url__", "?"))
+            if url != self._url:
+                self._flush()
+                self._url = url
+            kept = {k: v for k, v in sample.items() if k in self.members or k in META_KEYS}
+            if len(kept) != len(sample):
+                self._dropped.update(str(k) for k in sample if k not in kept)
+            yield kept
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._dropped:
+            self.log.ignored.append((str(self._url), sorted(self._dropped)))
+        self._dropped = set()
+
+
+def _ignored_message(who: str, url: str, extensions: Iterable[str], members: Iterable[str]) -> str:
+    return (f"{who}: {url}: ignored undeclared member(s) {', '.join('.' + e for e in extensions)}, not decoded "
+            f"(this source reads only {', '.join('.' + m for m in sorted(members))})")
 
 
 def _split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
@@ -114,18 +218,28 @@ def _split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[A
     yield from islice(src, rank, None, world_size)
 
 
+def decode_image(data: bytes) -> Image.Image:
+    """An image entry's bytes -> a loaded PIL image; only :data:`IMAGE_FORMATS` are tried (so no format whose
+    plugin runs an external program, such as EPS through Ghostscript, is ever opened)."""
+    image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    image.load()
+    return image
+
+
 def _to_example(sample: dict, image_size: int, channels: int, num_classes: int) -> dict:
-    """Decoded wds sample -> ``{"x": (C, S, S) uint8, "label": int | None, "caption": str | None,
+    """Raw wds sample (bytes) -> ``{"x": (C, S, S) uint8, "label": int | None, "caption": str | None,
     "annotation": dict | None}``."""
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise DataError(f"sample {sample.get('__key__')!r} has no image ({'/'.join(IMAGE_KEYS)})")
-    return {"x": pil_to_uint8(sample[key], image_size, channels), **conditions(sample, num_classes)}
+    with decode_image(sample[key]) as image:
+        x = pil_to_uint8(image, image_size, channels)
+    return {"x": x, **conditions(sample, num_classes)}
 
 
 def conditions(sample: dict, num_classes: int) -> dict:
-    """A wds sample's ``{"label", "caption", "annotation"}`` (``cls``, ``txt``, ``json``), decoded or raw bytes;
-    :class:`DataError` for a missing or out-of-range label when ``num_classes > 0``."""
+    """A wds sample's ``{"label", "caption", "annotation"}`` from its raw ``cls`` (an integer in ASCII), ``txt``
+    (UTF-8) and ``json`` bytes; :class:`DataError` for a missing or out-of-range label when ``num_classes > 0``."""
     label = None
     if num_classes > 0:
         if "cls" not in sample:
@@ -160,21 +274,24 @@ def _shuffled(samples: Iterator[dict], size: int, rng: random.Random) -> Iterato
     yield from buffer
 
 
-def _chunk(examples: list[dict], skipped: int, errors: list[str]) -> dict:
-    """Collate examples into one worker chunk (also carries the worker's new skip count)."""
+def _chunk(examples: list[dict], skipped: int, errors: list[str], ignored: list[tuple[str, list[str]]]) -> dict:
+    """Collate examples into one worker chunk (also carries the worker's new skip count and the shards it finished
+    that held undeclared members)."""
     x = torch.stack([e["x"] for e in examples]) if examples else None
     labels = [e["label"] for e in examples]
     label = torch.tensor(labels, dtype=torch.long) if examples and labels[0] is not None else None
     return {"x": x, "label": label, "caption": [e["caption"] for e in examples],
-            "annotation": [e["annotation"] for e in examples], "skipped": skipped, "errors": errors}
+            "annotation": [e["annotation"] for e in examples], "skipped": skipped, "errors": errors,
+            "ignored": ignored}
 
 
 @dataclasses.dataclass
 class _ShardPass(IterableDataset):
     """One pass over ``urls`` (already in epoch order), yielding chunks of up to ``chunk_size`` examples.
 
-    ``to_example`` turns a sample into ``{"x", "label", "caption", "annotation"}`` (picklable: it travels to the
-    DataLoader workers); ``decode`` is webdataset's decoder spec run first (``None``: raw bytes).
+    ``to_example`` turns a raw sample (bytes) into ``{"x", "label", "caption", "annotation"}`` (picklable: it
+    travels to the DataLoader workers); before it, every member not in ``members`` is dropped (:class:`_Declared`).
+    No webdataset decoder runs.
     """
 
     urls: list[str]
@@ -184,13 +301,15 @@ class _ShardPass(IterableDataset):
     world_size: int = 1
     shuffle_buffer: int = 0
     shuffle_seed: tuple[int | str, ...] = ()
-    decode: str | None = "pil"
+    members: frozenset[str] = frozenset()
 
     def __iter__(self) -> Iterator[dict]:
+        for url in self.urls:  # checked when the source was built; again here, right before opening
+            check_url(url)
         info = get_worker_info()
         worker = 0 if info is None else info.id
         log = _SkipLog()
-        pipeline = wds.WebDataset(
+        raw = wds.WebDataset(
             self.urls,
             handler=log,
             shardshuffle=False,  # shard order is set per epoch by the caller
@@ -198,17 +317,25 @@ class _ShardPass(IterableDataset):
             workersplitter=wds.split_by_worker,
             empty_check=False,  # a worker may own no shard; the caller checks the epoch as a whole
         )
-        if self.decode is not None:
-            pipeline = pipeline.decode(self.decode, handler=log)
-        pipeline = pipeline.map(self.to_example, handler=log)
         rng = random.Random(derive_seed(*self.shuffle_seed, "worker", worker))
         examples: list[dict] = []
-        for example in _shuffled(iter(pipeline), self.shuffle_buffer, rng):
+        for example in _shuffled(self._examples(_Declared(self.members, log)(iter(raw)), log), self.shuffle_buffer,
+                                 rng):
             examples.append(example)
             if len(examples) == self.chunk_size:
                 yield _chunk(examples, *log.take())
                 examples = []
         yield _chunk(examples, *log.take())  # the tail, possibly empty: it still reports skips
+
+    def _examples(self, samples: Iterator[dict], log: _SkipLog) -> Iterator[dict]:
+        """``to_example`` over the (declared-only) samples; one that raises is counted by ``log`` and skipped."""
+        for sample in samples:
+            try:
+                example = self.to_example(sample)
+            except Exception as exn:  # noqa: BLE001 - corrupt data never ends the run (module docstring)
+                log(exn)
+                continue
+            yield example
 
 
 # -- main-process side --------------------------------------------------------
@@ -280,19 +407,23 @@ class ShardStream(DataSource):
     """The shard stream shared by ``webdataset`` and ``latent-shards`` (see the module docstring).
 
     A subclass sets ``config`` (with ``urls``, ``num_workers``, ``shuffle_buffer``), ``urls``, ``eval_urls``
-    and ``spec``, and says how a sample becomes an example (:meth:`_example_fn`, with :attr:`decode` run first)
-    and how stacked examples become ``Batch.x`` (:meth:`_to_x`). ``who`` starts its messages.
+    and ``spec``, declares the sample entries it reads (:attr:`members`), and says how a raw sample becomes an
+    example (:meth:`_example_fn`) and how stacked examples become ``Batch.x`` (:meth:`_to_x`). ``who`` starts its
+    messages.
     """
 
     who = "webdataset"
-    decode: str | None = "pil"
-    """webdataset's decoder spec run on each sample before :meth:`_example_fn` (``None``: raw bytes)."""
+    members: frozenset[str] = frozenset((*IMAGE_KEYS, *CONDITION_KEYS))
+    """The sample entries (tar member extensions) :meth:`_example_fn` reads; every other member is dropped before
+    anything is decoded and reported once per shard (:class:`IgnoredMembersWarning`)."""
 
     config: Any
     urls: list[str]
     eval_urls: list[str] | None
     skipped: int = 0
     skip_messages: list[str]
+    ignored_members: dict[str, list[str]]
+    """Shard -> the undeclared extensions it held (each shard warned about once)."""
 
     def _example_fn(self) -> Callable[[dict], dict]:  # pragma: no cover - interface
         """A picklable ``sample -> {"x", "label", "caption", "annotation"}`` run in the DataLoader workers."""
@@ -309,7 +440,7 @@ class ShardStream(DataSource):
     ) -> Iterator[dict]:
         """One pass over ``urls`` through a DataLoader, accounting for skipped samples as chunks arrive."""
         dataset = _ShardPass(urls, self._example_fn(), chunk_size, rank=rank, world_size=world_size,
-                             shuffle_buffer=shuffle_buffer, shuffle_seed=shuffle_seed, decode=self.decode)
+                             shuffle_buffer=shuffle_buffer, shuffle_seed=shuffle_seed, members=self.members)
         workers = min(self.config.num_workers, len(urls[rank::world_size]))  # a worker without shards would only idle
         loader = DataLoader(dataset, batch_size=None, num_workers=workers)
         for chunk in loader:
@@ -320,7 +451,21 @@ class ShardStream(DataSource):
                         self.skip_messages.append(message)
                     warnings.warn(f"{self.who}: skipped a corrupt sample: {message}", CorruptSampleWarning,
                                   stacklevel=2)
+            for url, extensions in chunk.get("ignored") or ():
+                self._report_ignored(str(url), [str(e) for e in extensions])
             yield chunk
+
+    def _report_ignored(self, url: str, extensions: list[str]) -> None:
+        """One :class:`IgnoredMembersWarning` per shard (later passes over it add only unseen extensions)."""
+        if not hasattr(self, "ignored_members"):
+            self.ignored_members = {}
+        seen = self.ignored_members.get(url)
+        if seen is None:
+            self.ignored_members[url] = sorted(extensions)
+            warnings.warn(_ignored_message(self.who, url, extensions, self.members), IgnoredMembersWarning,
+                          stacklevel=3)
+        else:
+            self.ignored_members[url] = sorted({*seen, *extensions})
 
     def train_batches(
         self, batch_size: int, *, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
@@ -388,9 +533,10 @@ class WebDatasetSource(ShardStream):
         self.spec = DataSpec(shape=(config.channels, config.image_size, config.image_size),
                              num_classes=config.num_classes, kind="images")
         self.urls = expand_urls(config.urls)
-        self.eval_urls = None if config.eval_urls is None else expand_urls(config.eval_urls)
+        self.eval_urls = None if config.eval_urls is None else expand_urls(config.eval_urls, field="data.eval_urls")
         self.skipped = 0
         self.skip_messages: list[str] = []
+        self.ignored_members: dict[str, list[str]] = {}
 
     def _example_fn(self) -> Callable[[dict], dict]:
         c = self.config
@@ -419,6 +565,7 @@ def _truncate(batch: Batch, n: int) -> Batch:
 
 
 __all__ = [
-    "CorruptSampleWarning", "ShardStream", "WebDatasetConfig", "WebDatasetSource", "conditions", "expand_urls",
-    "is_local",
+    "CONDITION_KEYS", "CorruptSampleWarning", "IMAGE_FORMATS", "IMAGE_KEYS", "IgnoredMembersWarning", "PIPE_ENV",
+    "ShardStream", "WebDatasetConfig", "WebDatasetSource", "check_url", "conditions", "decode_image", "expand_urls",
+    "is_local", "runs_a_shell", "shell_urls_allowed",
 ]
