@@ -81,14 +81,15 @@ def load(path: str | os.PathLike[str], *, ema: bool = True, device: str | torch.
 
 
 def _resolve(device: str | torch.device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+    if isinstance(device, str) and device == "auto":
         return resolve_device("auto")
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ArgumentError(f"device={device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"device={str(device)!r}: CUDA is not available on this machine (use 'cpu' or 'auto')")
+    return device
 
 
 class Model(ModelInputs):
@@ -234,6 +235,7 @@ class Model(ModelInputs):
         denoiser: str | DenoiserConfig | bool | None = None,
         seed: int | None = None,
         space: Space = "display",
+        batch_size: int | None = None,
     ) -> Tensor:
         """Draw samples: ``(n, *image_shape)`` float32 on the CPU, images in ``[0, 1]`` (``space="data"``: the
         model's own space, ``(n, *data_shape)``).
@@ -245,7 +247,11 @@ class Model(ModelInputs):
         ``steps`` (K), ``guidance`` (classifier-free guidance weight), ``temperature``: the run's sampler settings
         by default. ``denoiser``: the run's by default; ``"none"``/``False``, ``"score"``, ``"learned"`` (the
         run's distilled one, or the one in an export), or a denoiser config. ``seed``: default the run's
-        ``eval.seed``, so two calls give the same samples.
+        ``eval.seed``, so two calls give the same samples. ``guidance`` and ``temperature`` are checked as the
+        sampler config checks them (finite; ``0 <= guidance <= 100``, ``0 < temperature <= 100``).
+        ``batch_size``: most samples per sampler call (default: the run's ``eval.sample_batch``): any ``n`` is
+        drawn in chunks of this many (samples beyond the first chunk depend on it; see
+        :func:`ntm.experiments.build.sample`).
         """
         n, labels, captions = self._conditions(n, labels, prompts, default_n=16)
         if space not in ("display", "data"):
@@ -254,8 +260,12 @@ class Model(ModelInputs):
         denoise, config = self._denoiser(denoiser)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ArgumentError(f"seed: expected an int, got {seed!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise ArgumentError(f"batch_size: expected a positive int, got {batch_size!r}")
         x = draw_samples(self.experiment, self.network, self.data, n, labels=labels, captions=captions,
-                         sampler=sampler, denoise=denoise, denoiser=config, seed=None if seed is None else int(seed))
+                         sampler=sampler, denoise=denoise, denoiser=config, seed=None if seed is None else int(seed),
+                         batch_size=None if batch_size is None else int(batch_size))
         return x if space == "data" else self.data.to_display(x).float().cpu()
 
     # -- likelihood ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pydantic
 import torch
 from torch import Tensor, nn
 
+from ntm.atomic import atomic_write_text
 from ntm.autoencoders import AUTOENCODERS, Autoencoder, AutoencoderError, ConvAutoencoderConfig, save_autoencoder
 from ntm.autoencoders.files import FILE_NAME
 from ntm.conditioning import NoConditioner
@@ -230,7 +231,7 @@ def train_autoencoder(exp: AutoencoderExperiment, *, resume: bool = False, quiet
     }
     save_autoencoder(run_dir / FILE_NAME, model, exp.autoencoder, shape, extra={"final": final})
     save_png(reconstruction_figure(model, images, exp.eval.grid_columns), run_dir / "samples" / "reconstructions.png")
-    (run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+    atomic_write_text(run_dir / "final.json", json.dumps(final, indent=2) + "\n")
     if not quiet:
         print(f"trained {exp.name}: {result.steps} steps in {result.wall_seconds:.1f}s "
               f"({result.examples_per_second:.0f} examples/s)")

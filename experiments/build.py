@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ntm.experiments.config import Experiment
+from ntm.experiments.core import UsageError
 from ntm.autoencoders import AUTOENCODERS, AutoencoderError, LatentSource
 from ntm.conditioning import CONDITIONERS
 from ntm.conditioning.base import Conditioner, ConditionerConfig
@@ -137,6 +139,16 @@ def build_denoiser(exp: Experiment, config: DenoiserConfig | None = None) -> Den
     return config.build()
 
 
+def chunk_seed(seed: int, index: int) -> int:
+    """The seed of chunk ``index`` of a chunked draw (:func:`sample`): ``seed`` itself for chunk 0 (so a draw that
+    fits in one chunk is what one sampler call gives), else a 63-bit hash of ``(seed, index)``: every chunk its own
+    stream, fixed by the seed and the chunk's position alone."""
+    if index == 0:
+        return int(seed)
+    digest = hashlib.blake2b(f"ntm.sample/{int(seed)}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
 def sample(
     exp: Experiment,
     model: NTM,
@@ -149,24 +161,35 @@ def sample(
     denoise: bool = True,
     denoiser: DenoiserConfig | None = None,
     seed: int | None = None,
+    batch_size: int | None = None,
 ) -> Tensor:
-    """Draw ``n`` samples in data space ``(n, *shape)`` (normalised), denoised by the configured denoiser.
+    """Draw ``n`` samples in data space ``(n, *shape)`` (normalised, on the CPU), denoised by the configured denoiser.
 
     ``sampler`` and ``denoiser`` replace the experiment's configs (e.g. ``exp.sampler.replace(num_steps=2)``).
     The sampler decodes only what the denoiser reads (nothing for one that reads ``u_0``). ``captions`` (``n``
     strings, for a model with a condition encoder) are tokenized by the experiment's conditioner; an empty
     caption, like no captions at all, samples the model's null condition.
 
+    Chunked to a memory bound: at most ``batch_size`` rows (default ``exp.eval.sample_batch``) go through the
+    sampler and denoiser at once, and each chunk's samples move to the CPU before the next is drawn, so the device
+    holds one chunk whatever ``n`` is. The boundaries are fixed (rows ``i * batch_size`` on) and chunk ``i`` is
+    drawn with its own generator seeded :func:`chunk_seed` ``(seed, i)``: ``n <= batch_size`` is exactly one
+    sampler call seeded ``seed`` (the draw before chunking), every chunk equals the unchunked draw of its rows
+    with its seed, and the result depends on ``(seed, batch_size)`` only, never on the device or world size.
+
     A model sharded over ranks (FSDP under torchrun) is sampled by every rank (call it on all of them): each
-    samples and denoises its rows of the batch, with the noise those rows get in one process, and every rank
+    samples and denoises its rows of each chunk, with the noise those rows get in one process, and every rank
     gets the whole batch back. ``n`` must then be a multiple of the world size (a one-line
-    :class:`~ntm.train.distributed.ShardError` otherwise); a sampler that cannot split a batch has every rank
-    sample all of it.
+    :class:`~ntm.train.distributed.ShardError` otherwise); a sampler that cannot split a batch, or a chunk that does
+    not split evenly, has every rank sample all of it.
     """
+    chunk = exp.eval.sample_batch if batch_size is None else batch_size
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"sample: batch_size must be a positive int, got {chunk!r}")
     layout = layout_for(exp, data)
     device = next(model.parameters()).device
     built = build_denoiser(exp, denoiser) if denoise else None  # before sampling: missing weights fail fast
-    gen = torch.Generator(device=device).manual_seed(exp.eval.seed if seed is None else seed)
+    seed = exp.eval.seed if seed is None else seed
     if captions is not None and getattr(model, "condition_encoder", None) is not None:
         if len(captions) != n:
             raise ValueError(f"sample: {len(captions)} captions for {n} samples")
@@ -175,19 +198,35 @@ def sample(
         cond = None if labels is None or model.dims.num_classes == 0 else labels.to(device)
     request = built.trajectory_request() if built is not None else False
     draw = (sampler or exp.sampler).build()
-    split = D.is_sharded(model) and draw.splits_batch
-    rows = D.batch_rows(n, what="sample batch") if split else slice(0, n)
+    splits = D.is_sharded(model) and draw.splits_batch
+    if splits:
+        D.batch_rows(n, what="sample batch")  # the one-line ShardError of a batch that does not split evenly
 
-    def run(model: nn.Module) -> Tensor:
-        c = None if cond is None else cond[rows]
-        kwargs = {"rows": Rows(rows.start, rows.stop, n)} if split else {}
-        out = draw(model, rows.stop - rows.start, c, generator=gen, return_trajectory=request, **kwargs)
-        return (out.x if built is None else built.denoise(model, out, c)).detach()
+    def chunk_rows(start: int, stop: int) -> Tensor:
+        gen = torch.Generator(device=device).manual_seed(chunk_seed(seed, start // chunk))
+        count = stop - start
+        world = torch.distributed.get_world_size() if splits else 1
+        split = splits and count % world == 0
+        rows = D.batch_rows(count, what="sample batch") if split else slice(0, count)  # within the chunk
 
-    x = D.run_sharded(model, run)
-    if split:
-        x = D.gather_rows(x)
-    return layout.from_tokens(x).float().cpu()
+        def run(model: nn.Module) -> Tensor:
+            c = None if cond is None else cond[start:stop][rows]
+            kwargs = {"rows": Rows(rows.start, rows.stop, count)} if split else {}
+            out = draw(model, rows.stop - rows.start, c, generator=gen, return_trajectory=request, **kwargs)
+            return (out.x if built is None else built.denoise(model, out, c)).detach()
+
+        try:
+            x = D.run_sharded(model, run)
+        except torch.OutOfMemoryError:
+            raise UsageError(f"sampling {count} rows at once ran out of device memory; sample fewer at a time "
+                             f"(ntm sample --sample-batch N, Model.sample(batch_size=N) or eval.sample_batch; now "
+                             f"{chunk})") from None
+        if split:
+            x = D.gather_rows(x)
+        return layout.from_tokens(x).float().cpu()
+
+    parts = [chunk_rows(start, min(start + chunk, n)) for start in range(0, n, chunk) or [0]]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def grid_labels(exp: Experiment, data: DataSource, model: NTM) -> Tensor | None:

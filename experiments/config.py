@@ -31,6 +31,11 @@ class EvalConfig(ComponentConfig):
     """Samples drawn for a 2-D scatter picture."""
     seed: int = 1234
     """Seed of evaluation trajectories and samples."""
+    sample_batch: int = pydantic.Field(1024, ge=1)
+    """Most samples drawn in one sampler call (ntm sample, previews, final samples, ntm.Model.sample): a larger
+    request is drawn in chunks of this many rows, so any count fits in memory. Chunk i is seeded from (seed, i) and
+    chunk 0 with the seed itself: a request of up to this many rows is one call, as before chunking; the rows
+    beyond the first chunk depend on this value, so keep it to reproduce them (ntm.experiments.build.sample)."""
 
 
 _MODEL_FIELDS = ("transporter", "predictor", "process")

@@ -4,12 +4,15 @@ style, flag helpers and the version. The lowest layer of ``ntm.experiments`` (it
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import os
 import re
 from typing import Any, Callable
 
 import pydantic
 
+from ntm.atomic import TMP_INFIX
 from ntm.autoencoders import AutoencoderError
 from ntm.data.base import DataError
 from ntm.eval.shapes_judge import JudgeNotTrusted
@@ -27,6 +30,37 @@ USER_ERRORS = (
 )
 
 
+_OS_ERRORS = {
+    errno.ENOSPC: "no space left on device writing {path}: the disk is full; free space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded writing {path}: the disk quota is full; free space or write elsewhere",
+    errno.EROFS: "read-only file system: cannot write {path}",
+    errno.EACCES: "permission denied: {path}",
+    errno.EPERM: "operation not permitted: {path}",
+    errno.EISDIR: "{path} is a directory; name a file",
+    errno.ENOTDIR: "{path}: a part of the path is a file, not a directory",
+    errno.EEXIST: "{path} already exists and is in the way",
+    errno.ENAMETOOLONG: "file name too long: {path}",
+}
+"""The errors of the file system that are the user's to fix (a full disk, a read-only or foreign folder, an output
+path that names a directory): one line naming the path instead of a traceback. Any other :class:`OSError` is a bug
+or a crash, and keeps its traceback."""
+
+
+def os_error_message(err: BaseException) -> str | None:
+    """The one-line message of an :class:`OSError` in :data:`_OS_ERRORS`, naming its file (the final name of a
+    temporary ``<name>.tmp-*`` file being written); ``None`` for any other error."""
+    if not isinstance(err, OSError) or err.errno not in _OS_ERRORS:
+        return None
+    name = err.filename2 if err.errno == errno.EISDIR and err.filename2 is not None else err.filename
+    if name is None:
+        path = "a file (the path was not reported)"
+    else:
+        path = os.fsdecode(name)
+        head, infix, _ = path.partition(TMP_INFIX)
+        path = head if infix else path
+    return _OS_ERRORS[err.errno].format(path=path)
+
+
 class UsageError(Exception):
     """A bad command line; the message may hold several lines, one per problem."""
 
@@ -37,6 +71,9 @@ def format_error(err: BaseException) -> str:
         return str(config_error(err))
     if isinstance(err, (ConfigError, UsageError)):
         return str(err)
+    message = os_error_message(err)
+    if message is not None:
+        return message
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 

@@ -28,9 +28,10 @@ from typing import Any, Literal
 import pydantic
 import torch
 
+from ntm.atomic import atomic_write_text
 from ntm.experiments.build import conditioner_of, dims_for, layout_for
 from ntm.experiments.core import UsageError
-from ntm.experiments.runs import load_run
+from ntm.experiments.runs import load_run, read_json_file
 from ntm.experiments.config import Experiment
 from ntm.conditioning.base import heldout_condition
 from ntm.data.base import DataError, DataSource
@@ -103,8 +104,8 @@ def _base_config(args: DistillArgs, exp: Experiment, out: Path, dims: dict[str, 
     saved = out / "config.json"
     if args.resume and saved.is_file():
         try:
-            return DistillConfig.model_validate(json.loads(saved.read_text()))
-        except (json.JSONDecodeError, pydantic.ValidationError) as e:
+            return DistillConfig.model_validate(read_json_file(saved, "distillation config"))
+        except pydantic.ValidationError as e:
             raise UsageError(f"{saved} is not a distillation config ({type(e).__name__}); delete {out} to start over") from None
     run_train = exp.train
     denoiser = exp.denoiser if isinstance(exp.denoiser, LearnedDenoiserConfig) else LearnedDenoiserConfig()
@@ -184,7 +185,7 @@ def distill(a: DistillArgs) -> dict[str, Any] | None:
         "examples_per_second": result.examples_per_second,
         "eval_seconds": time.monotonic() - started,
     }
-    (out / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+    atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
     print(f"distilled {run}: {result.steps} steps in {result.wall_seconds:.1f}s -> {out}")
     for k, v in heldout.items():
         print(f"held-out K={k}: D vs score-denoised mse {v['mse']:.3g}, PSNR {v['psnr_db']:.2f} dB "

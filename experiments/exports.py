@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -486,7 +487,13 @@ def write_export(out: str | os.PathLike[str], run: LoadedRun) -> ExportSummary:
     }
     tensors = {f"{p}.{k}": v for p, t in parts.items() for k, v in t.items()}
     with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": EXPORT_FORMAT, "ntm": json.dumps(payload)})
+        try:
+            save_file(tensors, str(tmp), metadata={"format": EXPORT_FORMAT, "ntm": json.dumps(payload)})
+        except Exception as e:  # safetensors reports a failed write (a full disk) as its own error with the OS errno
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None or isinstance(e, OSError):
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(out)) from e
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     return ExportSummary(out, int(run.step), run.weights, len(tensors), size, tuple(parts), tuple(notes))
 

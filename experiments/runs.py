@@ -34,14 +34,31 @@ from ntm.train.checkpoint import (
 from ntm.train.config import RESUMABLE_FIELDS
 
 
+def read_json_file(path: str | Path, what: str) -> Any:
+    """The JSON document in ``path``: a one-line :class:`UsageError` naming the file (``what``: "config file") when
+    it is not UTF-8 text (a binary file) or not valid JSON."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}): a binary or "
+                         "damaged file, not a JSON config") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UsageError(f"{what} {path} is nested too deeply to be a config") from None
+
+
 def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"config file {path} is not valid JSON: {e}") from None
+    data = read_json_file(path, "config file")
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise UsageError(f"config file {path} holds {kind}, not an experiment config (a JSON object)")
     try:
         return Experiment.model_validate(data)
     except pydantic.ValidationError as e:
@@ -57,7 +74,8 @@ def nll_space(data) -> dict[str, Any]:
 def check_run_autoencoder(run: Path, data) -> None:
     """A run on latents records its autoencoder's fingerprint (data_stats.json); refuse another one."""
     stats_file = Path(run) / "data_stats.json"
-    recorded = json.loads(stats_file.read_text()).get("autoencoder") if stats_file.is_file() else None
+    stats = read_json_file(stats_file, "data statistics file") if stats_file.is_file() else {}
+    recorded = stats.get("autoencoder") if isinstance(stats, dict) else None
     current = data.spec.encoded_by
     if recorded is not None and current != recorded:
         raise AutoencoderError(f"{run} was trained on latents of autoencoder {recorded}, but its config now gives "

@@ -14,11 +14,13 @@ It imports nothing from ``ntm``, so any module (data, figures, training, evaluat
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 TMP_INFIX = ".tmp-"
@@ -52,8 +54,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that wants a file name (e.g. ``safetensors.save_file``); when
     the block completes, the file it wrote is fsynced and renamed onto ``path`` and the directory fsynced. If the
     block raises, the temporary file is deleted, ``path`` keeps its previous content (or stays absent) and the
-    exception propagates. Parent directories are created."""
+    exception propagates. Parent directories are created.
+
+    A ``path`` that is a directory is refused before anything is written (:class:`IsADirectoryError` naming it);
+    an :class:`OSError` of the write that names no file, or only the temporary one (``ENOSPC`` from a full disk,
+    ``EDQUOT``), is raised again naming ``path`` (same errno, the original chained), so an error message can say
+    which output failed."""
     path = Path(path)
+    if path.is_dir():  # refused before anything is written: no temporary file is ever left beside it
+        raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
@@ -61,6 +70,11 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None or TMP_INFIX in os.fspath(e.filename):  # a failed write (a full disk) names the target
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -91,4 +105,12 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-__all__ = ["TMP_INFIX", "atomic_path", "atomic_torch_save", "atomic_write", "atomic_write_text", "fsync_dir", "temp_path"]
+def atomic_save_npy(path: PathLike, array: Any) -> Path:
+    """``np.save`` of ``array`` (no pickles: ``allow_pickle=False``) to exactly ``path`` (no ``.npy`` appended)
+    atomically (:func:`atomic_write`). Returns the path."""
+    data = np.asarray(array)
+    return atomic_write(path, lambda f: np.save(f, data, allow_pickle=False))
+
+
+__all__ = ["TMP_INFIX", "atomic_path", "atomic_save_npy", "atomic_torch_save", "atomic_write", "atomic_write_text",
+           "fsync_dir", "temp_path"]

@@ -40,14 +40,19 @@ class RegistryError(LookupError, ValueError):
 
 
 class ComponentConfig(BaseModel):
-    """Base of every component config: frozen, unknown fields rejected.
+    """Base of every component config: frozen, unknown fields rejected, every float finite.
+
+    ``allow_inf_nan=False`` holds for every float a config holds, however nested (``float | None``, tuples,
+    mappings of floats): ``inf``, ``-inf`` and ``nan`` are a validation error naming the field ("Input should be a
+    finite number"), from Python, a ``config.json`` or the command line (``--train.lr inf``) alike, so no
+    non-finite setting ever reaches a component. Subclasses must not relax it (tests/faults check every config).
 
     Subclasses declare their fields (with docstrings: they are the ``--help``
     text) and implement :meth:`build`. ``registry_name`` is set when the
     config is bound to a registry.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     registry_name: ClassVar[str] = ""
 
@@ -88,6 +93,9 @@ class Registry(Generic[B]):
             raise TypeError(f"{self.kind} {name!r}: config must subclass ComponentConfig, got {config_cls!r}")
         if not config_cls.model_config.get("frozen") or config_cls.model_config.get("extra") != "forbid":
             raise TypeError(f"{self.kind} {name!r}: {config_cls.__name__} must be frozen with extra='forbid'")
+        if config_cls.model_config.get("allow_inf_nan", True) is not False:
+            raise TypeError(f"{self.kind} {name!r}: {config_cls.__name__} must keep allow_inf_nan=False (settings are "
+                            "finite)")
 
         def decorator(cls: type) -> type:
             if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):

@@ -9,6 +9,7 @@ from typing import Literal
 
 import tyro
 
+from ntm.atomic import atomic_write_text
 from ntm.eval.nll import heldout_nll
 from ntm.experiments.build import conditioner_of, layout_for
 from ntm.experiments.core import UsageError, run_tyro
@@ -68,7 +69,7 @@ def main(args: list[str]) -> int:
     nll = heldout_nll(model, data, layout_for(exp, data), steps, batch_size=exp.eval.batch_size,
                       max_examples=a.num_examples or exp.eval.num_examples, seed=exp.eval.seed,
                       conditioner=conditioner_of(exp.conditioner))
-    (Path(a.run) / "eval.json").write_text(json.dumps({str(k): v for k, v in nll.items()}, indent=2) + "\n")
+    atomic_write_text(Path(a.run) / "eval.json", json.dumps({str(k): v for k, v in nll.items()}, indent=2) + "\n")
     for k, v in nll.items():
         print(f"K={k}: nll_traj_bpd {v['nll_traj_bpd']:.4f}  x_t0 bound {v['bound_bpd']:.4f} bpd ({v['examples']} examples)")
     if a.classify or a.ood:
@@ -78,20 +79,20 @@ def main(args: list[str]) -> int:
         if a.classify:
             result = classify_run(exp, data, model, num_steps=k, trajectories=a.trajectories,
                                   max_examples=a.num_examples or exp.eval.num_examples)
-            (Path(a.run) / "classify.json").write_text(json.dumps(result, indent=2) + "\n")
+            atomic_write_text(Path(a.run) / "classify.json", json.dumps(result, indent=2) + "\n")
             print(f"Bayes-rule classification, K={k}, {a.trajectories} trajectories per image, "
                   f"{result['traj']['examples']} held-out examples:\n{classify_table(result)}", end="")
         if a.ood:
             result = ood_run(exp, data, model, num_steps=k, trajectories=a.trajectories,
                              max_examples=a.num_examples or 500)
-            (Path(a.run) / "ood.json").write_text(json.dumps(result, indent=2) + "\n")
+            atomic_write_text(Path(a.run) / "ood.json", json.dumps(result, indent=2) + "\n")
             print(f"out-of-distribution AUROC (held-out vs each set), K={k}, {result['examples']} images per set; "
                   f"held-out mean NLL {result['nll_bpd']['heldout']:.3f} bits/dim:\n{ood_table(result)}", end="")
     if a.shapes_eval:
         from ntm.experiments.t2i import shapes_eval, shapes_eval_table
 
         result = shapes_eval(exp, model, data, num_samples=a.num_samples, seed=exp.eval.seed)
-        (Path(a.run) / "shapes_eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(Path(a.run) / "shapes_eval.json", json.dumps(result, indent=2) + "\n")
         print(shapes_eval_table(result), end="")
         print(f"held-out combinations / seen: {result['unseen_vs_seen']}; "
               f"{result['wall_ms_per_sample']:.2f} ms/sample -> {Path(a.run) / 'shapes_eval.json'}")

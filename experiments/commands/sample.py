@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import tyro
 
 from ntm.experiments.build import sample, sample_picture
 from ntm.experiments.config import Experiment
 from ntm.denoisers import DENOISERS, DenoiserConfig
 from ntm.train import distributed as D
+from ntm.atomic import atomic_save_npy, atomic_write_text
 from ntm.viz import captioned_rows, save_png
 from ntm.experiments.core import UsageError, run_tyro
 from ntm.experiments.runs import denoiser_for, load_run, run_experiment, sampler_for, shard_under_torchrun
@@ -51,7 +51,11 @@ class SampleArgs:
     prompts: Path | None = None
     """A text file of captions, one per line (blank lines skipped), sampled after any --prompt."""
     per_prompt: int | None = None
-    """Samples per prompt (default: the run's eval.grid_columns)."""
+    """Samples per prompt (default: the run's eval.grid_columns); any number: they are drawn in chunks
+    (--sample-batch) and all go to the .npy, while the picture shows at most 32 per prompt and 64 prompts."""
+    sample_batch: int | None = None
+    """Most samples per sampler call (default: the run's eval.sample_batch): lower it when a chunk does not fit in
+    device memory. Samples beyond the first chunk depend on it (chunk i is seeded from the seed and i)."""
 
 
 def read_prompts(a: SampleArgs) -> list[str]:
@@ -79,8 +83,42 @@ def check_prompts(exp: Experiment) -> None:
                          f"{CONDITIONERS.name_of(exp.conditioner)!r} (sample labelled runs without --prompt)")
 
 
+PICTURE_PROMPTS = 64
+"""Most prompts (rows) the prompt picture shows; the .npy and .txt hold every sample."""
+PICTURE_PER_PROMPT = 32
+"""Most samples per prompt the prompt picture shows."""
+
+
+def output_path(a: SampleArgs, prompts: list[str]) -> Path:
+    """Where the PNG goes (the .npy and, for prompts, the .txt beside it); a one-line error, before anything is
+    sampled, when it or a sibling output names a directory."""
+    name = "prompts.png" if prompts else "sample.png"
+    out = a.out or (Path(a.run) / "samples" / name if a.run is not None else
+                    a.checkpoint.with_name(f"{a.checkpoint.stem}-{name}"))
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; name the PNG file to write (e.g. {out / name})")
+    for sibling in (out.with_suffix(".npy"), *((out.with_suffix(".txt"),) if prompts else ())):
+        if sibling.is_dir():
+            raise UsageError(f"--out {out}: {sibling} (the samples beside the PNG) is a directory; name another file")
+    return out
+
+
+def prompt_picture(data, samples, prompts: list[str], per: int):
+    """The prompt grid: one row per prompt (at most :data:`PICTURE_PROMPTS`), its first samples (at most
+    :data:`PICTURE_PER_PROMPT`); only the samples shown are decoded for display."""
+    shown_per = min(per, PICTURE_PER_PROMPT)
+    rows = []
+    for i, p in enumerate(prompts[:PICTURE_PROMPTS]):
+        shown = data.to_display(samples[i * per : i * per + shown_per]).clamp(0, 1)
+        rows.append((p, shown))
+    upscale = max(1, 64 // rows[0][1].shape[-1])
+    return captioned_rows(rows, upscale=upscale)
+
+
 def main(args: list[str]) -> int:
     a = run_tyro(tyro.cli, SampleArgs, prog="ntm sample", argv=args)
+    if a.sample_batch is not None and a.sample_batch < 1:
+        raise UsageError(f"--sample-batch must be >= 1, got {a.sample_batch}")
     exp = run_experiment(a.run, a.checkpoint)
     sampler = sampler_for(exp, num_steps=a.steps, guidance=a.guidance, temperature=a.temperature)
     if a.steps is not None:
@@ -100,6 +138,7 @@ def main(args: list[str]) -> int:
         check_prompts(exp)
     if a.per_prompt is not None and (a.per_prompt < 1 or not prompts):
         raise UsageError("--per-prompt needs --prompt/--prompts and a value >= 1")
+    out = output_path(a, prompts)
     if a.dry_run:
         print(json.dumps(exp.replace(sampler=sampler).model_dump(mode="json")["sampler"], indent=2))
         return 0
@@ -110,29 +149,30 @@ def main(args: list[str]) -> int:
             per = a.per_prompt or exp.eval.grid_columns
             captions = [p for p in prompts for _ in range(per)]
             samples = sample(exp, model, data, len(captions), captions=captions, sampler=sampler, denoise=a.denoise,
-                             denoiser=denoiser, seed=a.seed)
-            shown = data.to_display(samples).clamp(0, 1)
-            upscale = max(1, 64 // shown.shape[-1])
-            image = captioned_rows([(p, shown[i * per : (i + 1) * per]) for i, p in enumerate(prompts)],
-                                   upscale=upscale)
+                             denoiser=denoiser, seed=a.seed, batch_size=a.sample_batch)
+            image = prompt_picture(data, samples, prompts, per)
         else:
             image, samples, labels = sample_picture(exp, model, data, sampler=sampler, denoise=a.denoise,
-                                                    denoiser=denoiser, seed=a.seed, with_real=True)
+                                                    denoiser=denoiser, seed=a.seed, batch_size=a.sample_batch,
+                                                    with_real=True)
     except BaseException:
         D.shutdown(ctx, clean=False)
         raise
     D.shutdown(ctx)
     if not ctx.is_main:
         return 0
-    name = "prompts.png" if prompts else "sample.png"
-    out = a.out or (Path(a.run) / "samples" / name if a.run is not None else
-                    a.checkpoint.with_name(f"{a.checkpoint.stem}-{name}"))
-    save_png(image, out)
-    np.save(out.with_suffix(".npy"), samples.numpy())
+    # each output is written to a temporary name beside it and renamed complete (ntm.atomic)
+    atomic_save_npy(out.with_suffix(".npy"), samples.numpy())
     if prompts:
-        out.with_suffix(".txt").write_text("".join(f"{c}\n" for c in captions))
+        atomic_write_text(out.with_suffix(".txt"), "".join(f"{c}\n" for c in captions))
+    save_png(image, out)
+    shown = ""
+    if prompts and (len(prompts) > PICTURE_PROMPTS or per > PICTURE_PER_PROMPT):
+        shown = (f"; the picture shows {min(per, PICTURE_PER_PROMPT)} per prompt of the first "
+                 f"{min(len(prompts), PICTURE_PROMPTS)} prompts")
     print(f"wrote {out} and {out.with_suffix('.npy')} ({samples.shape[0]} samples"
-          + (f", {len(prompts)} prompts: {out.with_suffix('.txt')} holds each sample's caption)" if prompts else ")"))
+          + (f", {len(prompts)} prompts: {out.with_suffix('.txt')} holds each sample's caption" if prompts else "")
+          + f"{shown})")
     return 0
 
 

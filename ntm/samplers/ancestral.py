@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ntm.samplers.base import (
-    SAMPLERS, Rows, SampleOutput, Sampler, SamplerConfig, draw_from, draw_normal, model_device_dtype,
+    GUIDANCE_MAX, SAMPLERS, TEMPERATURE_MAX, Rows, SampleOutput, Sampler, SamplerConfig, draw_from, draw_normal, model_device_dtype,
 )
 from ntm.distributions import Gaussian
 from ntm.samplers.guidance import GAUSSIAN_ONLY, guidance_conditions, guide, guided
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
 
 class AncestralConfig(SamplerConfig):
-    temperature: float = pydantic.Field(1.0, gt=0)
-    """Scales the prior noise and every step's noise."""
-    guidance: float = pydantic.Field(0.0, ge=0)
-    """Classifier-free guidance weight w (0 = unguided)."""
+    temperature: float = pydantic.Field(1.0, gt=0, le=TEMPERATURE_MAX)
+    """Scales the prior noise and every step's noise (> 0, at most 100)."""
+    guidance: float = pydantic.Field(0.0, ge=0, le=GUIDANCE_MAX)
+    """Classifier-free guidance weight w (0 = unguided; at most 100)."""
     num_steps: int | None = pydantic.Field(None, ge=1)
     """K to sample with (None: the largest K the model was trained for)."""
 

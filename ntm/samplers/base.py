@@ -27,6 +27,15 @@ if TYPE_CHECKING:
     from ntm.model import NTM, NTMConfig
 
 
+GUIDANCE_MAX = 100.0
+"""Largest classifier-free guidance weight a sampler config accepts. Weights in use are single digits; far beyond
+this, float32 cancels in the guided combination (``1 + w - w s`` is 0 at ``w = 1e30``) and samples become NaN."""
+
+TEMPERATURE_MAX = 100.0
+"""Largest sampling temperature a sampler config accepts (temperatures in use are near 1; the noise is scaled by it,
+and at ``1e30`` every sample overflows). Temperatures must also be > 0."""
+
+
 @dataclasses.dataclass
 class SampleOutput:
     x: Tensor | None
@@ -132,5 +141,5 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
 
 SAMPLERS: Registry[Sampler] = Registry("sampler", base=Sampler)
 
-__all__ = ["SAMPLERS", "Rows", "SampleOutput", "Sampler", "SamplerConfig", "draw_from", "draw_normal",
+__all__ = ["GUIDANCE_MAX", "SAMPLERS", "TEMPERATURE_MAX", "Rows", "SampleOutput", "Sampler", "SamplerConfig", "draw_from", "draw_normal",
            "model_device_dtype"]

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 from ntm.predictors import VELOCITY_HINT, PREDICTORS, velocity_model
-from ntm.samplers.base import SAMPLERS, Rows, SampleOutput, Sampler, SamplerConfig, draw_normal, model_device_dtype
+from ntm.samplers.base import (
+    GUIDANCE_MAX, SAMPLERS, TEMPERATURE_MAX, Rows, SampleOutput, Sampler, SamplerConfig, draw_normal, model_device_dtype,
+)
 from ntm.samplers.guidance import guidance_conditions, guide_velocity, guided
 
 if TYPE_CHECKING:
@@ -30,10 +32,10 @@ Velocity = Callable[[Tensor, float], Tensor]
 class ODEConfig(SamplerConfig):
     num_steps: int = pydantic.Field(64, ge=1)
     """Integration steps (uniform in t). NFE: Euler = steps, Heun = 2 * steps - 1."""
-    guidance: float = pydantic.Field(0.0, ge=0)
-    """Classifier-free guidance weight w: v = v_u + (1 + w)(v_c - v_u)."""
-    temperature: float = pydantic.Field(1.0, gt=0)
-    """Scales the initial noise."""
+    guidance: float = pydantic.Field(0.0, ge=0, le=GUIDANCE_MAX)
+    """Classifier-free guidance weight w: v = v_u + (1 + w)(v_c - v_u) (at most 100)."""
+    temperature: float = pydantic.Field(1.0, gt=0, le=TEMPERATURE_MAX)
+    """Scales the initial noise (> 0, at most 100)."""
 
     def check_model(self, model: "NTMConfig") -> None:
         if not model.predictor.gives_velocity():

@@ -50,7 +50,7 @@ class TrainConfig(ComponentConfig):
     lr: float = pydantic.Field(1e-3, gt=0)
     """Peak learning rate (AdamW)."""
     betas: tuple[float, float] = (0.9, 0.99)
-    """AdamW betas."""
+    """AdamW betas, each in [0, 1)."""
     weight_decay: float = pydantic.Field(0.0, ge=0)
     """AdamW decoupled weight decay."""
     warmup_steps: int | float = pydantic.Field(100, ge=0)
@@ -126,6 +126,14 @@ class TrainConfig(ComponentConfig):
         if isinstance(value, float) and not 0 < value < 1:
             raise ValueError(f"a float is a fraction of train.steps and must be in (0, 1), got {value}; "
                              "give a step count as an integer")
+        return value
+
+    @pydantic.field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        bad = [f"{b:g}" for b in value if not 0 <= b < 1]
+        if bad:
+            raise ValueError(f"AdamW betas must each be in [0, 1), got {', '.join(bad)}")
         return value
 
     @pydantic.field_validator("mesh")
