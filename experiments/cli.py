@@ -30,22 +30,24 @@ packages do the same through the entry-point group ``ntm.plugins``.
 --version prints the version.
 
 User errors (bad config, bad data, wrong checkpoint, a plugin that does not
-import) print one line per problem, ``ntm <command>: error: ...``, and exit
-with status 2; a non-finite loss exits with status 3 and keeps the last good
-checkpoint.
+import, a full disk, an output path that is a directory) print one line per
+problem, ``ntm <command>: error: ...``, and exit with status 2; a non-finite
+loss exits with status 3 and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
 from ntm.experiments.commands import ablate, autoencoder, bench, distill, export, finetune, sample, shards, train
 from ntm.experiments.commands import eval as evaluate
-from ntm.experiments.core import USER_ERRORS, UsageError, format_error, version
+from ntm.experiments.core import USER_ERRORS, UsageError, format_error, os_error_message, version
 from ntm.experiments.plugins import load_plugins
 from ntm.registry import did_you_mean
 from ntm.train.errors import NonFiniteLossError
+from ntm.train.signals import TrainingStopped
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train.main, "finetune": finetune.main, "sample": sample.main, "eval": evaluate.main, "bench": bench.main,
@@ -95,9 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ntm: error: unknown command {name!r}{did_you_mean(name, list(COMMANDS))}; "
               f"commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         load_plugins(plugins)
         return COMMANDS[name](argv[1:])
+    except TrainingStopped as e:  # SIGTERM / SIGINT during training: a checkpoint was saved
+        print(f"ntm {name}: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop: nothing half-written is left under a final name
+        print(f"ntm {name}: interrupted", file=sys.stderr)
+        return 130
     except NonFiniteLossError as e:
         print(f"ntm {name}: error: {format_error(e)}", file=sys.stderr)
         return 3
@@ -105,6 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         for line in format_error(e).splitlines():
             print(f"ntm {name}: error: {line}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, an output path naming a directory: the user's to fix
+        message = os_error_message(e)
+        if message is None:
+            raise
+        print(f"ntm {name}: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line each: ``ntm: warning: ...`` (no source line)."""
+    return f"ntm: warning: {message}\n"
 
 
 if __name__ == "__main__":

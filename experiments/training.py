@@ -3,13 +3,13 @@ then scored and sampled (held-out NLL, final samples, final.json) -- what ``ntm 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 from ntm.eval.nll import heldout_nll
 from ntm.experiments.build import conditioner_of, data_for, layout_for, sample_picture, train_job
@@ -20,6 +20,8 @@ from ntm.denoisers.learned import DenoiserNotTrained
 from ntm.train.checkpoint import (
     CheckpointManager,
 )
+from ntm.atomic import atomic_save_npy, atomic_write_text
+from ntm.train.lock import RunLock
 from ntm.train.loop import train
 from ntm.viz import save_png
 from ntm.registry import did_you_mean
@@ -44,7 +46,7 @@ def _fresh_run_dir(run_dir: str) -> str:
     """``run_dir`` if it holds no checkpoints, else the first free ``run_dir-repro[-N]``."""
     candidates = [run_dir, f"{run_dir}-repro", *(f"{run_dir}-repro-{i}" for i in range(2, 1000))]
     for candidate in candidates:
-        if CheckpointManager(Path(candidate) / "checkpoints").latest_path() is None:
+        if not CheckpointManager(Path(candidate) / "checkpoints").present():
             return candidate
     raise UsageError(f"no free run directory next to {run_dir}; pass --run-dir")
 
@@ -87,17 +89,20 @@ def run_request(request: TrainRequest, command: str) -> int:
         return 0
     if request.note:
         print(f"ntm {command}: {request.note}", flush=True)
-    data = data_for(exp)
-    job = train_job(exp, data, resume=request.resume)
-    result = train(job)
-    if result.ema_model is None:  # not rank 0 (the EMA model was gathered there)
-        return 0
-    try:  # a sharded EMA model (torchrun, FSDP): every rank scores and samples its rows; rank 0 writes
-        _finish_run(exp, data, result, command)
-    except BaseException:
-        result.close(clean=False)
-        raise
-    result.close()
+    # one writer per run directory, from before the data is built until final.json is written (rank 0 holds it)
+    lock = RunLock(exp.resolved_run_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    with lock or contextlib.nullcontext():
+        data = data_for(exp)
+        job = dataclasses.replace(train_job(exp, data, resume=request.resume), lock=lock)
+        result = train(job)
+        if result.ema_model is None:  # not rank 0 (the EMA model was gathered there)
+            return 0
+        try:  # a sharded EMA model (torchrun, FSDP): every rank scores and samples its rows; rank 0 writes
+            _finish_run(exp, data, result, command)
+        except BaseException:
+            result.close(clean=False)
+            raise
+        result.close()
     return 0
 
 
@@ -126,9 +131,9 @@ def _finish_run(exp: Experiment, data, result, command: str) -> None:
     if not main:
         return
     save_png(image, run_dir / "samples" / "final.png")
-    np.save(run_dir / "samples" / "final.npy", samples.numpy())
+    atomic_save_npy(run_dir / "samples" / "final.npy", samples.numpy())
     if labels is not None:
-        np.save(run_dir / "samples" / "final_labels.npy", labels.numpy())
+        atomic_save_npy(run_dir / "samples" / "final_labels.npy", labels.numpy())
     headline = nll.get(max(steps), {})
     final = {
         **nll_space(data),
@@ -140,8 +145,10 @@ def _finish_run(exp: Experiment, data, result, command: str) -> None:
         "examples_per_second": result.examples_per_second,
         "eval_seconds": time.monotonic() - t0,
     }
-    (run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-    print(f"trained {exp.name}: {result.steps} steps in {result.wall_seconds:.1f}s "
+    atomic_write_text(run_dir / "final.json", json.dumps(final, indent=2) + "\n")
+    ran = result.steps - result.start_step
+    resumed = f" (resumed at step {result.start_step}; {result.steps} in all)" if result.start_step else ""
+    print(f"trained {exp.name}: {ran} steps in {result.wall_seconds:.1f}s{resumed} "
           f"({result.examples_per_second:.0f} examples/s)")
     per = "bits per latent dim" if data.spec.encoded_by else "bpd"
     for k, v in nll.items():

@@ -45,6 +45,14 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (collective under torchrun)."""
+        if not self.distributed:
+            return bool(flag)
+        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def all_mean(self, value: float) -> float:
         if not self.distributed:
             return value
@@ -56,10 +64,22 @@ class DistContext:
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available")
+            raise TrainingError("train.device cuda: CUDA is not available on this machine (use --train.device cpu "
+                                "or auto)")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def all_finite(tensors: Any, ctx: DistContext | None = None) -> bool:
+    """Whether every floating-point tensor in ``tensors`` (an iterable; DTensors: this rank's shards) is finite,
+    on every rank (collective under torchrun); one host sync."""
+    from torch.distributed.tensor import DTensor
+
+    checks = [torch.isfinite(t.to_local() if isinstance(t, DTensor) else t).all()
+              for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    local = bool(torch.stack(checks).all().item()) if checks else True
+    return not (ctx or DistContext()).any(not local)
 
 
 def init(device_choice: str) -> DistContext:

@@ -1,8 +1,10 @@
 """Run logging (``metrics.jsonl`` + TensorBoard) and a progress display.
 
 :class:`RunLogger` writes to ``run_dir/metrics.jsonl`` (one JSON object per
-call, flushed per line, appended to so a resumed run continues the file) and
-to TensorBoard event files under ``run_dir/tb``. :class:`Progress` shows a
+call, flushed per line) and to TensorBoard event files under ``run_dir/tb``.
+A resumed run continues both from its checkpoint's step: ``start_step`` drops
+the records past it (a line cut mid-write included) and TensorBoard purges the
+events past it, so a resumed run's file holds what an uninterrupted one would. :class:`Progress` shows a
 tqdm bar on a terminal and prints a compact line every ``print_every`` steps
 elsewhere (CI, log files). Both take ``enabled=False`` on non-zero ranks,
 which turns every method into a no-op.
@@ -21,6 +23,8 @@ from typing import IO, Any
 
 import torch
 from torch import Tensor
+
+from ntm.atomic import atomic_write
 
 _RESERVED = ("step", "time")
 
@@ -55,17 +59,22 @@ class RunLogger:
     Args:
         run_dir: the run's directory (created if needed).
         enabled: ``False`` (non-zero ranks) makes every method a no-op and creates no files.
+        start_step: the step training starts from (a resumed run's checkpoint step; 0: a fresh start).
+            ``metrics.jsonl`` keeps only its records of steps up to it, and TensorBoard's events after it
+            are purged: the steps about to be run again are logged once.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True, *, start_step: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.start_step = start_step
         self._metrics: IO[str] | None = None
         self._writer: Any = None  # SummaryWriter, created on first use (importing tensorboard is slow)
         self._closed = False
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            truncate_metrics(self.metrics_path, start_step)
+            self._metrics = open(self.metrics_path, "a", encoding="utf-8")
 
     @property
     def metrics_path(self) -> Path:
@@ -79,7 +88,8 @@ class RunLogger:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.tb_dir))
+            # purge_step: events at steps >= it, written before a kill, are dropped when the run goes on
+            self._writer = SummaryWriter(str(self.tb_dir), purge_step=self.start_step + 1)
         return self._writer
 
     def _usable(self) -> bool:
@@ -147,6 +157,28 @@ class RunLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` at ``path`` up to ``step`` (in file order, stopping at the first
+    record past it) and drop a last line cut mid-write; the file is rewritten atomically, and only when something
+    is dropped."""
+    if not path.is_file():
+        return
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept: list[bytes] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a record cut by a kill (or garbage): nothing after it is trusted
+            break
+        if not line.endswith(b"\n") or not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            break
+        if record["step"] > step:
+            break
+        kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write(path, lambda f: f.write(b"".join(kept)))
 
 
 def format_duration(seconds: float) -> str:

@@ -11,16 +11,20 @@ split over ranks and micro-batches, and a resumed run continues the identical cu
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+from ntm.atomic import atomic_write_text
 from ntm.conditioning.base import Conditioner
 from ntm.data.base import DataSource
 from ntm.losses.base import Loss
@@ -35,9 +39,11 @@ from ntm.train.checkpoint import (
 from ntm.train.checkpoint.dcp import ShardedCheckpointer, load_training_state, training_state
 from ntm.train.config import RESUMABLE_FIELDS, TrainConfig
 from ntm.train.ema_models import EMAModels, full_ema_state, load_full_ema_state
-from ntm.train.errors import NonFiniteLossError, TrainingError
+from ntm.train.errors import CheckpointError, NonFiniteLossError, TrainingError
+from ntm.train.lock import RunDirLocked, RunLock
 from ntm.train.logging import Progress, RunLogger
 from ntm.train.optim import logged_lrs
+from ntm.train.signals import StopSignals, TrainingStopped, signal_name
 from ntm.train.step import build_train_state, train_step
 from ntm.viz import save_png
 
@@ -80,6 +86,11 @@ class TrainJob:
     must sample through :func:`ntm.train.distributed.run_sharded`, each rank its rows; rank 0's image is kept),
     and :attr:`TrainResult.ema_model` is that copy on every rank, the process group staying up until
     :meth:`TrainResult.close`. False: previews and the result use an unsharded copy gathered on rank 0."""
+    lock: RunLock | None = None
+    """A :class:`~ntm.train.lock.RunLock` on ``run_dir`` the caller holds (e.g. past training, while it writes the
+    final samples); ``None``: rank 0 locks ``run_dir`` for the duration of :func:`train`."""
+    handle_signals: bool = True
+    """SIGTERM / SIGINT stop the run with a checkpoint (:mod:`ntm.train.signals`); False: their default action."""
 
 
 @dataclasses.dataclass
@@ -93,6 +104,8 @@ class TrainResult:
     :attr:`TrainJob.sharded_sampling` under torchrun and FSDP, sharded on every rank (use it on all of them)."""
     ctx: D.DistContext | None = None
     """The process group's context while it is up (a sharded ``ema_model``); ``None`` once shut down."""
+    start_step: int = 0
+    """The step this call started from (a resumed run's checkpoint step): it ran ``steps - start_step``."""
 
     def close(self, *, clean: bool = True) -> None:
         """Shut the process group down if training left it up (a sharded ``ema_model``); idempotent."""
@@ -102,16 +115,46 @@ class TrainResult:
 
 
 def train(job: TrainJob) -> TrainResult:
+    """Train ``job`` (see the module docstring); the run directory is locked for the whole call (rank 0 holds
+    :class:`~ntm.train.lock.RunLock` for every rank, unless ``job.lock`` is one the caller holds already).
+
+    Nothing is lost on a stop: SIGTERM / SIGINT save a checkpoint at the next step boundary and raise
+    :class:`~ntm.train.signals.TrainingStopped`; a non-finite loss or parameter raises
+    :class:`~ntm.train.errors.NonFiniteLossError` keeping the last finite state; no checkpoint written is
+    ever non-finite. A fresh start refuses a directory that holds checkpoints, and ``resume`` refuses one whose
+    checkpoints all fail to load (one line naming each), rather than starting over on top of them.
+    """
     cfg = job.train
     ctx = D.init(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if cfg.batch_size % (ctx.world_size * cfg.grad_accum):
         raise TrainingError(
             f"train.batch_size ({cfg.batch_size}) must be divisible by world size x grad_accum "
             f"({ctx.world_size} x {cfg.grad_accum})"
         )
     D.check_mesh(cfg.mesh, ctx.world_size)
+    lock = job.lock
+    own_lock = lock is None and ctx.is_main
+    failure: TrainingError | None = None
+    if own_lock:
+        lock = RunLock(job.run_dir)
+        try:
+            lock.acquire()
+        except RunDirLocked as e:
+            failure = e
+    if ctx.any(failure is not None):  # every rank stops when rank 0 could not lock
+        D.shutdown(ctx, clean=False)
+        raise failure or RunDirLocked(f"run directory {job.run_dir} is in use (rank 0 could not lock it)")
+    try:
+        return _train(job, ctx)
+    finally:
+        if own_lock and lock is not None:
+            lock.release()
+
+
+def _train(job: TrainJob, ctx: D.DistContext) -> TrainResult:
+    cfg = job.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if ctx.is_main and cfg.mixed_precision != "none" and not (ctx.distributed and cfg.parallel == "fsdp"):
         print(f"ntm: note: train.mixed_precision {cfg.mixed_precision} applies to FSDP under torchrun; this run "
               "computes in float32", file=sys.stderr, flush=True)
@@ -121,10 +164,11 @@ def train(job: TrainJob) -> TrainResult:
     per_rank = cfg.batch_size // ctx.world_size
     run_dir = Path(job.run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep=cfg.keep_checkpoints, format=cfg.checkpoint_format)
-    existing = checkpoints.latest_path()
-    if existing is not None and not job.resume:
-        raise TrainingError(f"{run_dir} already holds checkpoints ({existing.name}); pass --resume or another run_dir")
-    resuming = job.resume and existing is not None
+    present = checkpoints.present()
+    if present and not job.resume:
+        names = ", ".join(p.name for p in present[:3]) + (" ..." if len(present) > 3 else "")
+        raise TrainingError(f"{run_dir} already holds checkpoints ({names}); pass --resume or another run_dir")
+    resuming = job.resume and bool(present)
 
     # -- build, initialise, wrap, optimise ----------------------------------------
     # (nothing is written before the model's parameter groups and the settings naming them check out)
@@ -134,23 +178,29 @@ def train(job: TrainJob) -> TrainResult:
                                 initialize=job.initialize, fresh=not resuming)
     model, inner, optimizer, scheduler, ema = (trainer.model, trainer.inner, trainer.optimizer, trainer.scheduler,
                                                trainer.ema)
-    logger = RunLogger(run_dir, enabled=ctx.is_main)
     ema_models = EMAModels(job.build_model, cfg, ema, ctx, sharded_sampling=job.sharded_sampling)
 
     # -- resume -----------------------------------------------------------------
     # A file checkpoint (every rank reads it whole) or a directory (each rank reads what its shards need,
-    # whatever world size wrote it; see ntm.train.checkpoint.dcp); the config is checked before any weight is read.
+    # whatever world size wrote it; see ntm.train.checkpoint.dcp); the config is checked before any weight is
+    # read. The newest checkpoint that loads (checksums included) is used; if none does, the run refuses.
     start_step = 0
+    window = _Window()
     sharded = None
     if cfg.checkpoint_format == "dcp":
         sharded = ShardedCheckpointer(checkpoints, ctx.rank, ctx.world_size, async_save=cfg.async_checkpoint,
                                       meta={"parallel": cfg.parallel, "config": job.config})
     if resuming:
-        path, state = checkpoints.load_latest(required=CHECKPOINT_KEYS, parts=())
+        loaded = checkpoints.load_latest(required=CHECKPOINT_KEYS, parts=())
+        if loaded is None:  # only incomplete entries (load_latest names them when there is one)
+            raise CheckpointError(f"no checkpoint in {checkpoints.directory} loads; remove them or pass another "
+                                  "run_dir to start over")
+        path, state = loaded
         saved = (job.upgrade_config or _with_added_train_defaults)(state["config"])
         check_config_matches(saved, job.config, ignore=RESUMABLE_FIELDS, path=path)
         if path.is_dir():
-            start_step = load_training_state(path, inner, optimizer, scheduler, ema, ctx.rank, ctx.world_size)
+            start_step = load_training_state(path, inner, optimizer, scheduler, ema, ctx.rank, ctx.world_size,
+                                             verify=False)
         else:
             D.load_full_state_dict(model, state["model"])
             D.load_optimizer_state(model, optimizer, state["optimizer"])
@@ -159,21 +209,31 @@ def train(job: TrainJob) -> TrainResult:
             if "rng" in state:
                 set_rng_state(state["rng"])
             start_step = int(state["step"])
+        window = _Window.restore(state.get("log_window"))
         del state
         trainer.step = start_step
         if ctx.is_main:
             print(f"resumed from {path} at step {start_step}", flush=True)
 
+    logger = RunLogger(run_dir, enabled=ctx.is_main, start_step=start_step)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(job.config, indent=2) + "\n")
-        (run_dir / "data_stats.json").write_text(json.dumps(job.data.stats(), indent=2) + "\n")
+        atomic_write_text(run_dir / "config.json", json.dumps(job.config, indent=2) + "\n")
+        atomic_write_text(run_dir / "data_stats.json", json.dumps(job.data.stats(), indent=2) + "\n")
+
+    def finite_state() -> bool:
+        """Whether the weights and the EMA are finite on every rank (collective)."""
+        return D.all_finite(itertools.chain(inner.parameters(), ema.shadow.values()), ctx)
 
     def save(step: int, block: bool = False) -> Path | None:
-        """Checkpoint ``step`` (collective); its path on rank 0 once written (an async save: with ``block``)."""
+        """Checkpoint ``step`` (collective); its path on rank 0 once written (an async save: with ``block``).
+        A non-finite state is never written: that stops the run instead."""
+        if not finite_state():
+            raise NonFiniteLossError(f"non-finite weights at step {step}; not saved, stopped; "
+                                     f"{_last_good(checkpoints)}")
         if sharded is not None:
             return sharded.save(step, training_state(inner, optimizer, scheduler, ema, ctx.rank, ctx.world_size, step),
-                                block=block)
+                                block=block, extra={"log_window": window.state()})
         state = {
             "format": FORMAT,
             "step": step,
@@ -183,6 +243,7 @@ def train(job: TrainJob) -> TrainResult:
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             "config": job.config,
+            "log_window": window.state(),
         }
         path = checkpoints.save(step, state) if ctx.is_main else None
         ctx.barrier()
@@ -193,44 +254,49 @@ def train(job: TrainJob) -> TrainResult:
                                      world_size=ctx.world_size)
     progress = Progress(cfg.steps, initial=start_step, enabled=ctx.is_main, print_every=cfg.log_every)
     started = time.monotonic()
-    window_start, window_examples = time.monotonic(), 0
-    window_loss, window_count, last_loss = 0.0, 0, math.nan
+    window_start, window_examples, last_loss = time.monotonic(), 0, math.nan
     try:
-        while trainer.step < cfg.steps:
-            result = train_step(trainer, next(batches))
-            if not result.finite:  # nothing was stepped: the state is the last good one
-                path = save(result.step, block=True)
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {result.step} (loss {result.loss}, grad norm {result.grad_norm.item()}); "
-                    f"stopped, last good state saved to {path or checkpoints.path_for(result.step)}"
-                )
-            step, loss_value, grad_norm = trainer.step, result.loss, result.grad_norm
-            last_loss = loss_value
-            window_loss += loss_value
-            window_count += 1
-            window_examples += cfg.batch_size
-            progress.update(1, loss=f"{loss_value:.4f}")
+        with StopSignals(enabled=job.handle_signals) as signals:
+            while trainer.step < cfg.steps:
+                result = train_step(trainer, next(batches))
+                if not result.finite:  # nothing was stepped: the state is the last good one, if it is finite
+                    path = save(result.step, block=True)
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {result.step} (loss {result.loss}, grad norm "
+                        f"{result.grad_norm.item()}); stopped, last good state saved to "
+                        f"{path or checkpoints.path_for(result.step)}"
+                    )
+                step, loss_value, grad_norm = trainer.step, result.loss, result.grad_norm
+                last_loss = loss_value
+                window.add(loss_value)
+                window_examples += cfg.batch_size
+                progress.update(1, loss=f"{loss_value:.4f}")
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = time.monotonic() - window_start
-                scalars = {
-                    "loss": window_loss / window_count,
-                    "grad_norm": grad_norm.item(),
-                    **logged_lrs(scheduler),
-                    "examples_per_s": window_examples / max(elapsed, 1e-9),
-                    **_metric_means(result.metrics, ctx),
-                    "step_loss": loss_value,
-                }
-                logger.log_scalars(step, scalars)
-                window_start, window_examples, window_loss, window_count = time.monotonic(), 0, 0.0, 0
-            if cfg.sample_every and job.preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
-                _preview(job, ema_models, ctx, logger, step, run_dir)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    elapsed = time.monotonic() - window_start
+                    scalars = {
+                        "loss": window.mean(),
+                        "grad_norm": grad_norm.item(),
+                        **logged_lrs(scheduler),
+                        "examples_per_s": window_examples / max(elapsed, 1e-9),
+                        **_metric_means(result.metrics, ctx),
+                        "step_loss": loss_value,
+                    }
+                    logger.log_scalars(step, scalars)
+                    window_start, window_examples, window = time.monotonic(), 0, _Window()
+                if cfg.sample_every and job.preview is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+                    _preview(job, ema_models, ctx, logger, step, run_dir)
+                if sharded is not None:
+                    sharded.poll()  # commit a finished background save
+                stop = ctx.any(signals.requested() is not None)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                    path = save(step, block=stop)
+                if stop:
+                    signum = signals.requested() or signal.SIGTERM
+                    raise TrainingStopped(f"stopped by {signal_name(signum)} at step {step}; checkpoint saved to "
+                                          f"{path or checkpoints.path_for(step)} (continue with --resume)", signum)
             if sharded is not None:
-                sharded.poll()  # commit a finished background save
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save(step)
-        if sharded is not None:
-            sharded.wait()
+                sharded.wait()
     except BaseException:
         D.shutdown(ctx, clean=False)
         raise
@@ -251,7 +317,38 @@ def train(job: TrainJob) -> TrainResult:
         last_loss=last_loss,
         ema_model=ema_model,
         ctx=ctx if ema_models.sharded else None,
+        start_step=start_step,
     )
+
+
+@dataclasses.dataclass
+class _Window:
+    """The losses since the last log line: their mean is the logged ``loss``. Saved with each checkpoint, so a
+    run resumed between two log lines logs the mean an uninterrupted run logs."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, loss: float) -> None:
+        self.total += loss
+        self.count += 1
+
+    def mean(self) -> float:
+        return self.total / max(self.count, 1)
+
+    def state(self) -> dict[str, Any]:
+        return {"total": self.total, "count": self.count}
+
+    @classmethod
+    def restore(cls, state: Any) -> _Window:
+        if isinstance(state, Mapping) and isinstance(state.get("count"), int):
+            return cls(float(state.get("total", 0.0)), state["count"])
+        return cls()
+
+
+def _last_good(checkpoints: CheckpointManager) -> str:
+    latest = checkpoints.latest_path()
+    return f"the last finite checkpoint is {latest}" if latest is not None else "no checkpoint was written yet"
 
 
 def _with_added_train_defaults(saved: dict[str, Any]) -> dict[str, Any]:

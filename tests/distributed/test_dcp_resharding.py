@@ -181,3 +181,45 @@ def test_each_rank_writes_its_half_and_nothing_twice(runs: dict) -> None:
     # nothing written twice (a replicated copy would double it): the halves hold what one process writes, plus
     # a record header (about 1 KB) per piece of a tensor, twice as many pieces at two ranks
     assert one[0] <= total <= 1.1 * one[0], (total, one[0])
+
+
+TERM_SITE = '''
+import os
+if "LOCAL_RANK" in os.environ and os.environ.get("NTM_TEST_TERM_AT"):  # torchrun workers of this test only
+    with open(os.environ["NTM_TEST_PIDS"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    import signal
+
+    import ntm.train.loop as loop
+
+    _step = loop.train_step
+
+    def train_step(state, batch):
+        out = _step(state, batch)
+        if os.environ["RANK"] == "1" and state.step == int(os.environ["NTM_TEST_TERM_AT"]):
+            os.kill(os.getpid(), signal.SIGTERM)  # rank 1 alone is told to stop
+        return out
+
+    loop.train_step = train_step
+'''
+
+
+def test_a_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(runs: dict) -> None:
+    """The ranks agree on the stop (rank 0 never got the signal), every rank writes its shards of the step-1
+    checkpoint (not one of the run's checkpoint_every 2 steps), and two ranks resume on the reference's curve."""
+    root = runs["root"] / "term"
+    root.mkdir()
+    site = sitecustomize(root, TERM_SITE)
+    run_dir = root / "run"
+    rc, log = _torchrun(root, "term", [*RUN, "--run-dir", str(run_dir)], site=site, NTM_TEST_TERM_AT="1")
+    assert rc != 0 and log.count("stopped by SIGTERM at step 1") == 2, log[-3000:]
+    manager = CheckpointManager(run_dir / "checkpoints")
+    assert manager.steps() == [1] and set(bytes_per_rank(manager.latest_path())) == {0, 1}
+    assert read_meta(manager.latest_path())["world_size"] == 2
+    rc, log = _torchrun(root, "resume", [*RUN, "--run-dir", str(run_dir), "--resume"])
+    assert rc == 0, log[-3000:]
+    want, got = _curve(runs["reference"]), _curve(run_dir)
+    logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]  # each step once: the stopped run's records end at its checkpoint
+    for step in got:  # two ranks' mean vs one process's two micro-batches: equal up to float rounding
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-6), (step, got[step], want[step])

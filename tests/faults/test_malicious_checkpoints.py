@@ -3,6 +3,7 @@ file is refused in one line (exit 2) by every command that reads checkpoints, an
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pickle
@@ -11,6 +12,7 @@ import pytest
 
 from ntm.experiments.cli import main
 from ntm.train.checkpoint import CheckpointManager
+from ntm.train.checkpoint.dcp import file_digests
 
 SMALL = ["--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "16", "--predictor.depth", "1",
          "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "8"]
@@ -57,6 +59,9 @@ def test_a_metadata_pickle_that_runs_code_is_refused(run, tmp_path, capsys, payl
     latest = CheckpointManager(shared / "checkpoints").latest_path()
     marker = tmp_path / "MARKER"
     (latest / ".metadata").write_bytes(pickle.dumps(payload(marker)))
+    # whoever shares the directory rewrites meta.json's checksums too: the unpickler, not the checksum, must refuse
+    meta = json.loads((latest / "meta.json").read_text())
+    (latest / "meta.json").write_text(json.dumps({**meta, "files": file_digests(latest)}))
     capsys.readouterr()
     args = {"sample": ["sample", "--run", str(shared)], "eval": ["eval", "--run", str(shared)],
             "export": ["export", "--run", str(shared)],

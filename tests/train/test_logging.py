@@ -47,16 +47,37 @@ def test_metrics_jsonl_and_tensorboard(tmp_path: Path) -> None:
     assert images[0].encoded_image_string.startswith(b"\x89PNG")
 
 
+def _steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_resumed_run_appends(tmp_path: Path) -> None:
     logger = RunLogger(tmp_path)
     logger.log_scalars(1, {"loss": 2.0})
     logger.close()
     logger.close()  # idempotent
-    logger = RunLogger(tmp_path)
+    logger = RunLogger(tmp_path, start_step=1)
     logger.log_scalars(2, {"loss": 1.0})
     logger.close()
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2]
+    assert _steps(tmp_path) == [1, 2]
+
+
+def test_a_resumed_run_drops_the_records_past_its_step_and_a_cut_line(tmp_path: Path) -> None:
+    logger = RunLogger(tmp_path)
+    for step in (1, 2, 3, 4):
+        logger.log_scalars(step, {"loss": float(step)})
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "time": 1.0, "lo')  # a kill mid-write
+    logger = RunLogger(tmp_path, start_step=4)
+    logger.log_scalars(5, {"loss": 5.0})
+    logger.close()
+    assert _steps(tmp_path) == [1, 2, 3, 4, 5]  # the cut line is gone, not glued to the next record
+    logger = RunLogger(tmp_path, start_step=2)  # resumed from an older checkpoint: steps 3.. are run again
+    logger.close()
+    assert _steps(tmp_path) == [1, 2]
+    RunLogger(tmp_path).close()  # a fresh start keeps nothing
+    assert _steps(tmp_path) == []
 
 
 def test_lines_are_flushed_immediately(tmp_path: Path) -> None:

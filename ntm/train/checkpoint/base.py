@@ -110,6 +110,16 @@ class CheckpointDirectory:
                 found.add(int(m.group(1)))
         return sorted(found)
 
+    def present(self) -> list[Path]:
+        """Every entry under a checkpoint's final name (``step_<08d>.pt``, ``step_<08d>/``), complete or not
+        (a directory without ``meta.json``, a damaged file): what a fresh start must not overwrite and a resume
+        must account for. Temporaries are not listed. Newest step first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), entry) for entry in self.directory.iterdir()
+                 if (m := STEP_FILE_RE.match(entry.name) or STEP_DIR_RE.match(entry.name))]
+        return [entry for _, entry in sorted(found, key=lambda item: (-item[0], item[1].name))]
+
     def latest_path(self) -> Path | None:
         """The newest complete checkpoint, or ``None`` if there is none."""
         steps = self.steps()

@@ -12,7 +12,12 @@ Layout of ``checkpoints/step_<08d>/``:
   (:data:`_METADATA_CLASSES`), so a ``.metadata`` from someone else cannot run code: a pickle that names anything
   else (``os.system``, a class of another module) is refused in one line before it is loaded. (A digest written
   at save time would not help: whoever shares the directory writes the digest too.)
-- ``meta.json``: ``{"format", "step", "world_size", "parallel", "config"}``, written last.
+- ``meta.json``: ``{"format", "step", "world_size", "parallel", "config", "files", ...}``, written last.
+  ``files`` maps every other file of the directory to its SHA-256, hashed by rank 0 when it commits the save;
+  every reader checks them first (:func:`verify_files`), so a flipped byte or a zero-filled shard makes the
+  directory unloadable (and resuming falls back to the previous checkpoint) instead of loading damaged weights.
+  The checksums guard against damage, not against someone who rewrites meta.json too: what keeps a
+  directory from someone else from running code is the restricted unpickler below.
 
 The entries (DCP flattens nested dicts, joining keys with ``.``):
 
@@ -47,12 +52,15 @@ rank ``r``'s RNG states when the checkpoint has them; ranks beyond the saved wor
 states (the training step draws its randomness from the keyed generators, not the global ones).
 
 One process uses the same format (DCP without a process group), so 1 -> N and N -> 1 work alike.
-Non-tensor entries are read with ``torch.load(weights_only=True)``, as checkpoint files are.
+Non-tensor entries (the schedule, each rank's RNG states) are stored as ``torch.save`` bytes and read with
+``torch.load(weights_only=True)``, as checkpoint files are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import itertools
 import json
@@ -172,6 +180,40 @@ def read_meta(path: PathLike) -> dict[str, Any]:
     return meta
 
 
+def _sha256(file: Path) -> str:
+    with open(file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_digests(path: PathLike) -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes", "sha256"}}`` of every file in checkpoint directory ``path`` but ``meta.json`` (sorted)."""
+    return {file.name: {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+            for file in sorted(Path(path).iterdir()) if file.is_file() and file.name != META_FILE}
+
+
+def verify_files(path: PathLike, meta: Mapping[str, Any] | None = None) -> None:
+    """Check the files of checkpoint directory ``path`` against the checksums in its ``meta.json``; one-line
+    :class:`CheckpointError` naming the first file that is missing or differs. Directories written before the
+    checksums (no ``files`` entry) pass unchecked."""
+    path = Path(path)
+    meta = read_meta(path) if meta is None else meta
+    expected = meta.get("files")
+    if expected is None:
+        return
+    if not isinstance(expected, dict):
+        raise CheckpointError(f"checkpoint {path}: {META_FILE}'s files entry is not a mapping")
+    for name, want in expected.items():
+        file = path / str(name)
+        if not isinstance(want, dict) or Path(str(name)).name != name:
+            raise CheckpointError(f"checkpoint {path}: {META_FILE}'s files entry {name!r} is malformed")
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is partial: {name} is missing")
+        if file.stat().st_size < want.get("bytes", 0):
+            raise CheckpointError(f"checkpoint {path} is partial: {name} is truncated")
+        if file.stat().st_size != want.get("bytes") or _sha256(file) != want.get("sha256"):
+            raise CheckpointError(f"checkpoint {path}: {name} fails its checksum (damaged on disk or in transfer)")
+
+
 _METADATA_CLASSES = {
     "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "BytesStorageMetadata",
                                               "ChunkStorageMetadata", "StorageMeta", "TensorProperties",
@@ -288,6 +330,7 @@ def read_checkpoint_dir(
 
     path = Path(path)
     meta = read_meta(path)
+    verify_files(path, meta)
     metadata = read_metadata(path)
     present = {_top(metadata, k) for k in metadata.state_dict_metadata}
     available = {"format", "step", "config", *present} | ({"rng"} if local_key(0) in present else set())
@@ -303,6 +346,8 @@ def read_checkpoint_dir(
         value = torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else None
         _set(template, tuple((metadata.planner_data or {}).get(key, (key,))), value)
     state: dict[str, Any] = {"format": meta["format"], "step": meta["step"], "config": meta["config"]}
+    if isinstance(meta.get("extra"), dict):
+        state.update({k: v for k, v in meta["extra"].items() if k not in state})
     try:
         if template:
             with _quiet():
@@ -374,17 +419,20 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
 
 
 def load_training_state(path: PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                        ema: Any, rank: int, world_size: int) -> int:
+                        ema: Any, rank: int, world_size: int, *, verify: bool = True) -> int:
     """Load checkpoint directory ``path`` into this rank's model (unwrapped module), optimizer, scheduler, EMA and
     RNGs; collective when ``world_size > 1`` (every rank calls it). Returns the checkpoint's step.
 
-    The shapes are checked against the checkpoint's index before anything is read (:func:`check_fits`).
+    The files are checked against their checksums first (:func:`verify_files`; ``verify=False``: the caller
+    just did) and the shapes against the checkpoint's index (:func:`check_fits`) before anything is read.
     """
     from torch.distributed.checkpoint import load
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     path = Path(path)
     meta = read_meta(path)
+    if verify:
+        verify_files(path, meta)
     metadata = read_metadata(path)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     ema_state = ema.state_dict()
@@ -464,7 +512,7 @@ class ShardedCheckpointer:
         self.group = dist.new_group(backend="gloo") if async_save and self.distributed else None
         if async_save and not self.distributed:  # the background thread's saves note it too, out of _quiet's reach
             warnings.filterwarnings("ignore", message=_NO_PG_NOTE)
-        self._pending: tuple[Any, int, Path, float] | None = None
+        self._pending: tuple[Any, int, Path, float, dict[str, Any]] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -474,11 +522,13 @@ class ShardedCheckpointer:
         if self.distributed:
             dist.barrier()
 
-    def save(self, step: int, state: dict[str, Any], *, block: bool = False) -> Path | None:
+    def save(self, step: int, state: dict[str, Any], *, block: bool = False,
+             extra: Mapping[str, Any] | None = None) -> Path | None:
         """Write ``state`` (:func:`training_state`) as the checkpoint of ``step``.
 
         Returns the committed directory on rank 0 when the save completed here (synchronous, or ``block``),
-        else ``None``. Waits for a save still in flight first.
+        else ``None``. Waits for a save still in flight first. ``extra``: small JSON entries of this save
+        (rank 0's), kept in ``meta.json`` and read back as top-level keys of :func:`read_checkpoint_dir`'s state.
         """
         from torch.distributed.checkpoint import FileSystemWriter, async_save, save
 
@@ -492,12 +542,12 @@ class ShardedCheckpointer:
                 if self.async_save:  # one host copy of this rank's state, written while training goes on
                     future = async_save(_host_copy(state), storage_writer=writer, process_group=self.group,
                                         no_dist=not self.distributed, async_stager=_Staged())
-                    self._pending = (future, step, tmp, started)
+                    self._pending = (future, step, tmp, started, dict(extra or {}))
                     return self.wait() if block else None
                 save(state, storage_writer=writer, no_dist=not self.distributed)
         except _errors() as e:
-            raise CheckpointError(f"saving checkpoint step {step} to {tmp} failed ({first_line(_cause(e))})") from e
-        return self._commit(step, tmp, started)
+            raise _save_error(step, tmp, e) from e
+        return self._commit(step, tmp, started, dict(extra or {}))
 
     def poll(self) -> Path | None:
         """Commit a finished background save (rank 0); returns its directory, else ``None``. Not collective."""
@@ -509,20 +559,30 @@ class ShardedCheckpointer:
         """Wait for the save in flight, if any, and commit it (rank 0); returns its directory on rank 0."""
         if self._pending is None:
             return None
-        future, step, tmp, started = self._pending
+        future, step, tmp, started, extra = self._pending
         self._pending = None
         try:
             future.result()
         except _errors() as e:
-            raise CheckpointError(f"saving checkpoint step {step} to {tmp} failed ({first_line(_cause(e))})") from e
-        return self._commit(step, tmp, started)
+            raise _save_error(step, tmp, e) from e
+        return self._commit(step, tmp, started, extra)
 
-    def _commit(self, step: int, tmp: Path, started: float) -> Path | None:
+    def _commit(self, step: int, tmp: Path, started: float, extra: dict[str, Any]) -> Path | None:
         # DCP's finish (rank 0 writes .metadata) follows every rank's writes: all bytes are on disk here
         if not self.is_main:
             return None
-        meta = {"format": FORMAT, "step": step, "world_size": self.world_size, **self.meta}
+        meta = {"format": FORMAT, "step": step, "world_size": self.world_size, **self.meta,
+                "files": file_digests(tmp), **({"extra": extra} if extra else {})}
         return self.manager.commit(step, tmp, meta, started=started)
+
+
+def _save_error(step: int, tmp: Path, err: BaseException) -> BaseException:
+    """What a failed save raises: a full disk (or quota) as the ``OSError`` itself, so that the command line says
+    the disk is full and names the file; anything else as one-line :class:`CheckpointError`."""
+    cause = _cause(err)
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return cause
+    return CheckpointError(f"saving checkpoint step {step} to {tmp} failed ({first_line(cause)})")
 
 
 def bytes_per_rank(path: PathLike) -> dict[int, int]:
@@ -536,5 +596,5 @@ def bytes_per_rank(path: PathLike) -> dict[int, int]:
 
 __all__ = [
     "FORMAT", "ShardedCheckpointer", "bytes_per_rank", "check_fits", "checkpoint_parts", "load_training_state",
-    "local_key", "read_checkpoint_dir", "read_meta", "read_metadata", "training_state",
+    "file_digests", "local_key", "read_checkpoint_dir", "read_meta", "read_metadata", "training_state", "verify_files",
 ]

@@ -1,6 +1,9 @@
 """The single-file checkpoint format: ``step_<08d>.pt``, one ``torch.save`` written atomically.
 
-The file holds ``{"ntm_checkpoint": FORMAT_VERSION, "state": state}``. ``state`` is the caller's dict; keep it
+The file holds ``{"ntm_checkpoint": FORMAT_VERSION, "state": state, "sha256": digest}``: ``digest`` is
+:func:`tensor_digest` of ``state``, checked when the file is read, so bytes flipped inside a tensor (which
+``torch.load`` reads without complaint: it does not check the zip's CRCs) make the file unloadable instead of
+silently loading damaged weights. Files written before the digest load unchecked. ``state`` is the caller's dict; keep it
 to plain containers (dicts, lists, tuples, str/int/float/bool/None) and tensors so that it loads with
 ``torch.load(weights_only=True)``. :func:`~ntm.train.checkpoint.rng.rng_state` and
 :meth:`ntm.train.ema.EMA.state_dict` follow that rule, as do the state dicts of ``nn.Module`` and the stock
@@ -11,6 +14,7 @@ or the new complete file under that name.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,7 +41,29 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
     """
     if not isinstance(state, dict):
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
-    atomic_torch_save({FORMAT_KEY: FORMAT_VERSION, "state": state}, path)
+    atomic_torch_save({FORMAT_KEY: FORMAT_VERSION, "state": state, "sha256": tensor_digest(state)}, path)
+
+
+def tensor_digest(obj: Any) -> str:
+    """SHA-256 over every tensor in ``obj`` (nested dicts, lists, tuples) in order: its key path, dtype, shape and
+    bytes. Unpickling keeps dict order, so a loaded state has the digest of the saved one."""
+    digest = hashlib.sha256()
+
+    def walk(where: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where}|{value.dtype}|{tuple(value.shape)}|".encode())
+            if t.numel():
+                digest.update(memoryview(t.view(torch.uint8).numpy()))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{where}/{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{where}/{i}", v)
+
+    walk("", obj)
+    return digest.hexdigest()
 
 
 def read_checkpoint_file(
@@ -74,10 +100,14 @@ def read_checkpoint_file(
             f"checkpoint {path} has format version {version!r}; this ntm reads versions <= {FORMAT_VERSION}"
         )
     state: dict[str, Any] = payload["state"]
+    if "sha256" in payload and payload["sha256"] != tensor_digest(state):
+        raise CheckpointError(f"checkpoint {path} fails its checksum: its tensors are not the bytes that were saved "
+                              "(damaged on disk or in transfer)")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is missing required keys: {', '.join(missing)}")
     return state
 
 
-__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "atomic_torch_save", "read_checkpoint_file", "save_checkpoint"]
+__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "atomic_torch_save", "read_checkpoint_file", "save_checkpoint",
+           "tensor_digest"]

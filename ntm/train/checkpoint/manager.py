@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ntm.train.checkpoint.base import CheckpointDirectory, check_step
+from ntm.train.checkpoint.base import CheckpointDirectory, check_step, is_checkpoint_dir
 from ntm.train.checkpoint.file import save_checkpoint
 from ntm.train.checkpoint.load import load_checkpoint
 from ntm.train.errors import CheckpointError
@@ -53,15 +53,16 @@ class CheckpointManager(CheckpointDirectory):
     ) -> tuple[Path, dict[str, Any]] | None:
         """``(path, state)`` of the newest loadable checkpoint, or ``None`` if the directory has none.
 
-        With ``fallback`` an unreadable newest one (e.g. damaged on disk, a
-        rank's file missing) emits a warning and the next older one is tried;
-        if none loads, the error of the newest is raised. ``parts`` applies to
+        With ``fallback`` an unreadable newest one (e.g. damaged on disk, failing its checksum, a
+        rank's file missing) emits a warning naming it and the next older one is tried;
+        if none loads, one :class:`CheckpointError` lists every checkpoint and why it did not load (the
+        directory's incomplete ones included). ``parts`` applies to
         directories (see :func:`~ntm.train.checkpoint.load.load_checkpoint`).
         """
         required = tuple(required)
         parts = None if parts is None else tuple(parts)
         steps = self.steps()
-        first_error: CheckpointError | None = None
+        errors: list[CheckpointError] = []
         for step in reversed(steps):
             path = self.path_for(step)
             try:
@@ -69,10 +70,14 @@ class CheckpointManager(CheckpointDirectory):
             except CheckpointError as e:
                 if not fallback:
                     raise
-                first_error = first_error or e
+                errors.append(e)
                 warnings.warn(f"skipping unloadable checkpoint: {e}", stacklevel=2)
-        if first_error is not None:
-            raise first_error
+        incomplete = [p for p in self.present() if p.is_dir() and not is_checkpoint_dir(p)]
+        if len(errors) == 1 and not incomplete:
+            raise errors[0]
+        if errors or incomplete:
+            why = [str(e) for e in errors] + [f"{p} is incomplete (a save that did not finish)" for p in incomplete]
+            raise CheckpointError(f"no checkpoint in {self.directory} loads: " + "; ".join(why))
         return None
 
 
