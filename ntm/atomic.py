@@ -72,7 +72,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.filename is None or TMP_INFIX in os.fspath(e.filename):  # a failed write (a full disk) names the target
+        if e.errno is not None and (e.filename is None or TMP_INFIX in os.fspath(e.filename)):  # name the target
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     except BaseException:
