@@ -1,4 +1,4 @@
-"""Time and condition embeddings."""
+"""Time and condition embeddings, and the angles of 2D rotary position embeddings (:func:`rope_2d`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,32 @@ def sinusoidal(t: Tensor, dim: int, max_period: float = 10_000.0, scale: float =
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def grid_positions(num_tokens: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """``(rows, cols)`` ``(num_tokens,)`` int64 of the row-major token grid ``grid = (rows, cols)``."""
+    rows, cols = grid
+    if rows * cols != num_tokens:
+        raise ValueError(f"token grid {rows}x{cols} does not hold {num_tokens} tokens")
+    index = torch.arange(num_tokens, device="cpu")  # real values even while a model is built on the meta device
+    return index // cols, index % cols
+
+
+def rope_2d(rows: Tensor, cols: Tensor, head_dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)``, ``(L, head_dim / 2)`` float64 each, of 2D rotary embeddings at positions ``(rows, cols)``
+    ``(L,)`` (for :func:`ntm.nn.attention.apply_rope`).
+
+    Channel pair ``i < head_dim / 4`` (the first half of the head) turns by ``rows * base^(-i / (head_dim / 4))``,
+    pair ``head_dim / 4 + i`` (the second half) by ``cols * base^(-i / (head_dim / 4))``: each axis is a 1D RoPE on
+    its half, so a query-key score depends on the row offset and the column offset only. Position ``(0, 0)``
+    is no rotation. ``head_dim`` must be a multiple of 4.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
+    quarter = head_dim // 4
+    freqs = base ** (-torch.arange(quarter, dtype=torch.float64, device=rows.device) / quarter)
+    angles = torch.cat([rows.to(torch.float64)[:, None] * freqs, cols.to(torch.float64)[:, None] * freqs], dim=-1)
+    return torch.cos(angles), torch.sin(angles)
 
 
 class TimeEmbedding(nn.Module):

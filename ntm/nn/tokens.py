@@ -35,6 +35,15 @@ class TokenLayout:
         return (h // self.patch_size) * (w // self.patch_size)
 
     @property
+    def grid(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the row-major token grid: ``(H/p, W/p)`` for images, one row of ``D`` for points
+        (what 2D rotary positions read: the transformer predictors' ``positions: rope-2d``)."""
+        if len(self.shape) == 1:
+            return 1, self.shape[0]
+        _, h, w = self.shape
+        return h // self.patch_size, w // self.patch_size
+
+    @property
     def token_dim(self) -> int:
         if len(self.shape) == 1:
             return 1

@@ -8,11 +8,18 @@ a KV cache carries the noisier levels while sampling. Both are conditioned on
 with a learned null label, or an encoded Condition (pooled vector in the adaLN
 context, tokens through cross-attention, whose keys are the same for every
 level and never enter the KV cache).
+
+Options of both (docs/math.md §5, "Predictor network options"; the defaults are the network they always were):
+``positions`` (learned absolute vectors | 2D RoPE over the token grid), ``num_kv_heads`` (grouped-query
+attention), ``time`` (adaLN modulation | the context added to the token stream) and ``text`` (cross-attention
+| the caption's tokens concatenated in front of the sequence), the paper's choices being rope-2d, 8 KV heads,
+additive and concat (Table 4, §C.1).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 import pydantic
 import torch
@@ -20,7 +27,7 @@ from torch import Tensor
 
 from ntm.distributions import Distribution
 from ntm.nn import KVCache
-from ntm.nn.backbone import TokenTransformer
+from ntm.nn.backbone import TextConditioning, TimeConditioning, TokenTransformer
 from ntm.predictors.base import PREDICTORS, Predictor, PredictorConfig
 from ntm.predictors.heads import HEADS, GaussianHeadConfig
 from ntm.spec import ModelDims
@@ -41,6 +48,16 @@ class TransformerPredictorConfig(PredictorConfig):
     """MLP hidden size as a multiple of width."""
     head: HEADS.field() = GaussianHeadConfig()
     """The output distribution read from the network: gaussian (§5; parameterization, sigma) mixture or logistic-mixture (§12)."""
+    positions: Literal["learned", "rope-2d"] = "learned"
+    """'learned': absolute position vectors added to the tokens; 'rope-2d': rotary embeddings of each token's (row, col) on the token grid in every self-attention (the paper's, Table 4), half the head dim per axis; needs width / num_heads divisible by 4."""
+    grid: tuple[int, int] | None = None
+    """Token grid (rows, cols) read by positions 'rope-2d' (rows x cols = the token count); unset: the model dims' grid if they carry one, else a square grid when the token count is a square, else one row."""
+    num_kv_heads: int | None = pydantic.Field(None, ge=1)
+    """Key/value heads of the self-attention (must divide num_heads): fewer than num_heads is grouped-query attention (the paper: 8); unset: num_heads, plain multi-head attention."""
+    time: TimeConditioning = "adaln"
+    """'adaln': the time and condition context modulates every LayerNorm (adaLN-Zero); 'additive': it is added to the token stream once and the blocks are plain pre-norm blocks (the paper's added time embedding, §C.1)."""
+    text: TextConditioning = "cross-attention"
+    """Condition tokens (an encoded caption): 'cross-attention' sublayers read them; 'concat': projected and placed in front of the sequence in every self-attention, cut from the output (the paper, §C.1). No effect without condition tokens."""
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -62,6 +79,15 @@ class TransformerPredictorConfig(PredictorConfig):
     def _heads_divide_width(self) -> "TransformerPredictorConfig":
         if self.width % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide width ({self.width})")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
+        if self.positions == "rope-2d" and (self.width // self.num_heads) % 4:
+            raise ValueError(f"positions 'rope-2d' needs a head dimension (width / num_heads = "
+                             f"{self.width // self.num_heads}) divisible by 4")
+        if self.grid is not None and self.positions != "rope-2d":
+            raise ValueError(f"grid {self.grid} is read by positions 'rope-2d' only (positions is {self.positions!r})")
+        if self.grid is not None and min(self.grid) < 1:
+            raise ValueError(f"grid {self.grid} must have at least one row and one column")
         return self
 
     def output_distribution(self) -> type[Distribution]:
@@ -69,6 +95,22 @@ class TransformerPredictorConfig(PredictorConfig):
 
     def build(self, dims: ModelDims) -> "TransformerPredictor":
         return TransformerPredictor(self, dims)
+
+
+def token_grid(dims: ModelDims, grid: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The ``(rows, cols)`` token grid of ``dims`` for 2D RoPE: ``grid`` when given (one-line ``ValueError`` unless
+    it holds ``dims.num_tokens``), else ``dims.grid`` when the dims carry one, else square when ``num_tokens``
+    is a perfect square (every square image at any patch size), else one row of ``num_tokens`` (a 1D RoPE
+    on the column half: points, one token per coordinate)."""
+    grid = grid if grid is not None else getattr(dims, "grid", None)
+    n = dims.num_tokens
+    if grid is not None:
+        rows, cols = grid
+        if rows * cols != n:
+            raise ValueError(f"token grid {rows}x{cols} does not hold the model's {n} tokens")
+        return int(rows), int(cols)
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else (1, n)
 
 
 @PREDICTORS.register("transformer", TransformerPredictorConfig)
@@ -82,7 +124,9 @@ class TransformerPredictor(Predictor):
         self.net = TokenTransformer(
             dims.token_dim, dims.num_tokens, self.head.raw_dim, width=config.width, depth=config.depth,
             num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, num_classes=dims.num_classes, num_times=2,
-            cond_dim=dims.cond_dim, cond_len=dims.cond_len,
+            cond_dim=dims.cond_dim, cond_len=dims.cond_len, positions=config.positions,
+            grid=token_grid(dims, config.grid) if config.positions == "rope-2d" else None,
+            num_kv_heads=config.num_kv_heads, time=config.time, text=config.text,
         )
 
     def _context(self, t: Tensor, s: Tensor, cond: Tensor | None) -> Tensor:
@@ -100,7 +144,10 @@ class TrajectoryPredictorConfig(TransformerPredictorConfig):
 
 @PREDICTORS.register("trajectory", TrajectoryPredictorConfig)
 class TrajectoryPredictor(TransformerPredictor):
-    """Whole-trajectory context: level ``k`` attends to levels ``k .. K`` (block-causal)."""
+    """Whole-trajectory context: level ``k`` attends to levels ``k .. K`` (block-causal).
+
+    With ``text: concat`` the caption's tokens are a prefix that every level reads and that reads only itself
+    (so it is the same for every level and the first sampling step caches it with the level-``K`` keys)."""
 
     markov = False
 
@@ -113,7 +160,8 @@ class TrajectoryPredictor(TransformerPredictor):
         c = c.repeat_interleave(n, dim=1)  # (B, K*N, W): each token gets its level's context
         level = torch.arange(k, device=u_levels.device).repeat_interleave(n)
         mask = level[:, None] >= level[None, :]  # see own level and every noisier one
-        raw = self.net(seq, c, mask=mask, cond=cond).reshape(b, k, n, self.head.raw_dim).permute(1, 0, 2, 3).flip(0)
+        raw = self.net(seq, c, mask=mask, cond=cond, text_reads_state=False)
+        raw = raw.reshape(b, k, n, self.head.raw_dim).permute(1, 0, 2, 3).flip(0)
         t_all = times[1:].to(u_levels.dtype).repeat_interleave(b)
         s_all = times[:-1].to(u_levels.dtype).repeat_interleave(b)
         g = self.head(raw.flatten(0, 1), u_levels.flatten(0, 1), t_all, s_all)
@@ -123,7 +171,8 @@ class TrajectoryPredictor(TransformerPredictor):
         return KVCache()
 
     def step(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None, cache: KVCache) -> Distribution:
-        raw = self.net(u_t, self._context(t, s, cond)[:, None], mask="full", cache=cache, cond=cond)
+        raw = self.net(u_t, self._context(t, s, cond)[:, None], mask="full", cache=cache, cond=cond,
+                       text_reads_state=False)
         return self.head(raw, u_t, t, s)
 
     def forward(self, u_t: Tensor, t: Tensor, s: Tensor, cond: Tensor | None = None) -> Distribution:

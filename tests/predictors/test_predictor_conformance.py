@@ -22,9 +22,15 @@ from ntm.spec import ModelDims
 from ntm.registry import ComponentConfig
 
 TINY = {"depth": 2, "width": 16, "num_heads": 2}
+NETWORK_OPTIONS: list[dict] = [
+    {"positions": "rope-2d"}, {"num_kv_heads": 1}, {"time": "additive"}, {"text": "concat"},
+    {"positions": "rope-2d", "num_kv_heads": 1, "time": "additive", "text": "concat"},
+]
+"""The transformer predictors' network options (the paper's predictor, Table 4 / §C.1), each alone and all at once."""
 EXTRA: dict[str, list[dict]] = {
     "posterior": [{"learned_scale": True}],
-    "transformer": [{"parameterization": "direct"}, {"sigma": "posterior"}],
+    "transformer": [{"parameterization": "direct"}, {"sigma": "posterior"}, *NETWORK_OPTIONS],
+    "trajectory": NETWORK_OPTIONS,
 }
 """Settings exercised on top of each name's tiny default config."""
 
