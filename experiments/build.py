@@ -118,7 +118,7 @@ def dims_for(exp: Experiment, data: DataSource) -> ModelDims:
         fields = {"num_classes": data.spec.num_classes if conditional else 0}
     else:
         fields = model_dims(data.spec.num_classes)
-    return ModelDims(layout.num_tokens, layout.token_dim, **fields)
+    return ModelDims(layout.num_tokens, layout.token_dim, **fields, grid=layout.grid)
 
 
 def build_model(exp: Experiment, data: DataSource, dims: ModelDims | None = None) -> NTM:

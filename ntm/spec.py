@@ -24,10 +24,19 @@ class ModelDims:
     num_classes: int = 0
     cond_dim: int = 0
     cond_len: int = 0
+    grid: tuple[int, int] | None = dataclasses.field(default=None, compare=False)
+    """``(rows, cols)`` of the row-major token grid (rows x cols = ``num_tokens``), what 2D rotary positions
+    read; ``None``: unknown (components that need it take a square grid or a config's own). Not compared: dims
+    saved before it existed still match."""
 
     def __post_init__(self) -> None:
         if self.num_tokens < 1 or self.token_dim < 1 or self.num_classes < 0 or self.cond_dim < 0 or self.cond_len < 0:
             raise ValueError(f"invalid model dims {self}")
+        if self.grid is not None:  # from JSON (an export's dims) it arrives as a list
+            object.__setattr__(self, "grid", (int(self.grid[0]), int(self.grid[1])))
+            if self.grid[0] * self.grid[1] != self.num_tokens:
+                raise ValueError(f"invalid model dims {self}: a grid of {self.grid[0]} x {self.grid[1]} is not "
+                                 f"{self.num_tokens} tokens")
         if self.cond_len and not self.cond_dim:
             raise ValueError(f"invalid model dims {self}: condition tokens (cond_len > 0) need cond_dim > 0")
 

@@ -102,7 +102,7 @@ def token_grid(dims: ModelDims, grid: tuple[int, int] | None = None) -> tuple[in
     it holds ``dims.num_tokens``), else ``dims.grid`` when the dims carry one, else square when ``num_tokens``
     is a perfect square (every square image at any patch size), else one row of ``num_tokens`` (a 1D RoPE
     on the column half: points, one token per coordinate)."""
-    grid = grid if grid is not None else getattr(dims, "grid", None)
+    grid = grid if grid is not None else dims.grid
     n = dims.num_tokens
     if grid is not None:
         rows, cols = grid
