@@ -6,6 +6,8 @@ from ntm.forward.process import FORWARD_PROCESSES, ForwardProcess, MarkovConfig,
 from ntm.forward.schedules import (
     ExplicitConfig,
     ExplicitSchedule,
+    LengthShiftedConfig,
+    LengthShiftedSchedule,
     ShiftedConfig,
     ShiftedSchedule,
     UniformConfig,
@@ -13,7 +15,7 @@ from ntm.forward.schedules import (
 )
 
 __all__ = [
-    "FORWARD_PROCESSES", "SCHEDULES", "ExplicitConfig", "ExplicitSchedule", "ForwardProcess", "MarkovConfig",
-    "MarkovProcess", "Schedule", "ScheduleError", "ShiftedConfig", "ShiftedSchedule", "UniformConfig",
+    "FORWARD_PROCESSES", "SCHEDULES", "ExplicitConfig", "ExplicitSchedule", "ForwardProcess", "LengthShiftedConfig",
+    "LengthShiftedSchedule", "MarkovConfig", "MarkovProcess", "Schedule", "ScheduleError", "ShiftedConfig", "ShiftedSchedule", "UniformConfig",
     "UniformSchedule", "interpolant", "validate_times",
 ]
