@@ -37,14 +37,19 @@ def values(n: int, d: int = 2, seed: int = 1, dtype=torch.float64) -> torch.Tens
 # -- the elementwise spline ------------------------------------------------------------------------------------
 
 
-def test_zero_parameters_are_the_exact_identity():
+CLIPS = {"size_clip": 0.4, "derivative_clip": 3.0}
+"""SplineTarFlowConfig's defaults."""
+
+
+@pytest.mark.parametrize("clips", [{}, CLIPS], ids=["unclipped", "clipped"])
+def test_zero_parameters_are_the_exact_identity(clips):
     for dtype in (torch.float32, torch.float64):
         x = torch.cat([values(500, dtype=dtype), torch.tensor([[-B, B], [0.0, -0.0]], dtype=dtype)])
         params = torch.zeros(x.shape[0], 3 * K - 1, 2, dtype=dtype)
-        u, log_du = spline()(x, params)
+        u, log_du = spline(**clips)(x, params)
         assert torch.equal(u, x) and torch.all(log_du == 0)
         ulp = torch.finfo(dtype).eps * B
-        torch.testing.assert_close(spline().inverse(x, params), x, rtol=0, atol=2 * ulp)
+        torch.testing.assert_close(spline(**clips).inverse(x, params), x, rtol=0, atol=2 * ulp)
 
 
 def test_spline_is_strictly_increasing_and_continuous_at_the_knots_and_the_bound():
@@ -139,14 +144,53 @@ def test_derivatives_are_the_shifted_softplus_and_one_at_zero():
     assert _derivatives(torch.zeros(1, 5), m).eq(1).all()  # float32 too
 
 
-def test_gradients_reach_every_spline_parameter_at_zero():
+@pytest.mark.parametrize("clips", [{}, CLIPS], ids=["unclipped", "clipped"])
+def test_gradients_reach_every_spline_parameter_at_zero(clips):
     """The exact-identity forms must not cut the gradient: widths, heights and derivatives all get one at init."""
     params = torch.zeros(64, 3 * K - 1, 1, dtype=torch.float64, requires_grad=True)
     x = values(64, d=1, seed=9) / 1.5  # inside the window
-    u, log_du = spline()(x, params)
+    u, log_du = spline(**clips)(x, params)
     (grad,) = torch.autograd.grad((0.5 * u.square() - log_du).sum(), params)
     rows = grad.abs().sum(dim=(0, 2))
     assert torch.all(rows[:K] > 0) and torch.all(rows[K : 2 * K] > 0) and torch.all(rows[2 * K :] > 0)
+    if clips:  # the soft clip has slope 1 at 0: the same gradient as unclipped
+        (plain,) = torch.autograd.grad((0.5 * spline()(x, params)[0].square() - spline()(x, params)[1]).sum(), params)
+        torch.testing.assert_close(grad, plain, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("num_bins", [2, 6, 16])
+def test_clipped_slopes_stay_within_their_documented_bounds(num_bins):
+    """Bin slopes within e^(+-4 c_s) whatever K, derivatives within [0.083, 3.57], log-slope within [-3.90, 2.28]."""
+    sp = RationalQuadraticSpline(num_bins, B, **CLIPS)
+    gen = torch.Generator().manual_seed(12)
+    # logits from tiny to extreme: the clip saturates, every corner of the box is visited
+    params = torch.randn(3000, 3 * num_bins - 1, 2, generator=gen, dtype=torch.float64)
+    params = params * torch.logspace(-1, 2, 3000, dtype=torch.float64)[:, None, None]
+    xk, yk, deriv = sp.knots(params)
+    log_s = (yk.diff(dim=-1) / xk.diff(dim=-1)).log()
+    assert log_s.abs().max() < 4 * 0.4
+    c, m = math.log(math.expm1(1 - 1e-3)), 1e-3
+    lo, hi = m + math.log1p(math.exp(c - 3.0)), m + math.log1p(math.exp(c + 3.0))  # m_d + softplus(c -+ c_d)
+    assert round(lo, 3) == 0.083 and round(hi, 2) == 3.57
+    assert deriv.min() >= lo * (1 - 1e-12) and deriv.max() <= hi * (1 + 1e-12)
+    x = (torch.rand(3000, 2, generator=gen, dtype=torch.float64) * 2 - 1) * B
+    u, log_du = sp(x, params)
+    assert log_du.min() > -3.90 and log_du.max() < 2.28
+    x_back = sp.inverse(u, params)
+    assert (x_back - x).abs().max() < 1e-13  # slopes above e^-3.9: the inverse loses no digits
+    unclipped = RationalQuadraticSpline(num_bins, B)(x, params)[1]
+    assert unclipped.min() < -6  # the same logits unclipped: far flatter bins
+
+
+def test_config_defaults_clip_the_spline_and_none_unclips_it():
+    cfg = SplineTarFlowConfig()
+    assert (cfg.size_clip, cfg.derivative_clip) == (CLIPS["size_clip"], CLIPS["derivative_clip"])
+    sp = cfg.elementwise().second
+    assert (sp.size_clip, sp.derivative_clip, sp.logit_scale) == (0.4, 3.0, cfg.width**-0.5)
+    plain = SplineTarFlowConfig(size_clip=None, derivative_clip=None, affine=False).elementwise()
+    assert plain.size_clip is None and plain.derivative_clip is None
+    with pytest.raises(ValueError, match="size_clip"):
+        SplineTarFlowConfig(size_clip=0.0)
 
 
 def test_affine_then_spline_composes_and_inverts():
