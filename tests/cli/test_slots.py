@@ -83,7 +83,9 @@ def test_transformer_on_digits_is_the_markov_transformer_with_its_class_defaults
     assert resolved["model"]["predictor"] == {"name": "transformer", "depth": 6, "width": 128, "num_heads": 4,
                                               "mlp_ratio": 4.0, "head": {"name": "gaussian",
                                                                          "parameterization": "posterior",
-                                                                         "sigma": "learned"}}
+                                                                         "sigma": "learned"},
+                                              "positions": "learned", "grid": None, "num_kv_heads": None,
+                                              "time": "adaln", "text": "cross-attention"}
     # the documented ablation runs: the Markov transformer with pair-wise training
     assert main(["train", "digits-ntm", "predictor:transformer", "loss:pair-wise", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == {"name": "pair-wise"}
