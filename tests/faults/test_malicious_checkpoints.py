@@ -4,8 +4,6 @@ file is refused in one line (exit 2) by every command that reads checkpoints, an
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import pickle
 
 import pytest
@@ -13,33 +11,13 @@ import pytest
 from ntm.experiments.cli import main
 from ntm.train.checkpoint import CheckpointManager
 from ntm.train.checkpoint.dcp import file_digests
+from tests.faults.payloads import payloads
 
 SMALL = ["--transporter.width", "16", "--transporter.num-heads", "2", "--predictor.width", "16", "--predictor.depth", "1",
          "--train.warmup-steps", "0", "--train.sample-every", "0", "--eval.num-examples", "8"]
 
 
-class _System:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-class _Touch:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return pathlib.Path.touch, (pathlib.Path(self.marker),)
-
-
-class _Exec:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+PAYLOADS = payloads("os.system", "Path.touch", "exec")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +27,7 @@ def run(tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.parametrize("payload", [_System, _Touch, _Exec], ids=["os.system", "Path.touch", "exec"])
+@pytest.mark.parametrize("payload", list(PAYLOADS.values()), ids=list(PAYLOADS))
 @pytest.mark.parametrize("command", ["sample", "eval", "export", "resume"])
 def test_a_metadata_pickle_that_runs_code_is_refused(run, tmp_path, capsys, payload, command):
     import shutil

@@ -36,36 +36,13 @@ from ntm.data import latent_shards as ls
 from ntm.data import shards as shards_module
 from ntm.data.streaming import PIPE_ENV, CorruptSampleWarning, IgnoredMembersWarning
 from ntm.experiments.cli import main
+from tests.faults.payloads import payloads
 
 EXTRAS = ("pyd", "pkl", "pickle", "pth")
 """Member extensions webdataset's default decoder chain would unpickle (``.pth``: torch.load, weights_only=False)."""
 
 
-class _Touch:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return pathlib.Path.touch, (pathlib.Path(self.marker),)
-
-
-class _System:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-class _Open:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
-
-
-PAYLOADS = {"Path.touch": _Touch, "os.system": _System, "open": _Open}
+PAYLOADS = payloads("Path.touch", "os.system", "open")
 
 
 def payload_bytes(extension: str, payload) -> bytes:
@@ -121,7 +98,7 @@ def test_the_payloads_are_live_under_webdatasets_default_decoders(tmp_path):
     """The premise: ``decode("pil")`` (what the source used to run) executes each member's payload."""
     for ext in EXTRAS:
         marker = tmp_path / f"ran-{ext}"
-        shard = image_shard(tmp_path / f"{ext}.tar", range(1), {ext: payload_bytes(ext, _Touch(marker))})
+        shard = image_shard(tmp_path / f"{ext}.tar", range(1), {ext: payload_bytes(ext, PAYLOADS["Path.touch"](marker))})
         list(wds.WebDataset([shard], shardshuffle=False).decode("pil"))
         assert marker.exists(), ext
 
@@ -146,7 +123,7 @@ def test_an_undeclared_member_is_dropped_undecoded(tmp_path, ext, payload):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_one_warning_per_shard_naming_every_ignored_extension(tmp_path, num_workers):
     marker = tmp_path / "MARKER"
-    extras = {ext: payload_bytes(ext, _System(marker)) for ext in EXTRAS}
+    extras = {ext: payload_bytes(ext, PAYLOADS["os.system"](marker)) for ext in EXTRAS}
     a = image_shard(tmp_path / "a.tar", range(0, 5), extras)
     b = image_shard(tmp_path / "b.tar", range(5, 10), {"pyd": extras["pyd"], "foo.bar": b"x"})
     clean = image_shard(tmp_path / "c.tar", range(10, 12), {})
@@ -174,8 +151,8 @@ def read_ids_of(batch) -> list[int]:
 def test_an_image_member_holding_a_pickle_is_a_corrupt_sample(tmp_path):
     marker = tmp_path / "MARKER"
     good = image_shard(tmp_path / "s.tar", range(3), {})
-    bad = write_tar(tmp_path / "bad.tar", [("9999.png", pickle.dumps(_Touch(marker))), ("9999.cls", b"1"),
-                                           ("9998.jpg", payload_bytes("pth", _Touch(marker))), ("9998.cls", b"0")])
+    bad = write_tar(tmp_path / "bad.tar", [("9999.png", pickle.dumps(PAYLOADS["Path.touch"](marker))), ("9999.cls", b"1"),
+                                           ("9998.jpg", payload_bytes("pth", PAYLOADS["Path.touch"](marker))), ("9998.cls", b"0")])
     source = WebDatasetConfig(urls=good, eval_urls=f"{good}::{bad}", image_size=4, num_classes=2).build()
     with pytest.warns(CorruptSampleWarning):
         batches = list(source.eval_batches(8))  # one pass
@@ -223,7 +200,7 @@ def latent_values(batch) -> list[int]:
 @pytest.mark.parametrize("ext", EXTRAS)
 def test_latent_shards_drop_undeclared_members(tmp_path, ext):
     marker = tmp_path / "MARKER"
-    extras = {ext: payload_bytes(ext, _Touch(marker))}
+    extras = {ext: payload_bytes(ext, PAYLOADS["Path.touch"](marker))}
     urls = latent_shards(tmp_path / "lat", {"t-0.tar": latent_samples(range(3), extras),
                                             "t-1.tar": latent_samples(range(3, 6), extras)})
     source = LatentShardsConfig(urls=urls, shuffle_buffer=0).build()
@@ -244,14 +221,14 @@ def test_latent_shards_drop_undeclared_members(tmp_path, ext):
 def test_a_latent_npy_that_would_unpickle_is_a_corrupt_sample(tmp_path, kind):
     marker = tmp_path / "MARKER"
     if kind == "object array":
-        bad = object_npy(_Touch(marker))
+        bad = object_npy(PAYLOADS["Path.touch"](marker))
         with pytest.raises(ValueError):  # the premise: only allow_pickle=True would run it
             np.load(io.BytesIO(bad), allow_pickle=False)
     elif kind == "bare pickle":
-        bad = pickle.dumps(_System(marker))
+        bad = pickle.dumps(PAYLOADS["os.system"](marker))
     else:
         out = io.BytesIO()
-        np.savez(out, latent=np.array([_Touch(marker)], dtype=object), allow_pickle=True)
+        np.savez(out, latent=np.array([PAYLOADS["Path.touch"](marker)], dtype=object), allow_pickle=True)
         bad = out.getvalue()
     urls = latent_shards(tmp_path / "lat", {"t-0.tar": latent_samples(range(4)) + [("9999.latent.npy", bad),
                                                                                     ("9999.cls", b"1")]})
